@@ -1,0 +1,51 @@
+//! Crash points for crash-safety tests.
+//!
+//! When the environment variable `CAIRN_FAILPOINT` names a point (a comma-separated list;
+//! `name@N` fires on the N-th hit), reaching it kills the process with SIGKILL — exactly what
+//! `kill -9` does, with no destructor, flush or cleanup running. Without the variable the
+//! points cost one cached lookup.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+fn armed() -> &'static HashMap<String, u64> {
+    static ARMED: OnceLock<HashMap<String, u64>> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        std::env::var("CAIRN_FAILPOINT")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.split_once('@') {
+                Some((n, k)) => (n.to_string(), k.parse().unwrap_or(1)),
+                None => (s.to_string(), 1),
+            })
+            .collect()
+    })
+}
+
+fn counters() -> &'static Mutex<HashMap<String, AtomicU64>> {
+    static C: OnceLock<Mutex<HashMap<String, AtomicU64>>> = OnceLock::new();
+    C.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Kills the process if `name` is armed and this is the armed hit.
+pub fn hit(name: &str) {
+    let Some(&nth) = armed().get(name) else {
+        return;
+    };
+    let count = {
+        let mut c = counters().lock().unwrap_or_else(|e| e.into_inner());
+        c.entry(name.to_string())
+            .or_insert_with(|| AtomicU64::new(0))
+            .fetch_add(1, Ordering::SeqCst)
+            + 1
+    };
+    if count == nth {
+        eprintln!("cairn: failpoint '{name}' reached: killing this process (SIGKILL)");
+        // SAFETY: sending a signal to our own pid has no memory-safety implications.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
