@@ -24,3 +24,4 @@ pub use error::{Error, Result};
 pub use ids::{ClusterId, LayerId, Lsn, TimelineId};
 pub mod failpoint;
 pub mod layer_map;
+pub mod catalog;

@@ -1,4 +1,13 @@
-//! Everything Cairn knows about PostgreSQL itself: binaries, processes, page checksums,
-//! relation file names and the control file.
+//! Everything Cairn knows about PostgreSQL itself: binaries, processes, servers, page
+//! checksums, relation file names and the control file.
 
+pub mod binaries;
 pub mod checksum;
+pub mod process;
+pub mod relfile;
+pub mod scratch;
+pub mod server;
+
+pub use binaries::PgBinaries;
+pub use process::OsUser;
+pub use server::{Credentials, Server};

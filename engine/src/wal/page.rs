@@ -2,8 +2,6 @@
 
 pub const XLP_FIRST_IS_CONTRECORD: u16 = 0x0001;
 pub const XLP_LONG_HEADER: u16 = 0x0002;
-pub const XLP_BKP_REMOVABLE: u16 = 0x0004;
-pub const XLP_FIRST_IS_OVERWRITE_CONTRECORD: u16 = 0x0008;
 const XLP_ALL_FLAGS: u16 = 0x000F;
 
 /// A decoded page header.
@@ -85,7 +83,7 @@ mod tests {
     fn header_round_trip() {
         let h = PageHeader {
             magic: 0xD110,
-            info: XLP_LONG_HEADER | XLP_BKP_REMOVABLE,
+            info: XLP_LONG_HEADER | 0x0004,
             tli: 1,
             pageaddr: 0x300_0000,
             rem_len: 0,
@@ -104,6 +102,5 @@ mod tests {
         assert_eq!(PageHeader::decode(&s.encode()), Some(s));
         assert!(s.is_contrecord());
         assert!(!s.has_unknown_flags());
-        let _ = XLP_FIRST_IS_OVERWRITE_CONTRECORD;
     }
 }

@@ -12,7 +12,6 @@ pub const RM_XACT_ID: u8 = 1;
 pub const XLOG_CHECKPOINT_SHUTDOWN: u8 = 0x00;
 pub const XLOG_CHECKPOINT_ONLINE: u8 = 0x10;
 pub const XLOG_SWITCH: u8 = 0x40;
-pub const XLOG_BACKUP_END: u8 = 0x50;
 pub const XLOG_RESTORE_POINT: u8 = 0x70;
 pub const XLOG_END_OF_RECOVERY: u8 = 0x90;
 

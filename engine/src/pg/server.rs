@@ -1,0 +1,334 @@
+//! A PostgreSQL server process Cairn starts and stops: computes, scratch servers, test servers.
+//!
+//! Servers listen on 127.0.0.1 only (no Unix socket) and require a password (scram-sha-256).
+//! Starting waits until the server accepts connections; a port already in use is reported as
+//! such, with the fix.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::binaries::PgBinaries;
+use super::process::{run, OsUser};
+use crate::error::{Error, IoContext, Result};
+
+/// The superuser a server is created with.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ user: {:?}, password: <redacted> }}", self.user)
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; a race with other programs is possible and
+/// is reported by [`Server::start`]).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("find a free port", e))?;
+    Ok(l.local_addr().map_err(|e| Error::io("find a free port", e))?.port())
+}
+
+/// True when something already listens on 127.0.0.1:`port`.
+pub fn port_in_use(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub bins: PgBinaries,
+    pub user: OsUser,
+    pub datadir: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// What `pg_controldata` reports.
+#[derive(Debug, Clone)]
+pub struct ControlData {
+    pub system_id: u64,
+    pub segment_size: u64,
+    pub checkpoint: crate::ids::Lsn,
+    pub redo: crate::ids::Lsn,
+    pub tli: u32,
+    pub state: String,
+    pub checksums: bool,
+}
+
+impl Server {
+    pub fn new(bins: &PgBinaries, user: &OsUser, datadir: &Path, port: u16, log: &Path) -> Server {
+        Server {
+            bins: bins.clone(),
+            user: user.clone(),
+            datadir: datadir.to_path_buf(),
+            port,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Creates a new cluster in `datadir` (which must not exist or be empty) with data
+    /// checksums on and password authentication everywhere.
+    pub fn initdb(&self, creds: &Credentials) -> Result<()> {
+        let parent = self.datadir.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(parent).ctx("create directory", parent)?;
+        self.user.check_reachable(parent)?;
+        crate::fsutil::create_dir_mode(&self.datadir, 0o700).ctx("create directory", &self.datadir)?;
+        self.user.chown(&self.datadir)?;
+        let pwfile = parent.join(format!(".pwfile-{}", std::process::id()));
+        crate::fsutil::write_atomic(&pwfile, creds.password.as_bytes(), 0o600)
+            .ctx("write password file", &pwfile)?;
+        self.user.chown(&pwfile)?;
+        let res = run(
+            self.user
+                .command(&self.bins.bin("initdb"))
+                .arg("-D")
+                .arg(&self.datadir)
+                .arg("-U")
+                .arg(&creds.user)
+                .arg(format!("--pwfile={}", pwfile.display()))
+                .args([
+                    "--auth=scram-sha-256",
+                    "--data-checksums",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                ]),
+            &format!("initdb {}", self.datadir.display()),
+        );
+        let _ = fs::remove_file(&pwfile);
+        res.map(|_| ())
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn start(&self, settings: &[(&str, String)]) -> Result<()> {
+        if port_in_use(self.port) {
+            return Err(port_busy(self.port));
+        }
+        if !self.log.exists() {
+            fs::write(&self.log, b"").ctx("create log file", &self.log)?;
+        }
+        self.user.chown(&self.log)?;
+        let mut opts = format!(
+            "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
+            self.port
+        );
+        for (k, v) in settings {
+            opts.push_str(&format!(" -c {k}={v}"));
+        }
+        let res = run(
+            self.user
+                .command(&self.bins.bin("pg_ctl"))
+                .arg("start")
+                .arg("-D")
+                .arg(&self.datadir)
+                .args(["-w", "-t", "600", "-s"])
+                .arg("-l")
+                .arg(&self.log)
+                .arg("-o")
+                .arg(opts),
+            &format!("start PostgreSQL in {}", self.datadir.display()),
+        );
+        if let Err(e) = res {
+            let tail = self.log_tail(20);
+            if tail.contains("could not bind") || tail.contains("Address already in use") {
+                return Err(port_busy(self.port));
+            }
+            return Err(Error::postgres(
+                format!("start PostgreSQL in {}", self.datadir.display()),
+                format!("{e}\nlast lines of {}:\n{tail}", self.log.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stops the server: `fast` rolls back sessions and shuts down cleanly (a shutdown
+    /// checkpoint is written); `immediate` is a crash.
+    pub fn stop(&self, mode: &str) -> Result<()> {
+        run(
+            self.user
+                .command(&self.bins.bin("pg_ctl"))
+                .arg("stop")
+                .arg("-D")
+                .arg(&self.datadir)
+                .args(["-w", "-t", "600", "-s", "-m", mode]),
+            &format!("stop PostgreSQL in {}", self.datadir.display()),
+        )
+        .map(|_| ())
+    }
+
+    /// Whether a postmaster is running on this data directory.
+    pub fn running(&self) -> bool {
+        self.pid().is_some()
+    }
+
+    /// The postmaster's pid, if it is alive.
+    pub fn pid(&self) -> Option<i64> {
+        let pidfile = fs::read_to_string(self.datadir.join("postmaster.pid")).ok()?;
+        let pid: i32 = pidfile.lines().next()?.trim().parse().ok()?;
+        // SAFETY: kill with signal 0 only checks for existence.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        alive.then_some(pid as i64)
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let s = fs::read_to_string(&self.log).unwrap_or_default();
+        let v: Vec<&str> = s.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A libpq URL for `db`. It contains the password: never log it.
+    pub fn url(&self, creds: &Credentials, db: &str) -> String {
+        format!(
+            "postgresql://{}:{}@127.0.0.1:{}/{}",
+            creds.user,
+            urlencode(&creds.password),
+            self.port,
+            db
+        )
+    }
+
+    pub async fn connect(&self, creds: &Credentials, db: &str) -> Result<tokio_postgres::Client> {
+        connect(self.port, creds, db).await
+    }
+
+    pub fn control_data(&self) -> Result<ControlData> {
+        control_data(&self.bins, &self.user, &self.datadir)
+    }
+}
+
+fn port_busy(port: u16) -> Error {
+    Error::Refused(format!(
+        "port {port} on 127.0.0.1 is already in use by another program; pick another with \
+         --port, or stop what listens there"
+    ))
+}
+
+/// Percent-encodes a URL component.
+pub fn urlencode(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+/// Connects to a server on 127.0.0.1, retrying briefly while it finishes starting.
+pub async fn connect(port: u16, creds: &Credentials, db: &str) -> Result<tokio_postgres::Client> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user(&creds.user)
+        .password(&creds.password)
+        .dbname(db)
+        .application_name("cairn")
+        .connect_timeout(Duration::from_secs(10));
+    let mut last = None;
+    for _ in 0..50 {
+        match cfg.connect(tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "postgres connection ended");
+                    }
+                });
+                return Ok(client);
+            }
+            Err(e) => {
+                let starting = e
+                    .as_db_error()
+                    .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW);
+                last = Some(e);
+                if !starting {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    Err(Error::postgres(
+        format!("connect to PostgreSQL on 127.0.0.1:{port} as {}", creds.user),
+        last.map(|e| e.to_string()).unwrap_or_default(),
+    ))
+}
+
+/// Reads a data directory's control file through `pg_controldata`.
+pub fn control_data(bins: &PgBinaries, user: &OsUser, datadir: &Path) -> Result<ControlData> {
+    let out = run(
+        user.command(&bins.bin("pg_controldata")).arg("-D").arg(datadir),
+        &format!("read control file of {}", datadir.display()),
+    )?;
+    parse_control_data(&out).map_err(|why| {
+        Error::postgres(
+            format!("read control file of {}", datadir.display()),
+            why,
+        )
+    })
+}
+
+pub fn parse_control_data(out: &str) -> std::result::Result<ControlData, String> {
+    let field = |name: &str| -> std::result::Result<String, String> {
+        out.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == name).then(|| v.trim().to_string())
+            })
+            .ok_or_else(|| format!("pg_controldata did not print '{name}'"))
+    };
+    let num = |name: &str| -> std::result::Result<u64, String> {
+        field(name)?
+            .parse()
+            .map_err(|_| format!("'{name}' is not a number"))
+    };
+    let lsn = |name: &str| -> std::result::Result<crate::ids::Lsn, String> { field(name)?.parse() };
+    Ok(ControlData {
+        system_id: num("Database system identifier")?,
+        segment_size: num("Bytes per WAL segment")?,
+        checkpoint: lsn("Latest checkpoint location")?,
+        redo: lsn("Latest checkpoint's REDO location")?,
+        tli: num("Latest checkpoint's TimeLineID")? as u32,
+        state: field("Database cluster state")?,
+        checksums: num("Data page checksum version")? != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pg_controldata() {
+        let out = "pg_control version number:            1300\n\
+            Database system identifier:           7441431976000000123\n\
+            Database cluster state:               shut down\n\
+            Latest checkpoint location:           0/3000188\n\
+            Latest checkpoint's REDO location:    0/3000188\n\
+            Latest checkpoint's TimeLineID:       1\n\
+            Bytes per WAL segment:                16777216\n\
+            Data page checksum version:           1\n";
+        let c = parse_control_data(out).unwrap();
+        assert_eq!(c.system_id, 7441431976000000123);
+        assert_eq!(c.segment_size, 16 << 20);
+        assert_eq!(c.checkpoint.to_string(), "0/3000188");
+        assert_eq!(c.state, "shut down");
+        assert!(c.checksums);
+        assert!(parse_control_data("nothing").is_err());
+    }
+
+    #[test]
+    fn url_encoding_and_redaction() {
+        assert_eq!(urlencode("a b/c@d"), "a%20b%2Fc%40d");
+        let c = Credentials {
+            user: "postgres".into(),
+            password: "s3cret".into(),
+        };
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}
