@@ -1,1 +1,122 @@
-fn main() {}
+//! `cairn`: the command line and the appliance daemon.
+//!
+//! This crate only wires things together: argument parsing, output formatting, progress
+//! bars, the `up` daemon loop and its JSON API. All behaviour lives in the library crates.
+
+mod api;
+mod bar;
+mod commands;
+mod daemon;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Start here:
+  cairn up --demo                      run the appliance with a demo cluster
+  cairn cluster create shop            a new managed PostgreSQL cluster
+  cairn compute start main             run it; prints a connection string
+  cairn branch create dev --from main  an instant copy you can write to
+
+Every command has --help with examples. The data directory is --home (CAIRN_HOME,
+default ./cairn-data).";
+
+/// Cairn: a data-protection appliance for PostgreSQL.
+///
+/// Branchable storage for real PostgreSQL: every cluster's history is kept as image and WAL
+/// layers, any point of it can become a writable branch in O(1), and computes are real
+/// PostgreSQL servers whose WAL flows back into their branch.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Data directory holding the catalog, layers, computes and secrets (created on first use).
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_HOME",
+        default_value = "./cairn-data"
+    )]
+    pub home: PathBuf,
+    /// Catalog database: omit for the embedded SQLite catalog, or postgres://user@host/db.
+    #[arg(long, global = true, env = "CAIRN_CATALOG", hide_env_values = true)]
+    pub catalog: Option<String>,
+    /// Directory of the PostgreSQL server binaries (default: pg_config, PATH, /usr/lib/postgresql/*/bin).
+    #[arg(long, global = true, env = "CAIRN_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (repeat for more); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the appliance in the foreground: computes, WAL ingest, images, JSON API.
+    #[command(
+        after_help = "Examples:\n  cairn up --demo\n  cairn up --listen 127.0.0.1:7480 --image-after 512MiB"
+    )]
+    Up(daemon::UpArgs),
+    /// Create, adopt, list and delete clusters.
+    #[command(subcommand)]
+    Cluster(commands::ClusterCmd),
+    /// Create, list, reset and delete branches (instant, writable copies at any point).
+    #[command(subcommand)]
+    Branch(commands::BranchCmd),
+    /// Start and stop computes: real PostgreSQL servers running a branch.
+    #[command(subcommand)]
+    Compute(commands::ComputeCmd),
+    /// Take an image layer of a branch now.
+    #[command(subcommand)]
+    Image(commands::ImageCmd),
+    /// List the layers that hold a cluster's history.
+    #[command(subcommand)]
+    Layer(commands::LayerCmd),
+    /// Verify that the catalog and the layer files agree (hashes, WAL continuity).
+    #[command(after_help = "Examples:\n  cairn check\n  cairn check --full --cluster shop")]
+    Check(commands::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.global.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", output::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

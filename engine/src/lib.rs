@@ -22,6 +22,18 @@ pub mod wal;
 
 pub use error::{Error, Result};
 pub use ids::{ClusterId, LayerId, Lsn, TimelineId};
-pub mod failpoint;
-pub mod layer_map;
+pub mod adopt;
+pub mod branch;
 pub mod catalog;
+pub mod cluster;
+pub mod compute;
+pub mod engine;
+pub mod failpoint;
+pub mod home;
+pub mod ingest;
+pub mod layer_map;
+pub mod materialise;
+pub mod progress;
+
+pub use engine::{Engine, EngineOptions};
+pub mod check;

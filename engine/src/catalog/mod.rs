@@ -340,7 +340,7 @@ impl Catalog {
             tx.commit()
                 .await
                 .map_err(|e| Error::catalog(ctx("commit"), e))?;
-            tracing::info!(version = m.version, "catalog migrated");
+            tracing::debug!(version = m.version, "catalog migrated");
         }
         let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM cairn_schema")
             .fetch_one(&self.pool)
@@ -519,25 +519,29 @@ impl Catalog {
         restore_point: Option<&str>,
     ) -> Result<Vec<WalEvent>> {
         let rows = match restore_point {
-            Some(name) => sqlx::query(
-                "SELECT * FROM wal_events WHERE timeline_id = $1 AND kind = 'restore_point'
+            Some(name) => {
+                sqlx::query(
+                    "SELECT * FROM wal_events WHERE timeline_id = $1 AND kind = 'restore_point'
                    AND name = $2 AND before_lsn >= $3 AND end_lsn <= $4 ORDER BY end_lsn",
-            )
-            .bind(tl.to_string())
-            .bind(name)
-            .bind(from.as_i64())
-            .bind(to.as_i64())
-            .fetch_all(&self.pool)
-            .await,
-            None => sqlx::query(
-                "SELECT * FROM wal_events WHERE timeline_id = $1
+                )
+                .bind(tl.to_string())
+                .bind(name)
+                .bind(from.as_i64())
+                .bind(to.as_i64())
+                .fetch_all(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query(
+                    "SELECT * FROM wal_events WHERE timeline_id = $1
                    AND before_lsn >= $2 AND end_lsn <= $3 ORDER BY end_lsn",
-            )
-            .bind(tl.to_string())
-            .bind(from.as_i64())
-            .bind(to.as_i64())
-            .fetch_all(&self.pool)
-            .await,
+                )
+                .bind(tl.to_string())
+                .bind(from.as_i64())
+                .bind(to.as_i64())
+                .fetch_all(&self.pool)
+                .await
+            }
         }
         .map_err(|e| Error::catalog("list WAL events", e))?;
         rows.iter().map(event_row).collect()
@@ -731,6 +735,15 @@ impl Tx {
                 .await
                 .map_err(|e| Error::catalog("delete timeline", e))?;
         }
+        Ok(())
+    }
+
+    pub async fn delete_cluster(&mut self, c: ClusterId) -> Result<()> {
+        sqlx::query("DELETE FROM clusters WHERE id = $1")
+            .bind(c.to_string())
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| Error::catalog("delete cluster", e))?;
         Ok(())
     }
 

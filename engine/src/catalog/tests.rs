@@ -101,11 +101,18 @@ async fn exercise(cat: &Catalog) {
     let tls = cat.timelines(c.id).await.unwrap();
     assert_eq!(tls.len(), 2);
     assert_eq!(tls[1].ancestor, Some((root.id, Lsn(0x200_0100))));
-    assert_eq!(cat.timeline(root.id).await.unwrap().head_prev, Some(Lsn(0x2FF_FFD0)));
+    assert_eq!(
+        cat.timeline(root.id).await.unwrap().head_prev,
+        Some(Lsn(0x2FF_FFD0))
+    );
     let b = cat.branch(c.id, "main").await.unwrap().unwrap();
     assert!(b.protected);
     assert_eq!(
-        cat.branch_of_timeline(child.id).await.unwrap().unwrap().name,
+        cat.branch_of_timeline(child.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .name,
         "dev"
     );
     let layers = cat.layers(c.id).await.unwrap();
@@ -217,7 +224,14 @@ async fn newer_schema_is_refused_and_bad_urls_are_explained() {
     cat.close().await;
     let err = Catalog::open(&url).await.err().unwrap().to_string();
     assert!(err.contains("newer"), "{err}");
-    let err = Catalog::open("mysql://u:secret@h/db").await.err().unwrap().to_string();
-    assert!(err.contains("not supported") && !err.contains("secret"), "{err}");
+    let err = Catalog::open("mysql://u:secret@h/db")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not supported") && !err.contains("secret"),
+        "{err}"
+    );
     assert_eq!(redact_url("postgres://u:pw@h:5/d"), "postgres://u@h:5/d");
 }

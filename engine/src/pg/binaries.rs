@@ -99,7 +99,8 @@ impl PgBinaries {
             .output()
             .map_err(|e| format!("cannot run postgres --version: {e}"))?;
         let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let major = parse_major(&version).ok_or_else(|| format!("unrecognised version '{version}'"))?;
+        let major =
+            parse_major(&version).ok_or_else(|| format!("unrecognised version '{version}'"))?;
         if !(14..=17).contains(&major) {
             return Err(format!(
                 "PostgreSQL {major} is not supported (cairn supports 14 to 17)"

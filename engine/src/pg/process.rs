@@ -48,7 +48,9 @@ impl OsUser {
         // SAFETY: pw is non-null and points to a valid passwd struct.
         let (uid, gid, home) = unsafe {
             let p = &*pw;
-            let dir = std::ffi::CStr::from_ptr(p.pw_dir).to_string_lossy().into_owned();
+            let dir = std::ffi::CStr::from_ptr(p.pw_dir)
+                .to_string_lossy()
+                .into_owned();
             (p.pw_uid, p.pw_gid, dir)
         };
         Ok(OsUser {

@@ -140,14 +140,25 @@ mod tests {
         assert!(relation("global/pg_control").is_none());
         assert!(relation("pg_xact/0000").is_none());
         assert!(relation("base/5/16384_bogus").is_none());
-        assert_eq!(relation("base/5/16384.2").unwrap().block(3), 2 * RELSEG_SIZE + 3);
+        assert_eq!(
+            relation("base/5/16384.2").unwrap().block(3),
+            2 * RELSEG_SIZE + 3
+        );
     }
 
     #[test]
     fn excludes_what_pg_basebackup_excludes() {
         assert!(excluded("postmaster.pid", "postmaster.pid", false));
-        assert!(excluded("pg_wal/000000010000000000000001", "000000010000000000000001", false));
-        assert!(excluded("base/5/pg_internal.init", "pg_internal.init", false));
+        assert!(excluded(
+            "pg_wal/000000010000000000000001",
+            "000000010000000000000001",
+            false
+        ));
+        assert!(excluded(
+            "base/5/pg_internal.init",
+            "pg_internal.init",
+            false
+        ));
         assert!(excluded("base/5/t3_16384", "t3_16384", false));
         assert!(excluded("base/pgsql_tmp", "pgsql_tmp", true));
         assert!(!excluded("pg_wal", "pg_wal", true));

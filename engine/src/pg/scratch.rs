@@ -35,7 +35,13 @@ impl ScratchServer {
             user: "postgres".into(),
             password: generate_password(),
         };
-        let server = Server::new(&bins, &user, &datadir, free_port()?, &dir.join("server.log"));
+        let server = Server::new(
+            &bins,
+            &user,
+            &datadir,
+            free_port()?,
+            &dir.join("server.log"),
+        );
         server.initdb(&creds)?;
         server.start(settings)?;
         Ok(ScratchServer {

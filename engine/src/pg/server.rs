@@ -22,7 +22,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ user: {:?}, password: <redacted> }}", self.user)
+        write!(
+            f,
+            "Credentials {{ user: {:?}, password: <redacted> }}",
+            self.user
+        )
     }
 }
 
@@ -30,7 +34,9 @@ impl std::fmt::Debug for Credentials {
 /// is reported by [`Server::start`]).
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("find a free port", e))?;
-    Ok(l.local_addr().map_err(|e| Error::io("find a free port", e))?.port())
+    Ok(l.local_addr()
+        .map_err(|e| Error::io("find a free port", e))?
+        .port())
 }
 
 /// True when something already listens on 127.0.0.1:`port`.
@@ -76,7 +82,8 @@ impl Server {
         let parent = self.datadir.parent().unwrap_or(Path::new("/"));
         fs::create_dir_all(parent).ctx("create directory", parent)?;
         self.user.check_reachable(parent)?;
-        crate::fsutil::create_dir_mode(&self.datadir, 0o700).ctx("create directory", &self.datadir)?;
+        crate::fsutil::create_dir_mode(&self.datadir, 0o700)
+            .ctx("create directory", &self.datadir)?;
         self.user.chown(&self.datadir)?;
         let pwfile = parent.join(format!(".pwfile-{}", std::process::id()));
         crate::fsutil::write_atomic(&pwfile, creds.password.as_bytes(), 0o600)
@@ -242,9 +249,9 @@ pub async fn connect(port: u16, creds: &Credentials, db: &str) -> Result<tokio_p
                 return Ok(client);
             }
             Err(e) => {
-                let starting = e
-                    .as_db_error()
-                    .is_some_and(|d| d.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW);
+                let starting = e.as_db_error().is_some_and(|d| {
+                    d.code() == &tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW
+                });
                 last = Some(e);
                 if !starting {
                     break;
@@ -254,7 +261,10 @@ pub async fn connect(port: u16, creds: &Credentials, db: &str) -> Result<tokio_p
         }
     }
     Err(Error::postgres(
-        format!("connect to PostgreSQL on 127.0.0.1:{port} as {}", creds.user),
+        format!(
+            "connect to PostgreSQL on 127.0.0.1:{port} as {}",
+            creds.user
+        ),
         last.map(|e| e.to_string()).unwrap_or_default(),
     ))
 }
@@ -262,15 +272,13 @@ pub async fn connect(port: u16, creds: &Credentials, db: &str) -> Result<tokio_p
 /// Reads a data directory's control file through `pg_controldata`.
 pub fn control_data(bins: &PgBinaries, user: &OsUser, datadir: &Path) -> Result<ControlData> {
     let out = run(
-        user.command(&bins.bin("pg_controldata")).arg("-D").arg(datadir),
+        user.command(&bins.bin("pg_controldata"))
+            .arg("-D")
+            .arg(datadir),
         &format!("read control file of {}", datadir.display()),
     )?;
-    parse_control_data(&out).map_err(|why| {
-        Error::postgres(
-            format!("read control file of {}", datadir.display()),
-            why,
-        )
-    })
+    parse_control_data(&out)
+        .map_err(|why| Error::postgres(format!("read control file of {}", datadir.display()), why))
 }
 
 pub fn parse_control_data(out: &str) -> std::result::Result<ControlData, String> {

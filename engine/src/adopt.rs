@@ -1,0 +1,554 @@
+//! Adopted clusters: protecting a running PostgreSQL that Cairn did not create.
+//!
+//! Nothing is installed on the source. Cairn takes a base backup over the replication
+//! protocol (`pg_basebackup`) into an image layer and receives WAL through a physical
+//! replication slot (`pg_receivewal`) into a spool directory, from which WAL layers are cut
+//! exactly as for a compute. The slot is created before the base backup, so the WAL the image
+//! needs is retained on the source until it is in a layer. Spool files are deleted only after
+//! the layers holding them are committed.
+//!
+//! The source needs:
+//! - a role with the REPLICATION attribute (and its password);
+//! - `wal_level = replica` (or `logical`), two free `max_wal_senders` and
+//!   `max_replication_slots`;
+//! - `pg_hba.conf` lines allowing that role a `replication` connection and a normal one.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use crate::catalog::{now_us, ClusterKind, ClusterRow, TimelineRow};
+use crate::cluster::ClusterSummary;
+use crate::engine::{remove_tree, validate_name, Engine};
+use crate::error::{Error, IoContext, Result};
+use crate::ids::{ClusterId, Lsn, TimelineId};
+use crate::ingest::image::{self, DedupIndex, ImageInput};
+use crate::layer::image::ImageMeta;
+use crate::pg::process::run;
+use crate::progress::Progress;
+
+/// What `cluster adopt` tells an operator the source needs.
+pub const SOURCE_REQUIREMENTS: &str = "the source needs a role with REPLICATION \
+    (CREATE ROLE cairn LOGIN REPLICATION PASSWORD '...'), wal_level = replica or logical, two \
+    free max_wal_senders and max_replication_slots, and pg_hba.conf lines allowing that role a \
+    'replication' connection and a normal one from this host (e.g. 'host replication cairn \
+    10.0.0.5/32 scram-sha-256')";
+
+/// A connection URL split into its password and the rest.
+#[derive(Clone)]
+pub struct SourceUrl {
+    /// The URL without its password: safe to store and show.
+    pub public: String,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SourceUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SourceUrl({})", self.public)
+    }
+}
+
+impl SourceUrl {
+    pub fn parse(url: &str) -> Result<SourceUrl> {
+        let bad = || {
+            Error::Refused(
+                "the source must be a URL such as postgres://cairn:PASSWORD@db1:5432/postgres"
+                    .to_string(),
+            )
+        };
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        if scheme != "postgres" && scheme != "postgresql" {
+            return Err(bad());
+        }
+        let (public, password) = match rest.rsplit_once('@') {
+            Some((creds, host)) => match creds.split_once(':') {
+                Some((user, pw)) => (
+                    format!("{scheme}://{user}@{host}"),
+                    Some(percent_decode(pw)),
+                ),
+                None => (url.to_string(), None),
+            },
+            None => (url.to_string(), None),
+        };
+        tokio_postgres::Config::from_str(&public).map_err(|e| {
+            Error::Refused(format!("the source URL does not parse ({e}); expected postgres://USER:PASSWORD@HOST:PORT/DB"))
+        })?;
+        Ok(SourceUrl { public, password })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The user named in a connection URL.
+pub fn source_user(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let (creds, _) = rest.rsplit_once('@')?;
+    Some(creds.split(':').next()?.to_string()).filter(|u| !u.is_empty())
+}
+
+/// Writes the authentication rules computes of adopted clusters use: password logins on
+/// loopback only, whatever the source's own rules allow.
+pub fn write_compute_hba(datadir: &Path) -> Result<()> {
+    let p = datadir.join("pg_hba.cairn.conf");
+    std::fs::write(
+        &p,
+        "# Written by cairn for a compute of an adopted cluster: loopback, passwords.\n\
+         host all all 127.0.0.1/32 scram-sha-256\n\
+         host replication all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .ctx("write", &p)
+}
+
+fn advise(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Refused(format!("{context}: {e}; {SOURCE_REQUIREMENTS}"))
+}
+
+async fn connect_source(src: &SourceUrl) -> Result<tokio_postgres::Client> {
+    let mut cfg = tokio_postgres::Config::from_str(&src.public)
+        .map_err(|e| advise("cannot parse the source URL", e))?;
+    if let Some(pw) = &src.password {
+        cfg.password(pw);
+    }
+    cfg.application_name("cairn")
+        .connect_timeout(std::time::Duration::from_secs(15));
+    let (client, conn) = cfg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| advise(&format!("cannot connect to {}", src.public), e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A `pg_*` client program pointed at the source, with the password in its environment.
+fn client_command(program: &Path, src: &SourceUrl) -> Command {
+    let mut c = Command::new(program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PG") {
+            c.env_remove(&k);
+        }
+    }
+    if let Some(pw) = &src.password {
+        c.env("PGPASSWORD", pw);
+    }
+    c.env("LC_ALL", "C");
+    c
+}
+
+/// Facts about the source gathered before adopting it.
+struct SourceFacts {
+    major: u32,
+    system_id: u64,
+    segment_size: u64,
+    tli: u32,
+}
+
+async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Result<SourceFacts> {
+    let q = |sql: &'static str| async move {
+        client
+            .query_one(sql, &[])
+            .await
+            .map_err(|e| advise(&format!("cannot inspect the source ({sql})"), e))
+    };
+    let wal_level: String = q("SHOW wal_level").await?.get(0);
+    if wal_level != "replica" && wal_level != "logical" {
+        return Err(Error::Refused(format!(
+            "the source has wal_level = {wal_level}; set wal_level = replica (ALTER SYSTEM SET \
+             wal_level = replica; then restart it) so that its WAL can restore it"
+        )));
+    }
+    let can: bool =
+        q("SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user")
+            .await?
+            .get(0);
+    if !can {
+        return Err(Error::Refused(format!(
+            "the role in the URL lacks the REPLICATION attribute (ALTER ROLE ... REPLICATION); {SOURCE_REQUIREMENTS}"
+        )));
+    }
+    let num: String = q("SHOW server_version_num").await?.get(0);
+    let major = num.parse::<u32>().unwrap_or(0) / 10000;
+    if major != major_here {
+        return Err(Error::Refused(format!(
+            "the source runs PostgreSQL {major}, but the binaries here are PostgreSQL \
+             {major_here}; point --pg-bin at PostgreSQL {major} binaries"
+        )));
+    }
+    let sysid: String = q("SELECT system_identifier::text FROM pg_control_system()")
+        .await?
+        .get(0);
+    let seg: String = q("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+        .await?
+        .get(0);
+    let tli: i32 = q("SELECT timeline_id FROM pg_control_checkpoint()")
+        .await?
+        .get(0);
+    let segment_size = seg.parse::<u64>().unwrap_or(16 << 20);
+    Ok(SourceFacts {
+        major,
+        system_id: sysid
+            .parse()
+            .map_err(|_| Error::postgres("read the system identifier", sysid))?,
+        // PostgreSQL reports wal_segment_size in bytes since version 11.
+        segment_size,
+        tli: tli as u32,
+    })
+}
+
+/// The LSNs of a plain-format base backup: (start, end), from its manifest.
+fn backup_range(dir: &Path) -> Result<(Lsn, Lsn, String)> {
+    let label_path = dir.join("backup_label");
+    let label = std::fs::read_to_string(&label_path).ctx("read", &label_path)?;
+    let manifest_path = dir.join("backup_manifest");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).ctx("read", &manifest_path)?)
+            .map_err(|e| Error::corrupt(format!("{}", manifest_path.display()), e.to_string()))?;
+    let range = manifest["WAL-Ranges"]
+        .as_array()
+        .and_then(|a| a.last())
+        .ok_or_else(|| Error::corrupt(format!("{}", manifest_path.display()), "no WAL-Ranges"))?;
+    let lsn = |k: &str| -> Result<Lsn> {
+        range[k]
+            .as_str()
+            .unwrap_or("")
+            .parse()
+            .map_err(|e: String| Error::corrupt(format!("{}", manifest_path.display()), e))
+    };
+    Ok((lsn("Start-LSN")?, lsn("End-LSN")?, label))
+}
+
+/// A running `pg_receivewal` for an adopted cluster.
+pub struct Receiver {
+    child: Child,
+    pub cluster: ClusterId,
+}
+
+impl Receiver {
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Engine {
+    fn source_of(&self, c: &ClusterRow) -> Result<SourceUrl> {
+        let public = c.source.clone().ok_or_else(|| {
+            Error::Refused(format!("cluster '{}' is not an adopted cluster", c.name))
+        })?;
+        let password = self
+            .home
+            .read_secret(c.id, "source-password")
+            .ok()
+            .filter(|p| !p.is_empty());
+        Ok(SourceUrl { public, password })
+    }
+
+    /// Starts streaming WAL of an adopted cluster into its spool (until `endpos`, if given).
+    pub fn start_receiver(&self, c: &ClusterRow, endpos: Option<Lsn>) -> Result<Receiver> {
+        let src = self.source_of(c)?;
+        let bins = self.bins_for(c)?;
+        let prog = bins.require("pg_receivewal")?;
+        let spool = self.home.spool_dir(c.id);
+        std::fs::create_dir_all(&spool).ctx("create directory", &spool)?;
+        let slot = c.slot.clone().unwrap_or_default();
+        let mut cmd = client_command(&prog, &src);
+        cmd.arg("-d")
+            .arg(&src.public)
+            .arg("-D")
+            .arg(&spool)
+            .args(["--slot", &slot, "--synchronous", "--no-loop", "-w"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(e) = endpos {
+            cmd.arg(format!("--endpos={e}"));
+        }
+        let child = cmd.spawn().map_err(|e| {
+            Error::postgres(
+                format!("start pg_receivewal for '{}'", c.name),
+                e.to_string(),
+            )
+        })?;
+        Ok(Receiver {
+            child,
+            cluster: c.id,
+        })
+    }
+
+    /// Ingests whatever the spool holds past the head; removes spool segments that are
+    /// entirely in committed layers.
+    pub async fn ingest_spool(&self, c: &ClusterRow) -> Result<crate::compute::SyncReport> {
+        let (_, tl) = self.resolve_branch(c, "main").await?;
+        let _g = self
+            .home
+            .lock_timeline(tl.id, &format!("cluster '{}'", c.name))?;
+        self.recover_timeline(c, tl.id).await?;
+        let tl = self.catalog.timeline(tl.id).await?;
+        let spool = self.home.spool_dir(c.id);
+        let built = self.write_wal_layers(c, &tl, &spool, None).await?;
+        let (head, _) = self.commit_layers(c, &tl, None, &built).await?;
+        // Segments wholly before the head are in layers now.
+        if let Ok(rd) = std::fs::read_dir(&spool) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    continue;
+                }
+                let Ok(segno_hi) = u64::from_str_radix(&name[8..16], 16) else {
+                    continue;
+                };
+                let Ok(segno_lo) = u64::from_str_radix(&name[16..24], 16) else {
+                    continue;
+                };
+                let per_id = 0x1_0000_0000u64 / c.segment_size;
+                let segno = segno_hi * per_id + segno_lo;
+                if (segno + 1) * c.segment_size <= head.0 {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        Ok(crate::compute::SyncReport {
+            timeline: tl.id,
+            from: tl.head,
+            to: head,
+            layers: built.len(),
+        })
+    }
+
+    /// Receives the source's WAL up to its current flush position and ingests it.
+    pub async fn sync_adopted(&self, c: &ClusterRow) -> Result<crate::compute::SyncReport> {
+        let src = self.source_of(c)?;
+        let client = connect_source(&src).await?;
+        let flush: String = client
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .map_err(|e| advise("cannot read the source's WAL position", e))?
+            .get(0);
+        let flush: Lsn = flush
+            .parse()
+            .map_err(|e: String| Error::postgres("flush lsn", e))?;
+        let (_, tl) = self.resolve_branch(c, "main").await?;
+        if flush > tl.head {
+            let r = self.start_receiver(c, Some(flush))?;
+            let status = tokio::task::spawn_blocking(move || r.child.wait_with_output())
+                .await
+                .map_err(|e| Error::io("pg_receivewal", std::io::Error::other(e.to_string())))?
+                .map_err(|e| Error::io("pg_receivewal", e))?;
+            if !status.status.success() {
+                return Err(advise(
+                    "pg_receivewal failed",
+                    String::from_utf8_lossy(&status.stderr).trim(),
+                ));
+            }
+        }
+        self.ingest_spool(c).await
+    }
+
+    /// Adopts a running server: slot, base backup, first WAL, catalog.
+    pub async fn adopt_cluster(
+        &self,
+        name: &str,
+        url: &str,
+        slot: Option<&str>,
+        progress: &Arc<Progress>,
+    ) -> Result<ClusterSummary> {
+        validate_name("cluster", name)?;
+        let src = SourceUrl::parse(url)?;
+        let _g = self.home.lock_clusters()?;
+        if self.catalog.cluster_by_name(name).await?.is_some() {
+            return Err(Error::Refused(format!("cluster '{name}' already exists")));
+        }
+        let bins = self.bins()?.clone();
+        let basebackup = bins.require("pg_basebackup")?;
+        bins.require("pg_receivewal")?;
+        let client = connect_source(&src).await?;
+        let facts = inspect_source(&client, bins.major).await?;
+        let slot = slot
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("cairn_{}", name.replace('-', "_")));
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&slot],
+            )
+            .await
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "cannot create replication slot '{slot}' on the source ({e}); if a previous \
+                     adoption left it, drop it there (SELECT pg_drop_replication_slot('{slot}')) \
+                     or pass --slot"
+                ))
+            })?;
+        let cid = ClusterId::generate();
+        let tid = TimelineId::generate();
+        let cluster = ClusterRow {
+            id: cid,
+            name: name.to_string(),
+            kind: ClusterKind::Adopted,
+            pg_major: facts.major,
+            system_id: facts.system_id,
+            segment_size: facts.segment_size,
+            tli: facts.tli,
+            source: Some(src.public.clone()),
+            slot: Some(slot.clone()),
+            created_at_us: now_us(),
+        };
+        let res = self
+            .adopt_inner(&cluster, tid, &src, &basebackup, progress)
+            .await;
+        if let Err(e) = res {
+            let _ = client
+                .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+                .await;
+            let _ = remove_tree(&self.home.cluster_dir(cid));
+            let _ = remove_tree(&self.home.spool_dir(cid));
+            self.home.remove_secrets(cid);
+            return Err(e);
+        }
+        let c = self.resolve_cluster(Some(name)).await?;
+        self.cluster_summary(&c).await
+    }
+
+    async fn adopt_inner(
+        &self,
+        cluster: &ClusterRow,
+        tid: TimelineId,
+        src: &SourceUrl,
+        basebackup: &Path,
+        progress: &Arc<Progress>,
+    ) -> Result<()> {
+        let staging: PathBuf = self.home.spool_dir(cluster.id).join("basebackup");
+        remove_tree(&staging)?;
+        std::fs::create_dir_all(&staging).ctx("create directory", &staging)?;
+        progress.phase("base backup", 0);
+        let mut cmd = client_command(basebackup, src);
+        cmd.arg("-d")
+            .arg(&src.public)
+            .arg("-D")
+            .arg(&staging)
+            .args(["-Fp", "-X", "none", "-c", "fast", "--no-sync", "-w", "-l"])
+            .arg(format!("cairn {}", cluster.name));
+        tokio::task::spawn_blocking(move || run(&mut cmd, "pg_basebackup"))
+            .await
+            .map_err(|e| Error::io("pg_basebackup", std::io::Error::other(e.to_string())))?
+            .map_err(|e| advise("the base backup failed", e))?;
+        let (start, end, label) = backup_range(&staging)?;
+        let tl = TimelineRow {
+            id: tid,
+            cluster_id: cluster.id,
+            ancestor: None,
+            head: start,
+            head_prev: None,
+            created_at_us: now_us(),
+        };
+        let out_dir = self.home.timeline_dir(cluster.id, tid);
+        progress.phase("image", image::estimate_size(&staging));
+        let p = progress.clone();
+        let st = staging.clone();
+        let checksums = true;
+        let draft = tokio::task::spawn_blocking(move || {
+            image::build(
+                &out_dir,
+                &ImageInput {
+                    datadir: &st,
+                    backup_start: start,
+                    checksums,
+                },
+                &DedupIndex::default(),
+                &p.done,
+            )
+        })
+        .await
+        .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))?
+        .map_err(|e| match e {
+            Ok(page) => page.into_error(None),
+            Err(e) => e,
+        })?;
+        let meta = ImageMeta {
+            system_id: cluster.system_id,
+            pg_major: cluster.pg_major,
+            timeline: tid,
+            start_lsn: start,
+            end_lsn: end,
+            tli: cluster.tli,
+            created_at_us: now_us(),
+            backup_label: label,
+            refs: vec![],
+            dirs: vec![],
+            files: vec![],
+        };
+        let img = tokio::task::spawn_blocking(move || draft.finish(meta))
+            .await
+            .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))??;
+        remove_tree(&staging)?;
+        // The WAL the image needs, through the slot.
+        progress.phase("WAL", 0);
+        if let Some(pw) = &src.password {
+            self.home.write_secret(cluster.id, "source-password", pw)?;
+        }
+        let r = self.start_receiver(cluster, Some(end))?;
+        let out = tokio::task::spawn_blocking(move || r.child.wait_with_output())
+            .await
+            .map_err(|e| Error::io("pg_receivewal", std::io::Error::other(e.to_string())))?
+            .map_err(|e| Error::io("pg_receivewal", e))?;
+        if !out.status.success() {
+            return Err(advise(
+                "receiving WAL failed",
+                String::from_utf8_lossy(&out.stderr).trim(),
+            ));
+        }
+        let wals = self
+            .write_wal_layers(cluster, &tl, &self.home.spool_dir(cluster.id), None)
+            .await?;
+        let head = wals.last().map_or(tl.head, |w| w.meta.end);
+        if head < end {
+            return Err(Error::postgres(
+                "receive the base backup's WAL",
+                format!("WAL reached {head}, the image needs it up to {end}"),
+            ));
+        }
+        self.commit_new_cluster(cluster, &tl, &img, &wals).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_split_from_urls() {
+        let s = SourceUrl::parse("postgres://cairn:p%40ss@db1:5432/postgres").unwrap();
+        assert_eq!(s.public, "postgres://cairn@db1:5432/postgres");
+        assert_eq!(s.password.as_deref(), Some("p@ss"));
+        assert!(!format!("{s:?}").contains("p@ss"));
+        assert_eq!(source_user(&s.public).as_deref(), Some("cairn"));
+        assert!(SourceUrl::parse("host=x user=y").is_err());
+        let n = SourceUrl::parse("postgresql://db1/postgres").unwrap();
+        assert!(n.password.is_none());
+    }
+}

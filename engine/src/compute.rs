@@ -1,0 +1,838 @@
+//! Computes: real PostgreSQL servers running a branch, and the flow of their WAL back into it.
+//!
+//! A compute is started from a materialised data directory (see [`crate::materialise`]); right
+//! after start it gets a physical replication slot, `cairn`, which keeps every WAL segment from
+//! the branch head onwards until Cairn has stored it in a layer. Ingest ("sync") reads the
+//! compute's own `pg_wal` up to the server's flush position, validates the chain, writes WAL
+//! layers, commits them, and only then advances the slot. A crash anywhere leaves the WAL
+//! either in a committed layer or still retained by the slot.
+//!
+//! Stopping a compute shuts PostgreSQL down cleanly (a shutdown checkpoint is written), ingests
+//! everything up to the end of its WAL, and removes the data directory: the branch keeps all of
+//! it in layers.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow};
+use crate::engine::{remove_tree, Engine};
+use crate::error::{Error, Result};
+use crate::ids::{Lsn, TimelineId};
+use crate::ingest::image::{self, BuiltImage, DedupIndex, ImageInput};
+use crate::ingest::wal::{self as wal_ingest, BuiltWal, WalStream};
+use crate::layer::file::LayerKind;
+use crate::layer::image::ImageMeta;
+use crate::materialise::{materialise, MaterialiseStats};
+use crate::pg::server::{free_port, Credentials, Server};
+use crate::progress::Progress;
+use crate::wal::DirSource;
+
+/// The replication slot every compute keeps for Cairn.
+pub const SLOT: &str = "cairn";
+/// WAL bytes per layer at most.
+pub const MAX_WAL_LAYER: u64 = 256 << 20;
+
+/// Settings every compute runs with, whatever the cluster's configuration says.
+pub fn compute_settings(branch: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("cluster_name", format!("'cairn-{branch}'")),
+        ("archive_mode", "off".into()),
+        ("synchronous_standby_names", "''".into()),
+        ("wal_level", "replica".into()),
+        ("full_page_writes", "on".into()),
+        ("max_replication_slots", "10".into()),
+        ("max_wal_senders", "10".into()),
+    ]
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComputeInfo {
+    pub cluster: String,
+    pub branch: String,
+    pub timeline: TimelineId,
+    pub port: u16,
+    /// Connection URL, password included: show it to the user, never log it.
+    #[serde(skip)]
+    pub url: String,
+    pub datadir: std::path::PathBuf,
+    pub pid: Option<i64>,
+    pub head: Lsn,
+    pub already_running: bool,
+    pub materialise: Option<MaterialiseStats>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncReport {
+    pub timeline: TimelineId,
+    pub from: Lsn,
+    pub to: Lsn,
+    pub layers: usize,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ImageReport {
+    pub layer: String,
+    pub start: Lsn,
+    pub end: Lsn,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub file_bytes: u64,
+    pub stats: image::ImageStats,
+    pub seconds: f64,
+}
+
+impl Engine {
+    /// The superuser credentials computes of `cluster` accept.
+    pub fn credentials(&self, cluster: &ClusterRow) -> Result<Credentials> {
+        match cluster.kind {
+            ClusterKind::Managed => Ok(Credentials {
+                user: "postgres".into(),
+                password: self.home.read_secret(cluster.id, "password")?,
+            }),
+            ClusterKind::Adopted => Ok(Credentials {
+                user: cluster
+                    .source
+                    .as_deref()
+                    .and_then(crate::adopt::source_user)
+                    .unwrap_or_else(|| "postgres".into()),
+                password: self
+                    .home
+                    .read_secret(cluster.id, "source-password")
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    fn server_for(&self, cluster: &ClusterRow, tl: TimelineId, port: u16) -> Result<Server> {
+        let dir = self.home.compute_dir(tl);
+        Ok(Server::new(
+            self.bins_for(cluster)?,
+            &self.user,
+            &dir.join("pgdata"),
+            port,
+            &dir.join("postgres.log"),
+        ))
+    }
+
+    fn stream(&self, cluster: &ClusterRow, tl: TimelineId) -> WalStream {
+        WalStream {
+            timeline: tl,
+            system_id: cluster.system_id,
+            pg_major: cluster.pg_major,
+            tli: cluster.tli,
+            segment_size: cluster.segment_size,
+        }
+    }
+
+    /// Removes what a dead process left in a timeline's directory: temporary files and layer
+    /// files the catalog does not name. Call with the timeline lock held.
+    pub async fn recover_timeline(&self, cluster: &ClusterRow, tl: TimelineId) -> Result<usize> {
+        let dir = self.home.timeline_dir(cluster.id, tl);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let known: std::collections::HashSet<_> = self
+            .catalog
+            .timeline_layers(tl)
+            .await?
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        let mut removed = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let garbage = crate::fsutil::is_temp_name(&name)
+                || crate::layer::file::parse_file_name(&name)
+                    .is_some_and(|(_, id)| !known.contains(&id));
+            if garbage {
+                tracing::info!(file = %e.path().display(), "removing uncommitted layer file");
+                std::fs::remove_file(e.path())
+                    .map_err(|err| Error::path("remove", &e.path(), err))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Reads the WAL available in `dir` from the timeline's head and writes layers for it.
+    /// Nothing is committed.
+    pub(crate) async fn write_wal_layers(
+        &self,
+        cluster: &ClusterRow,
+        tl: &TimelineRow,
+        dir: &Path,
+        vouched: Option<Lsn>,
+    ) -> Result<Vec<BuiltWal>> {
+        let stream = self.stream(cluster, tl.id);
+        let out_dir = self.home.timeline_dir(cluster.id, tl.id);
+        let dir = dir.to_path_buf();
+        let (start, prev) = (tl.head, tl.head_prev);
+        tokio::task::spawn_blocking(move || -> Result<Vec<BuiltWal>> {
+            let mut src = DirSource::new(&dir, stream.tli, stream.segment_size);
+            // Pass 1: validate everything the server vouches for; write nothing on failure.
+            wal_ingest::scan(&stream, &mut src, &dir, start, prev, vouched, None)?;
+            // Pass 2: write layers of bounded size.
+            let mut built = Vec::new();
+            let (mut at, mut prev) = (start, prev);
+            loop {
+                let out = wal_ingest::scan(
+                    &stream,
+                    &mut src,
+                    &dir,
+                    at,
+                    prev,
+                    vouched,
+                    Some(MAX_WAL_LAYER),
+                )?;
+                if out.records == 0 {
+                    break;
+                }
+                let b = wal_ingest::write_layer(&out_dir, &stream, &mut src, &out, prev, now_us())?;
+                at = out.end;
+                prev = out.last_record;
+                built.push(b);
+            }
+            Ok(built)
+        })
+        .await
+        .map_err(|e| Error::io("WAL ingest task", std::io::Error::other(e.to_string())))?
+    }
+
+    /// Commits an optional image and WAL layers and advances the timeline's head, in one
+    /// transaction.
+    pub(crate) async fn commit_layers(
+        &self,
+        cluster: &ClusterRow,
+        tl: &TimelineRow,
+        image: Option<&BuiltImage>,
+        wals: &[BuiltWal],
+    ) -> Result<(Lsn, Option<Lsn>)> {
+        let mut tx = self.catalog.begin().await?;
+        if let Some(img) = image {
+            tx.insert_layer(
+                &LayerRow {
+                    id: img.id,
+                    cluster_id: cluster.id,
+                    timeline_id: tl.id,
+                    kind: LayerKind::Image,
+                    start: img.meta.start_lsn,
+                    end: img.meta.end_lsn,
+                    file_size: img.file_size,
+                    logical_size: img.meta.logical_size(),
+                    stored_bytes: img.stats.stored_bytes,
+                    created_at_us: img.meta.created_at_us,
+                },
+                &img.meta.referenced_layers().copied().collect::<Vec<_>>(),
+                &[],
+            )
+            .await?;
+        }
+        let mut head = (tl.head, tl.head_prev);
+        for w in wals {
+            tx.insert_layer(
+                &LayerRow {
+                    id: w.id,
+                    cluster_id: cluster.id,
+                    timeline_id: tl.id,
+                    kind: LayerKind::Wal,
+                    start: w.meta.start,
+                    end: w.meta.end,
+                    file_size: w.file_size,
+                    logical_size: w.meta.end.0 - w.meta.start.0,
+                    stored_bytes: w.file_size,
+                    created_at_us: w.meta.created_at_us,
+                },
+                &[],
+                &w.meta.events,
+            )
+            .await?;
+            head = (w.meta.end, Some(w.meta.last_record));
+        }
+        if !wals.is_empty() {
+            tx.set_head(tl.id, head.0, head.1).await?;
+        }
+        crate::failpoint::hit("layers-before-commit");
+        tx.commit().await?;
+        crate::failpoint::hit("layers-after-commit");
+        Ok(head)
+    }
+
+    /// Takes an image layer of a running server (between `pg_backup_start` and
+    /// `pg_backup_stop`). The layer file is durable on return; nothing is committed.
+    pub(crate) async fn take_image(
+        &self,
+        cluster: &ClusterRow,
+        tl: &TimelineRow,
+        server: &Server,
+        creds: &Credentials,
+        progress: &Arc<Progress>,
+    ) -> Result<BuiltImage> {
+        let client = server.connect(creds, "postgres").await?;
+        let checksums: String = client
+            .query_one("SHOW data_checksums", &[])
+            .await
+            .map_err(|e| Error::postgres("read data_checksums", e.to_string()))?
+            .get(0);
+        let known = {
+            let images = self.ancestry_images(tl).await?;
+            tokio::task::spawn_blocking(move || DedupIndex::load(&images))
+                .await
+                .map_err(|e| {
+                    Error::io("load dedup index", std::io::Error::other(e.to_string()))
+                })??
+        };
+        let start_sql = if cluster.pg_major >= 15 {
+            "SELECT pg_backup_start('cairn', true)::text"
+        } else {
+            "SELECT pg_start_backup('cairn', true, false)::text"
+        };
+        let start: String = client
+            .query_one(start_sql, &[])
+            .await
+            .map_err(|e| {
+                Error::postgres(
+                    "start the base backup (pg_backup_start)",
+                    format!("{e}; the role needs superuser or EXECUTE on pg_backup_start"),
+                )
+            })?
+            .get(0);
+        let start: Lsn = start
+            .parse()
+            .map_err(|e: String| Error::postgres("pg_backup_start", e))?;
+        let datadir = server.datadir.clone();
+        let out_dir = self.home.timeline_dir(cluster.id, tl.id);
+        progress.phase("image", image::estimate_size(&datadir));
+        let p = progress.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            image::build(
+                &out_dir,
+                &ImageInput {
+                    datadir: &datadir,
+                    backup_start: start,
+                    checksums: checksums == "on",
+                },
+                &known,
+                &p.done,
+            )
+        })
+        .await
+        .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))?;
+        let stop_sql = if cluster.pg_major >= 15 {
+            "SELECT lsn::text, labelfile FROM pg_backup_stop(false)"
+        } else {
+            "SELECT lsn::text, labelfile FROM pg_stop_backup(false, false)"
+        };
+        let draft = match built {
+            Ok(d) => d,
+            Err(err) => {
+                let _ = client.query_one(stop_sql, &[]).await;
+                return Err(match err {
+                    Ok(page) => {
+                        let name = relation_name(server, creds, &page).await;
+                        page.into_error(name)
+                    }
+                    Err(e) => e,
+                });
+            }
+        };
+        let row = client
+            .query_one(stop_sql, &[])
+            .await
+            .map_err(|e| Error::postgres("stop the base backup (pg_backup_stop)", e.to_string()))?;
+        let stop: String = row.get(0);
+        let label: String = row.get(1);
+        let end: Lsn = stop
+            .parse()
+            .map_err(|e: String| Error::postgres("pg_backup_stop", e))?;
+        let meta = ImageMeta {
+            system_id: cluster.system_id,
+            pg_major: cluster.pg_major,
+            timeline: tl.id,
+            start_lsn: start,
+            end_lsn: end,
+            tli: cluster.tli,
+            created_at_us: now_us(),
+            backup_label: label,
+            refs: vec![],
+            dirs: vec![],
+            files: vec![],
+        };
+        crate::failpoint::hit("image-before-finish");
+        tokio::task::spawn_blocking(move || draft.finish(meta))
+            .await
+            .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))?
+    }
+
+    /// Materialises a branch's head and starts a compute on it.
+    pub async fn compute_start(
+        &self,
+        cluster: &ClusterRow,
+        branch: &str,
+        port: Option<u16>,
+        progress: &Arc<Progress>,
+    ) -> Result<ComputeInfo> {
+        let (b, tl) = self.resolve_branch(cluster, branch).await?;
+        let _g = self
+            .home
+            .lock_timeline(tl.id, &format!("branch '{branch}'"))?;
+        self.recover_timeline(cluster, tl.id).await?;
+        let creds = self.credentials(cluster)?;
+        if let Some(c) = self.catalog.compute(tl.id).await? {
+            let server = self.server_for(cluster, tl.id, c.port)?;
+            if let Some(pid) = server.pid() {
+                return Ok(ComputeInfo {
+                    cluster: cluster.name.clone(),
+                    branch: b.name,
+                    timeline: tl.id,
+                    port: c.port,
+                    url: server.url(&creds, "postgres"),
+                    datadir: c.datadir,
+                    pid: Some(pid),
+                    head: tl.head,
+                    already_running: true,
+                    materialise: None,
+                });
+            }
+            // Left behind by a crash: its WAL is still in its pg_wal; take it before starting over.
+            self.ingest_stopped(cluster, &tl, &server).await?;
+        }
+        let tl = self.catalog.timeline(tl.id).await?;
+        let map = self.layer_map(cluster).await?;
+        let plan = map
+            .plan(tl.id, tl.head)
+            .map_err(|e| self.explain(&map, &format!("the head of branch '{branch}'"), tl.id, e))?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port()?,
+        };
+        let server = self.server_for(cluster, tl.id, port)?;
+        let dir = self.home.compute_dir(tl.id);
+        remove_tree(&dir)?;
+        crate::fsutil::create_dir_mode(&dir, 0o711).map_err(|e| Error::path("create", &dir, e))?;
+        self.user.check_reachable(&dir)?;
+        if crate::pg::server::port_in_use(port) {
+            remove_tree(&dir)?;
+            return Err(Error::Refused(format!(
+                "port {port} on 127.0.0.1 is already in use by another program; pick another \
+                 with --port, or stop what listens there"
+            )));
+        }
+        let paths = self.layer_paths(cluster).await?;
+        let datadir = server.datadir.clone();
+        progress.phase("materialise", 0);
+        let p = progress.clone();
+        let stats =
+            tokio::task::spawn_blocking(move || materialise(&plan, &paths, &datadir, &p.done))
+                .await
+                .map_err(|e| Error::io("materialise task", std::io::Error::other(e.to_string())))?;
+        let stats = match stats {
+            Ok(s) => s,
+            Err(e) => {
+                remove_tree(&dir)?;
+                return Err(e);
+            }
+        };
+        if cluster.kind == ClusterKind::Adopted {
+            crate::adopt::write_compute_hba(&server.datadir)?;
+        }
+        self.user.chown_tree(&dir)?;
+        let mut settings = compute_settings(branch);
+        if cluster.kind == ClusterKind::Adopted {
+            settings.push((
+                "hba_file",
+                format!("'{}'", server.datadir.join("pg_hba.cairn.conf").display()),
+            ));
+        }
+        if let Err(e) = server.start(&settings) {
+            let _ = server.stop("immediate");
+            remove_tree(&dir)?;
+            return Err(e);
+        }
+        match self.after_start(&server, &creds, &tl).await {
+            Ok(()) => {}
+            Err(e) => {
+                let _ = server.stop("immediate");
+                remove_tree(&dir)?;
+                return Err(e);
+            }
+        }
+        let pid = server.pid();
+        let mut tx = self.catalog.begin().await?;
+        tx.upsert_compute(&ComputeRow {
+            timeline_id: tl.id,
+            cluster_id: cluster.id,
+            desired: "running".into(),
+            port,
+            datadir: server.datadir.clone(),
+            pid,
+            started_at_us: now_us(),
+        })
+        .await?;
+        tx.commit().await?;
+        tracing::info!(branch, port, head = %tl.head, "compute started");
+        Ok(ComputeInfo {
+            cluster: cluster.name.clone(),
+            branch: b.name,
+            timeline: tl.id,
+            port,
+            url: server.url(&creds, "postgres"),
+            datadir: server.datadir.clone(),
+            pid,
+            head: tl.head,
+            already_running: false,
+            materialise: Some(stats),
+        })
+    }
+
+    /// Creates the slot and checks the server ended recovery exactly at the branch head.
+    async fn after_start(
+        &self,
+        server: &Server,
+        creds: &Credentials,
+        tl: &TimelineRow,
+    ) -> Result<()> {
+        let client = server.connect(creds, "postgres").await?;
+        let row = client
+            .query_one(
+                "SELECT checkpoint_lsn::text, redo_lsn::text FROM pg_control_checkpoint()",
+                &[],
+            )
+            .await
+            .map_err(|e| Error::postgres("read the recovery end point", e.to_string()))?;
+        let ckpt: Lsn = row
+            .get::<_, String>(0)
+            .parse()
+            .map_err(|e: String| Error::postgres("pg_control_checkpoint", e))?;
+        if ckpt < tl.head || ckpt.0 > tl.head.0 + crate::wal::LONG_PHD {
+            return Err(Error::corrupt(
+                format!("compute in {}", server.datadir.display()),
+                format!(
+                    "PostgreSQL ended recovery at {ckpt}, not at the branch head {}: the WAL \
+                     handed to it is incomplete. Run `cairn check`",
+                    tl.head
+                ),
+            ));
+        }
+        client
+            .execute(
+                "SELECT pg_create_physical_replication_slot($1, true)",
+                &[&SLOT],
+            )
+            .await
+            .map_err(|e| Error::postgres("create the cairn replication slot", e.to_string()))?;
+        let restart: String = client
+            .query_one(
+                "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+                &[&SLOT],
+            )
+            .await
+            .map_err(|e| Error::postgres("read the cairn replication slot", e.to_string()))?
+            .get(0);
+        let restart: Lsn = restart
+            .parse()
+            .map_err(|e: String| Error::postgres("slot", e))?;
+        if restart > ckpt {
+            return Err(Error::postgres(
+                "create the cairn replication slot",
+                format!("slot retains WAL only from {restart}, after the branch head {ckpt}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Ingests the WAL of a running compute up to its flush position and advances its slot.
+    pub async fn compute_sync(&self, cluster: &ClusterRow, tl: TimelineId) -> Result<SyncReport> {
+        let _g = self.home.lock_timeline(tl, "the branch")?;
+        self.sync_locked(cluster, tl).await
+    }
+
+    async fn sync_locked(&self, cluster: &ClusterRow, tl_id: TimelineId) -> Result<SyncReport> {
+        self.recover_timeline(cluster, tl_id).await?;
+        let tl = self.catalog.timeline(tl_id).await?;
+        let c = self.catalog.compute(tl_id).await?.ok_or_else(|| {
+            Error::Refused(
+                "no compute runs on this branch; start one with `cairn compute start`".into(),
+            )
+        })?;
+        let server = self.server_for(cluster, tl_id, c.port)?;
+        if server.pid().is_none() {
+            // Crashed or stopped behind our back: take what its pg_wal holds.
+            return self.ingest_stopped(cluster, &tl, &server).await;
+        }
+        let creds = self.credentials(cluster)?;
+        let client = server.connect(&creds, "postgres").await?;
+        let flush: String = client
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+            .await
+            .map_err(|e| Error::postgres("read the flush position", e.to_string()))?
+            .get(0);
+        let flush: Lsn = flush
+            .parse()
+            .map_err(|e: String| Error::postgres("flush lsn", e))?;
+        let built = self
+            .write_wal_layers(cluster, &tl, &server.datadir.join("pg_wal"), Some(flush))
+            .await?;
+        let (head, _) = self.commit_layers(cluster, &tl, None, &built).await?;
+        if !built.is_empty() {
+            client
+                .execute(
+                    "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                    &[&SLOT, &head.to_string()],
+                )
+                .await
+                .map_err(|e| {
+                    Error::postgres("advance the cairn replication slot", e.to_string())
+                })?;
+        }
+        Ok(SyncReport {
+            timeline: tl_id,
+            from: tl.head,
+            to: head,
+            layers: built.len(),
+        })
+    }
+
+    /// Ingests everything a stopped compute's `pg_wal` holds past the head.
+    async fn ingest_stopped(
+        &self,
+        cluster: &ClusterRow,
+        tl: &TimelineRow,
+        server: &Server,
+    ) -> Result<SyncReport> {
+        let wal_dir = server.datadir.join("pg_wal");
+        if !wal_dir.exists() {
+            return Ok(SyncReport {
+                timeline: tl.id,
+                from: tl.head,
+                to: tl.head,
+                layers: 0,
+            });
+        }
+        let built = self.write_wal_layers(cluster, tl, &wal_dir, None).await?;
+        let (head, _) = self.commit_layers(cluster, tl, None, &built).await?;
+        Ok(SyncReport {
+            timeline: tl.id,
+            from: tl.head,
+            to: head,
+            layers: built.len(),
+        })
+    }
+
+    /// Stops a branch's compute cleanly, keeping every byte of WAL it wrote.
+    pub async fn compute_stop(&self, cluster: &ClusterRow, branch: &str) -> Result<SyncReport> {
+        let (_, tl) = self.resolve_branch(cluster, branch).await?;
+        let _g = self
+            .home
+            .lock_timeline(tl.id, &format!("branch '{branch}'"))?;
+        self.stop_locked(cluster, &tl).await
+    }
+
+    pub(crate) async fn stop_locked(
+        &self,
+        cluster: &ClusterRow,
+        tl: &TimelineRow,
+    ) -> Result<SyncReport> {
+        self.recover_timeline(cluster, tl.id).await?;
+        let c = self
+            .catalog
+            .compute(tl.id)
+            .await?
+            .ok_or_else(|| Error::Refused("no compute runs on this branch".into()))?;
+        let server = self.server_for(cluster, tl.id, c.port)?;
+        if server.pid().is_some() {
+            server.stop("fast")?;
+        }
+        let tl = self.catalog.timeline(tl.id).await?;
+        let report = self.ingest_stopped(cluster, &tl, &server).await?;
+        crate::failpoint::hit("stop-before-cleanup");
+        let mut tx = self.catalog.begin().await?;
+        tx.delete_compute(tl.id).await?;
+        tx.commit().await?;
+        remove_tree(&self.home.compute_dir(tl.id))?;
+        tracing::info!(head = %report.to, "compute stopped");
+        Ok(report)
+    }
+
+    /// Takes an image layer of the branch's running compute, now.
+    pub async fn image_create(
+        &self,
+        cluster: &ClusterRow,
+        branch: &str,
+        progress: &Arc<Progress>,
+    ) -> Result<ImageReport> {
+        let started = std::time::Instant::now();
+        let (_, tl) = self.resolve_branch(cluster, branch).await?;
+        let _g = self
+            .home
+            .lock_timeline(tl.id, &format!("branch '{branch}'"))?;
+        self.recover_timeline(cluster, tl.id).await?;
+        let c = self.catalog.compute(tl.id).await?;
+        let server = match c {
+            Some(c) => self.server_for(cluster, tl.id, c.port)?,
+            None => {
+                return Err(Error::Refused(format!(
+                    "an image is taken from a running compute; start one with `cairn compute \
+                     start {branch}` first"
+                )))
+            }
+        };
+        if server.pid().is_none() {
+            return Err(Error::Refused(format!(
+                "the compute of branch '{branch}' is not running; start it with `cairn compute \
+                 start {branch}`"
+            )));
+        }
+        let creds = self.credentials(cluster)?;
+        // Ingest first, so the image's WAL continues the committed chain.
+        self.sync_locked(cluster, tl.id).await?;
+        let tl = self.catalog.timeline(tl.id).await?;
+        let img = self
+            .take_image(cluster, &tl, &server, &creds, progress)
+            .await?;
+        let end = img.meta.end_lsn;
+        // The image is usable once the WAL up to its end is in layers.
+        let client = server.connect(&creds, "postgres").await?;
+        let mut flush = tl.head;
+        for _ in 0..100 {
+            let f: String = client
+                .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+                .await
+                .map_err(|e| Error::postgres("read the flush position", e.to_string()))?
+                .get(0);
+            flush = f
+                .parse()
+                .map_err(|e: String| Error::postgres("flush lsn", e))?;
+            if flush >= end {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let built = self
+            .write_wal_layers(cluster, &tl, &server.datadir.join("pg_wal"), Some(flush))
+            .await?;
+        let head = built.last().map_or(tl.head, |b| b.meta.end);
+        if head < end {
+            return Err(Error::postgres(
+                "take an image",
+                format!("WAL reached only {head}, the image needs it up to {end}"),
+            ));
+        }
+        crate::failpoint::hit("image-before-commit");
+        let (head, _) = self.commit_layers(cluster, &tl, Some(&img), &built).await?;
+        client
+            .execute(
+                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+                &[&SLOT, &head.to_string()],
+            )
+            .await
+            .map_err(|e| Error::postgres("advance the cairn replication slot", e.to_string()))?;
+        progress
+            .done
+            .store(progress.total.load(Ordering::Relaxed), Ordering::Relaxed);
+        Ok(ImageReport {
+            layer: img.id.to_string(),
+            start: img.meta.start_lsn,
+            end,
+            logical_bytes: img.meta.logical_size(),
+            stored_bytes: img.stats.stored_bytes,
+            file_bytes: img.file_size,
+            stats: img.stats,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Looks up `schema.table` for a corrupt page's relation file, best effort.
+async fn relation_name(
+    server: &Server,
+    creds: &Credentials,
+    page: &image::CorruptPage,
+) -> Option<String> {
+    let rel = page.rel.as_ref()?;
+    let admin = server.connect(creds, "postgres").await.ok()?;
+    let db: String = match rel.db {
+        Some(oid) => admin
+            .query_opt(
+                "SELECT datname FROM pg_database WHERE oid = $1::int8::oid",
+                &[&(oid as i64)],
+            )
+            .await
+            .ok()??
+            .get(0),
+        None => "postgres".into(),
+    };
+    let client = server.connect(creds, &db).await.ok()?;
+    let row = client
+        .query_opt(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE pg_relation_filenode(c.oid) = $1::int8::oid",
+            &[&(rel.relfilenode as i64)],
+        )
+        .await
+        .ok()??;
+    Some(format!("{} in database {db}", row.get::<_, String>(0)))
+}
+
+/// A compute as `compute list` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComputeStatus {
+    pub cluster: String,
+    pub branch: String,
+    pub timeline: TimelineId,
+    pub port: u16,
+    pub pid: Option<i64>,
+    /// `running`, or `stopped` when it should run but its server is gone.
+    pub state: String,
+}
+
+impl Engine {
+    pub async fn compute_list(&self) -> Result<Vec<ComputeStatus>> {
+        let mut out = Vec::new();
+        for c in self.catalog.computes().await? {
+            let cluster = self.catalog.cluster(c.cluster_id).await?;
+            let branch = self
+                .catalog
+                .branch_of_timeline(c.timeline_id)
+                .await?
+                .map_or_else(|| c.timeline_id.to_string(), |b| b.name);
+            let pid = match self.bins_for(&cluster) {
+                Ok(_) => self.server_for(&cluster, c.timeline_id, c.port)?.pid(),
+                Err(_) => None,
+            };
+            out.push(ComputeStatus {
+                cluster: cluster.name,
+                branch,
+                timeline: c.timeline_id,
+                port: c.port,
+                pid,
+                state: if pid.is_some() { "running" } else { "stopped" }.into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Engine {
+    /// Records that a (stopped) compute should run, so that `cairn up` starts it again.
+    pub async fn mark_desired_running(
+        &self,
+        cluster: &ClusterRow,
+        tl: TimelineId,
+        port: u16,
+    ) -> Result<()> {
+        let mut tx = self.catalog.begin().await?;
+        tx.upsert_compute(&ComputeRow {
+            timeline_id: tl,
+            cluster_id: cluster.id,
+            desired: "running".into(),
+            port,
+            datadir: self.compute_datadir(tl),
+            pid: None,
+            started_at_us: now_us(),
+        })
+        .await?;
+        tx.commit().await
+    }
+}

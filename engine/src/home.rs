@@ -1,0 +1,164 @@
+//! The data directory (`--home`): where everything an appliance owns lives.
+//!
+//! ```text
+//! HOME/                      0711: the postgres OS user may traverse to computes/, nothing else
+//!   catalog.db               embedded SQLite catalog (unless --catalog points elsewhere)
+//!   layers/CLUSTER/TIMELINE/ immutable layer files, named by SHA-256
+//!   computes/TIMELINE/       a running compute: pgdata/ (owned by postgres), postgres.log
+//!   secrets/                 0700: per-cluster superuser passwords, 0600 each
+//!   locks/                   advisory lock files (flock)
+//!   spool/CLUSTER/           WAL received from adopted clusters, not yet in a layer
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsutil;
+use crate::ids::{ClusterId, LayerId, TimelineId};
+use crate::layer::file::{file_name, LayerKind};
+
+#[derive(Debug, Clone)]
+pub struct Home {
+    pub root: PathBuf,
+}
+
+impl Home {
+    /// Opens `root`, creating the layout on first use.
+    pub fn open(root: &Path) -> Result<Home> {
+        let root = if root.is_absolute() {
+            root.to_path_buf()
+        } else {
+            std::env::current_dir()
+                .map_err(|e| Error::io("read current directory", e))?
+                .join(root)
+        };
+        let fresh = !root.exists();
+        fsutil::create_dir_mode(&root, 0o711).ctx("create data directory", &root)?;
+        for (d, mode) in [
+            ("layers", 0o700),
+            ("computes", 0o711),
+            ("secrets", 0o700),
+            ("locks", 0o700),
+            ("spool", 0o700),
+        ] {
+            let p = root.join(d);
+            if !p.exists() {
+                fsutil::create_dir_mode(&p, mode).ctx("create directory", &p)?;
+            }
+        }
+        if fresh {
+            tracing::debug!(home = %root.display(), "created data directory");
+        }
+        Ok(Home { root })
+    }
+
+    pub fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    pub fn cluster_dir(&self, c: ClusterId) -> PathBuf {
+        self.layers_dir().join(c.to_string())
+    }
+
+    pub fn timeline_dir(&self, c: ClusterId, t: TimelineId) -> PathBuf {
+        self.cluster_dir(c).join(t.to_string())
+    }
+
+    pub fn layer_path(&self, c: ClusterId, t: TimelineId, kind: LayerKind, id: LayerId) -> PathBuf {
+        self.timeline_dir(c, t).join(file_name(kind, id))
+    }
+
+    pub fn compute_dir(&self, t: TimelineId) -> PathBuf {
+        self.root.join("computes").join(t.to_string())
+    }
+
+    pub fn spool_dir(&self, c: ClusterId) -> PathBuf {
+        self.root.join("spool").join(c.to_string())
+    }
+
+    fn secret_path(&self, c: ClusterId, what: &str) -> PathBuf {
+        self.root.join("secrets").join(format!("{c}.{what}"))
+    }
+
+    /// Stores a secret (mode 0600).
+    pub fn write_secret(&self, c: ClusterId, what: &str, value: &str) -> Result<()> {
+        let p = self.secret_path(c, what);
+        fsutil::write_atomic(&p, value.as_bytes(), 0o600).ctx("write secret", &p)
+    }
+
+    pub fn read_secret(&self, c: ClusterId, what: &str) -> Result<String> {
+        let p = self.secret_path(c, what);
+        fs::read_to_string(&p)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "cannot read the {what} of cluster {c} from {}: {e}; the data directory is \
+                     incomplete (was secrets/ copied?)",
+                    p.display()
+                ))
+            })
+    }
+
+    pub fn remove_secrets(&self, c: ClusterId) {
+        for what in ["password", "source-password"] {
+            let _ = fs::remove_file(self.secret_path(c, what));
+        }
+    }
+
+    /// Takes the exclusive lock named `name`, waiting up to `wait`.
+    pub fn lock(&self, name: &str, what: &str, wait: Duration) -> Result<LockGuard> {
+        let path = self.root.join("locks").join(format!("{name}.lock"));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .ctx("open lock file", &path)?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match f.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::Busy(what.to_string()));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(Error::path("lock", &path, e)),
+            }
+        }
+        let _ = f.set_len(0);
+        let _ = writeln!(f, "{}", std::process::id());
+        Ok(LockGuard { _file: f })
+    }
+
+    /// Lock serialising all changes to one timeline (its layers, head and compute).
+    pub fn lock_timeline(&self, t: TimelineId, what: &str) -> Result<LockGuard> {
+        self.lock(&format!("timeline-{t}"), what, Duration::from_secs(600))
+    }
+
+    pub fn try_lock_timeline(&self, t: TimelineId) -> Option<LockGuard> {
+        self.lock(&format!("timeline-{t}"), "timeline", Duration::ZERO)
+            .ok()
+    }
+
+    /// Lock serialising cluster-wide changes (creation, deletion, branch tree edits).
+    pub fn lock_cluster(&self, c: ClusterId, what: &str) -> Result<LockGuard> {
+        self.lock(&format!("cluster-{c}"), what, Duration::from_secs(600))
+    }
+
+    /// Lock serialising changes to the list of clusters (creating a name).
+    pub fn lock_clusters(&self) -> Result<LockGuard> {
+        self.lock("clusters", "the cluster list", Duration::from_secs(600))
+    }
+}
+
+/// Held while a lock is owned; released on drop (or when the process dies).
+pub struct LockGuard {
+    _file: File,
+}

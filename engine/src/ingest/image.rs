@@ -1,0 +1,556 @@
+//! Building an image layer from a data directory.
+//!
+//! Pages are hashed (SHA-256), checked against PostgreSQL's page checksum and looked up in a
+//! [`DedupIndex`] of the pieces already stored by the images of the timeline's ancestry; only
+//! unknown pieces are compressed (zstd) and written. The index is limited to the ancestry so
+//! that deleting a branch can never remove a piece another branch's image needs.
+//!
+//! A page whose checksum fails is read again (PostgreSQL may be writing it); if it still fails
+//! and its LSN is older than the backup's start, the page is corrupt on disk and the whole image
+//! is abandoned with an error naming the file, block and page LSN. A failing page newer than the
+//! start is a torn write that WAL replay repairs from its full-page image, as in
+//! `pg_basebackup`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::ids::{LayerId, Lsn};
+use crate::layer::file::{LayerFile, LayerKind, LayerWriter};
+use crate::layer::image::{BlobRef, ImageFile, ImageMeta};
+use crate::pg::checksum::{page_info, verify_page, PageCheck, BLCKSZ};
+use crate::pg::relfile::{self, RelFile, EXCLUDE_CONTENTS};
+
+/// Bytes per piece of a non-relation file.
+pub const WHOLE_CHUNK: usize = 1 << 20;
+/// Pages read per I/O from a relation file.
+const PAGES_PER_READ: usize = 128;
+/// zstd level for pieces: fast, since images are large and mostly read rarely.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Where an already-stored piece lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Loc {
+    pub layer: u32,
+    pub offset: u64,
+    pub clen: u32,
+    pub raw_len: u32,
+}
+
+/// The pieces stored by a set of image layers, by SHA-256.
+#[derive(Default)]
+pub struct DedupIndex {
+    pub layers: Vec<LayerId>,
+    pub map: HashMap<[u8; 32], Loc>,
+}
+
+impl DedupIndex {
+    /// Loads the pieces of the given image layers (oldest first).
+    pub fn load(images: &[(LayerId, PathBuf)]) -> Result<DedupIndex> {
+        let mut idx = DedupIndex::default();
+        let mut pos: HashMap<LayerId, u32> = HashMap::new();
+        for (id, path) in images {
+            let f = LayerFile::open(path, LayerKind::Image)?;
+            let meta = ImageMeta::decode(&f.meta)
+                .map_err(|e| Error::corrupt(format!("image layer {}", path.display()), e.0))?;
+            for file in &meta.files {
+                for b in &file.blobs {
+                    let owner = if b.layer == 0 {
+                        *id
+                    } else {
+                        meta.refs[b.layer as usize]
+                    };
+                    let n = idx.layers.len() as u32;
+                    let li = *pos.entry(owner).or_insert_with(|| {
+                        idx.layers.push(owner);
+                        n
+                    });
+                    idx.map.entry(b.hash).or_insert(Loc {
+                        layer: li,
+                        offset: b.offset,
+                        clen: b.clen,
+                        raw_len: b.raw_len,
+                    });
+                }
+            }
+        }
+        Ok(idx)
+    }
+}
+
+/// A page that failed its checksum on the way in.
+#[derive(Debug, Clone)]
+pub struct CorruptPage {
+    pub path: String,
+    pub rel: Option<RelFile>,
+    pub block: u32,
+    pub lsn: Lsn,
+    pub stored: u16,
+    pub computed: u16,
+}
+
+impl CorruptPage {
+    /// The error, with the relation's name when the caller could look it up.
+    pub fn into_error(self, relation_name: Option<String>) -> Error {
+        let what = match (&relation_name, &self.rel) {
+            (Some(n), _) => format!("relation {n} (file {})", self.path),
+            (None, Some(r)) => format!(
+                "relation file {} (relfilenode {}{})",
+                self.path,
+                r.relfilenode,
+                r.db.map(|d| format!(" in database oid {d}"))
+                    .unwrap_or_default()
+            ),
+            (None, None) => format!("file {}", self.path),
+        };
+        Error::corrupt(
+            what,
+            format!(
+                "block {} fails its page checksum (page LSN {}, stored checksum {:#06x}, \
+                 computed {:#06x}); the page is damaged on the server's disk. No image was \
+                 written. Repair the relation (restore it, or REINDEX for an index) before the \
+                 next image; branches at earlier points are unaffected",
+                self.block, self.lsn, self.stored, self.computed
+            ),
+        )
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ImageStats {
+    pub files: u64,
+    pub bytes_read: u64,
+    pub pieces: u64,
+    pub new_pieces: u64,
+    /// Compressed bytes written for new pieces.
+    pub stored_bytes: u64,
+    pub torn_pages: u64,
+}
+
+/// An image whose pieces are written but whose metadata (known after `pg_backup_stop`) is not.
+pub struct ImageDraft {
+    writer: LayerWriter,
+    pub files: Vec<ImageFile>,
+    pub dirs: Vec<(String, u32)>,
+    pub refs: Vec<LayerId>,
+    pub stats: ImageStats,
+}
+
+/// The result of [`ImageDraft::finish`]: a durable layer file.
+pub struct BuiltImage {
+    pub id: LayerId,
+    pub file_size: u64,
+    pub path: PathBuf,
+    pub meta: ImageMeta,
+    pub stats: ImageStats,
+}
+
+impl ImageDraft {
+    /// Adds the metadata and makes the file durable. `meta`'s files, dirs and refs are taken
+    /// from the draft.
+    pub fn finish(self, mut meta: ImageMeta) -> Result<BuiltImage> {
+        meta.files = self.files;
+        meta.dirs = self.dirs;
+        meta.refs = self.refs;
+        let encoded = meta.encode();
+        let (id, file_size, path) = self.writer.finish(&encoded)?;
+        Ok(BuiltImage {
+            id,
+            file_size,
+            path,
+            meta,
+            stats: self.stats,
+        })
+    }
+
+    /// Bytes of a file not yet renamed into place (for failpoint tests).
+    pub fn temp_path(&self) -> &Path {
+        self.writer.temp_path()
+    }
+}
+
+/// What to read.
+pub struct ImageInput<'a> {
+    pub datadir: &'a Path,
+    /// Pages newer than this may be torn (they are being written during the backup).
+    pub backup_start: Lsn,
+    pub checksums: bool,
+}
+
+enum Job {
+    Relation {
+        rel: String,
+        file: RelFile,
+        mode: u32,
+    },
+    Whole {
+        rel: String,
+        mode: u32,
+    },
+}
+
+/// Lists the data directory the way `pg_basebackup` would copy it.
+fn walk(root: &Path) -> Result<(Vec<(String, u32)>, Vec<Job>)> {
+    let mut dirs = Vec::new();
+    let mut jobs = Vec::new();
+    let mut stack = vec![String::new()];
+    while let Some(rel_dir) = stack.pop() {
+        let abs = if rel_dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&rel_dir)
+        };
+        let entries = match fs::read_dir(&abs) {
+            Ok(e) => e,
+            // A database directory dropped during the backup.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !rel_dir.is_empty() => continue,
+            Err(e) => return Err(Error::path("read directory", &abs, e)),
+        };
+        let mut names: Vec<(String, fs::Metadata)> = Vec::new();
+        for e in entries {
+            let e = e.ctx("read directory", &abs)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            match fs::symlink_metadata(e.path()) {
+                Ok(md) => names.push((name, md)),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(Error::path("stat", &e.path(), err)),
+            }
+        }
+        // Unlogged relations: only their init fork is copied.
+        let unlogged: HashSet<u32> = names
+            .iter()
+            .filter_map(|(n, _)| match relfile::parse_name(n) {
+                Some((node, relfile::Fork::Init, _)) => Some(node),
+                _ => None,
+            })
+            .collect();
+        for (name, md) in names {
+            let rel = if rel_dir.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            let mode = md.permissions().mode() & 0o7777;
+            if md.file_type().is_symlink() {
+                if rel_dir == "pg_tblspc" {
+                    return Err(Error::Refused(format!(
+                        "the cluster uses a tablespace (pg_tblspc/{name}); cairn does not support \
+                         tablespaces yet: move its relations to pg_default \
+                         (ALTER TABLE ... SET TABLESPACE pg_default) and drop it"
+                    )));
+                }
+                if rel == "pg_wal" {
+                    dirs.push((rel, 0o700));
+                }
+                continue;
+            }
+            if md.is_dir() {
+                if relfile::excluded(&rel, &name, true) {
+                    continue;
+                }
+                dirs.push((rel.clone(), mode));
+                if rel_dir.is_empty() && EXCLUDE_CONTENTS.contains(&name.as_str()) {
+                    if rel == "pg_wal" {
+                        dirs.push(("pg_wal/archive_status".into(), 0o700));
+                    }
+                    continue;
+                }
+                stack.push(rel);
+                continue;
+            }
+            if !md.is_file() || relfile::excluded(&rel, &name, false) {
+                continue;
+            }
+            match relfile::relation(&rel) {
+                Some(f) => {
+                    if unlogged.contains(&f.relfilenode) && f.fork != relfile::Fork::Init {
+                        continue;
+                    }
+                    jobs.push(Job::Relation { rel, file: f, mode })
+                }
+                None => jobs.push(Job::Whole { rel, mode }),
+            }
+        }
+    }
+    dirs.sort();
+    Ok((dirs, jobs))
+}
+
+struct Shared<'a> {
+    known: &'a DedupIndex,
+    writer: Mutex<LayerWriter>,
+    /// Pieces written by this image: hash -> location in this layer.
+    local: RwLock<HashMap<[u8; 32], Loc>>,
+    progress: &'a AtomicU64,
+    stats: Mutex<ImageStats>,
+}
+
+impl Shared<'_> {
+    /// Stores one piece (or finds it stored) and returns its reference. Layer index 0 is this
+    /// layer, `1 + i` the i-th layer of the dedup index.
+    fn put(&self, raw: &[u8], hash: [u8; 32]) -> Result<BlobRef> {
+        let mk = |layer: u32, l: &Loc| BlobRef {
+            hash,
+            layer,
+            offset: l.offset,
+            clen: l.clen,
+            raw_len: l.raw_len,
+        };
+        if let Some(l) = self.known.map.get(&hash) {
+            return Ok(mk(l.layer + 1, l));
+        }
+        if let Some(l) = self
+            .local
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+        {
+            return Ok(mk(0, l));
+        }
+        let compressed =
+            zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(|e| Error::io("compress a page", e))?;
+        let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = local.get(&hash) {
+            return Ok(mk(0, l));
+        }
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let offset = w.append_blob(&compressed)?;
+        drop(w);
+        let loc = Loc {
+            layer: 0,
+            offset,
+            clen: compressed.len() as u32,
+            raw_len: raw.len() as u32,
+        };
+        local.insert(hash, loc);
+        let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        st.new_pieces += 1;
+        st.stored_bytes += compressed.len() as u64;
+        Ok(mk(0, &loc))
+    }
+}
+
+fn read_full(f: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = f
+            .read_at(&mut buf[got..], off + got as u64)
+            .ctx("read", path)?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    Ok(got)
+}
+
+/// Result of processing one file: `Ok(None)` when it vanished during the backup.
+type FileResult = std::result::Result<Option<ImageFile>, FileError>;
+
+enum FileError {
+    Corrupt(Box<CorruptPage>),
+    Other(Error),
+}
+
+impl From<Error> for FileError {
+    fn from(e: Error) -> Self {
+        FileError::Other(e)
+    }
+}
+
+fn relation_file(
+    sh: &Shared,
+    input: &ImageInput,
+    rel: &str,
+    rf: &RelFile,
+    mode: u32,
+) -> FileResult {
+    let path = input.datadir.join(rel);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::path("open", &path, e).into()),
+    };
+    let mut buf = vec![0u8; BLCKSZ * PAGES_PER_READ];
+    let mut blobs = Vec::new();
+    let mut off = 0u64;
+    let mut torn = 0;
+    loop {
+        let n = read_full(&f, &mut buf, off, &path)?;
+        if n == 0 {
+            break;
+        }
+        sh.progress.fetch_add(n as u64, Ordering::Relaxed);
+        for (i, page) in buf[..n].chunks_mut(BLCKSZ).enumerate() {
+            let blkno = rf.block(((off as usize / BLCKSZ) + i) as u32);
+            if page.len() == BLCKSZ && input.checksums {
+                if let PageCheck::Mismatch { .. } = verify_page(page, blkno) {
+                    // Read again: PostgreSQL may have been writing this page.
+                    let at = off + (i * BLCKSZ) as u64;
+                    let mut again = vec![0u8; BLCKSZ];
+                    let m = read_full(&f, &mut again, at, &path)?;
+                    if m == BLCKSZ {
+                        page.copy_from_slice(&again);
+                    }
+                    if let PageCheck::Mismatch { stored, computed } = verify_page(page, blkno) {
+                        let lsn = page_info(page).lsn;
+                        if lsn < input.backup_start {
+                            return Err(FileError::Corrupt(Box::new(CorruptPage {
+                                path: rel.to_string(),
+                                rel: Some(rf.clone()),
+                                block: blkno,
+                                lsn,
+                                stored,
+                                computed,
+                            })));
+                        }
+                        torn += 1;
+                    }
+                }
+            }
+            let hash: [u8; 32] = Sha256::digest(&*page).into();
+            blobs.push(sh.put(page, hash)?);
+        }
+        off += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    let mut st = sh.stats.lock().unwrap_or_else(|e| e.into_inner());
+    st.torn_pages += torn;
+    st.pieces += blobs.len() as u64;
+    st.bytes_read += off;
+    st.files += 1;
+    Ok(Some(ImageFile {
+        path: rel.to_string(),
+        mode,
+        size: off,
+        relation: true,
+        blobs,
+    }))
+}
+
+fn whole_file(sh: &Shared, input: &ImageInput, rel: &str, mode: u32) -> FileResult {
+    let path = input.datadir.join(rel);
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::path("open", &path, e).into()),
+    };
+    let mut buf = vec![0u8; WHOLE_CHUNK];
+    let mut blobs = Vec::new();
+    let mut off = 0u64;
+    loop {
+        let n = read_full(&f, &mut buf, off, &path)?;
+        if n == 0 && off > 0 {
+            break;
+        }
+        sh.progress.fetch_add(n as u64, Ordering::Relaxed);
+        let hash: [u8; 32] = Sha256::digest(&buf[..n]).into();
+        blobs.push(sh.put(&buf[..n], hash)?);
+        off += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    let mut st = sh.stats.lock().unwrap_or_else(|e| e.into_inner());
+    st.pieces += blobs.len() as u64;
+    st.bytes_read += off;
+    st.files += 1;
+    Ok(Some(ImageFile {
+        path: rel.to_string(),
+        mode,
+        size: off,
+        relation: false,
+        blobs,
+    }))
+}
+
+/// Total bytes of the files an image of `datadir` would read (for progress bars).
+pub fn estimate_size(datadir: &Path) -> u64 {
+    let Ok((_, jobs)) = walk(datadir) else {
+        return 0;
+    };
+    jobs.iter()
+        .map(|j| match j {
+            Job::Relation { rel, .. } | Job::Whole { rel, .. } => fs::metadata(datadir.join(rel))
+                .map(|m| m.len())
+                .unwrap_or(0),
+        })
+        .sum()
+}
+
+/// Reads the data directory and writes every new piece into a layer file under `out_dir`.
+/// On a corrupt page, returns `Err(Ok(page))`; on any other failure `Err(Err(error))`. The
+/// temporary file is removed on every error.
+pub fn build(
+    out_dir: &Path,
+    input: &ImageInput,
+    known: &DedupIndex,
+    progress: &AtomicU64,
+) -> std::result::Result<ImageDraft, std::result::Result<CorruptPage, Error>> {
+    let (dirs, jobs) = walk(input.datadir).map_err(Err)?;
+    let writer = LayerWriter::create(out_dir, LayerKind::Image).map_err(Err)?;
+    let sh = Shared {
+        known,
+        writer: Mutex::new(writer),
+        local: RwLock::new(HashMap::new()),
+        progress,
+        stats: Mutex::new(ImageStats::default()),
+    };
+    let halfway = jobs.len() / 2;
+    let results: Vec<FileResult> = jobs
+        .par_iter()
+        .enumerate()
+        .map(|(i, j)| {
+            if i == halfway {
+                crate::failpoint::hit("image-mid-write");
+            }
+            match j {
+                Job::Relation { rel, file, mode } => relation_file(&sh, input, rel, file, *mode),
+                Job::Whole { rel, mode } => whole_file(&sh, input, rel, *mode),
+            }
+        })
+        .collect();
+    let mut files = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(Some(f)) => files.push(f),
+            Ok(None) => {}
+            Err(FileError::Corrupt(p)) => return Err(Ok(*p)),
+            Err(FileError::Other(e)) => return Err(Err(e)),
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    // Keep only the referenced layers, renumbered in order of first use.
+    let mut remap: HashMap<u32, u32> = HashMap::new();
+    let mut refs = vec![LayerId([0; 32])];
+    for f in files.iter_mut() {
+        for b in f.blobs.iter_mut() {
+            if b.layer == 0 {
+                continue;
+            }
+            let next = refs.len() as u32;
+            let new = *remap.entry(b.layer).or_insert_with(|| {
+                refs.push(known.layers[(b.layer - 1) as usize]);
+                next
+            });
+            b.layer = new;
+        }
+    }
+    let writer = sh.writer.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(ImageDraft {
+        writer,
+        files,
+        dirs,
+        refs,
+        stats: sh.stats.into_inner().unwrap_or_else(|e| e.into_inner()),
+    })
+}

@@ -1,0 +1,347 @@
+//! `cairn up`: the appliance in the foreground.
+//!
+//! On start it removes what crashed processes left behind, restarts the computes that should
+//! run, and starts WAL receivers for adopted clusters. Then, every `--sync-interval`, it
+//! ingests each compute's WAL into its branch (advancing the compute's slot only after the
+//! layers are committed), ingests the receivers' spools, and takes a new image of a branch
+//! once `--image-after` bytes of WAL accumulated since its last image. Ctrl-C (or SIGTERM)
+//! stops the computes cleanly after a final ingest, so nothing written before is lost.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cairn_engine::adopt::Receiver;
+use cairn_engine::catalog::ClusterKind;
+use cairn_engine::progress::Progress;
+use cairn_engine::Engine;
+use clap::Args;
+
+use crate::commands::open_engine;
+use crate::Global;
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// On an empty data directory, create a managed cluster 'demo' with sample data.
+    #[arg(long)]
+    pub demo: bool,
+    /// Address of the JSON API (loopback by default; it has no authentication yet).
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub listen: SocketAddr,
+    /// Take a new image layer of a branch once this much WAL accumulated since its last one.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub image_after: u64,
+    /// Seconds between WAL ingest rounds.
+    #[arg(long, default_value = "1")]
+    pub sync_interval: f64,
+    /// Exit (cleanly, as on Ctrl-C) after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub exit_after: Option<f64>,
+}
+
+/// "256MiB", "1G", "4096" -> bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 256MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("'{s}': unknown unit (use KiB, MiB, GiB)")),
+    };
+    Ok(n * mult)
+}
+
+/// What the daemon reports through the API.
+#[derive(Default)]
+pub struct Status {
+    pub started: Option<Instant>,
+    /// Recent problems, newest last: (unix µs, message).
+    pub errors: Vec<(i64, String)>,
+    pub rounds: u64,
+}
+
+impl Status {
+    fn error(&mut self, msg: String) {
+        tracing::warn!("{msg}");
+        self.errors.push((cairn_engine::catalog::now_us(), msg));
+        if self.errors.len() > 50 {
+            self.errors.remove(0);
+        }
+    }
+}
+
+pub struct Daemon {
+    pub engine: Engine,
+    pub status: Mutex<Status>,
+}
+
+pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
+    let engine = open_engine(g).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} for the API ({e}); another program (or another `cairn up`) \
+             uses it: pick another address with --listen",
+                args.listen
+            )
+        })?;
+    engine.recover_orphans().await?;
+    if args.demo && engine.catalog.clusters().await?.is_empty() {
+        demo(&engine).await.context("setting up the demo cluster")?;
+    }
+    let daemon = Arc::new(Daemon {
+        engine,
+        status: Mutex::new(Status {
+            started: Some(Instant::now()),
+            ..Status::default()
+        }),
+    });
+    restart_computes(&daemon).await;
+    let mut receivers: Vec<Receiver> = Vec::new();
+    start_receivers(&daemon, &mut receivers).await;
+    let app = crate::api::router(daemon.clone());
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    eprintln!(
+        "cairn is up: data in {}, API on http://{}/api/health (Ctrl-C to stop)",
+        daemon.engine.home.root.display(),
+        args.listen
+    );
+    let interval = Duration::from_secs_f64(args.sync_interval.max(0.05));
+    let deadline = args
+        .exit_after
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("install the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        round(&daemon, args.image_after, &mut receivers).await;
+    }
+    eprintln!("stopping: final WAL ingest and clean shutdown of computes...");
+    server.abort();
+    for r in receivers.drain(..) {
+        r.stop();
+    }
+    shutdown(&daemon).await;
+    eprintln!("stopped cleanly");
+    Ok(())
+}
+
+async fn demo(engine: &Engine) -> Result<()> {
+    eprintln!("creating the demo cluster (initdb, first image)...");
+    let progress = Arc::new(Progress::new());
+    engine.create_cluster("demo", &progress).await?;
+    let c = engine.resolve_cluster(Some("demo")).await?;
+    let info = engine.compute_start(&c, "main", None, &progress).await?;
+    let creds = engine.credentials(&c)?;
+    let client = cairn_engine::pg::server::connect(info.port, &creds, "postgres").await?;
+    client
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL);
+             INSERT INTO accounts SELECT g, 'owner ' || g, (g * 37) % 1000
+               FROM generate_series(1, 10000) g;
+             SELECT pg_create_restore_point('demo_loaded');",
+        )
+        .await
+        .context("loading demo data")?;
+    engine.compute_sync(&c, info.timeline).await?;
+    println!("demo cluster ready: 10000 rows in table accounts on branch main");
+    println!("  connect:          psql '{}'", info.url);
+    println!("  branch it:        cairn branch create experiment --from main");
+    println!(
+        "  branch the past:  cairn branch create loaded --from main --at-restore-point demo_loaded"
+    );
+    println!("  run the branch:   cairn compute start experiment");
+    println!("  see the tree:     cairn branch list");
+    Ok(())
+}
+
+async fn restart_computes(d: &Daemon) {
+    let Ok(computes) = d.engine.catalog.computes().await else {
+        return;
+    };
+    for c in computes {
+        let Ok(cluster) = d.engine.catalog.cluster(c.cluster_id).await else {
+            continue;
+        };
+        let Ok(Some(b)) = d.engine.catalog.branch_of_timeline(c.timeline_id).await else {
+            continue;
+        };
+        let port = (!cairn_engine::pg::server::port_in_use(c.port)).then_some(c.port);
+        let progress = Arc::new(Progress::new());
+        match d
+            .engine
+            .compute_start(&cluster, &b.name, port, &progress)
+            .await
+        {
+            Ok(info) if !info.already_running => {
+                eprintln!(
+                    "restarted compute of branch '{}' on 127.0.0.1:{}",
+                    b.name, info.port
+                )
+            }
+            Ok(_) => {}
+            Err(e) => d
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .error(format!(
+                    "cannot restart the compute of branch '{}': {e}",
+                    b.name
+                )),
+        }
+    }
+}
+
+async fn start_receivers(d: &Daemon, out: &mut Vec<Receiver>) {
+    let Ok(clusters) = d.engine.catalog.clusters().await else {
+        return;
+    };
+    for c in clusters
+        .into_iter()
+        .filter(|c| c.kind == ClusterKind::Adopted)
+    {
+        if out.iter().any(|r| r.cluster == c.id) {
+            continue;
+        }
+        match d.engine.start_receiver(&c, None) {
+            Ok(r) => out.push(r),
+            Err(e) => d
+                .status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .error(format!("cannot stream WAL of cluster '{}': {e}", c.name)),
+        }
+    }
+}
+
+/// One round: ingest every compute and spool; take images where due.
+async fn round(d: &Daemon, image_after: u64, receivers: &mut Vec<Receiver>) {
+    let mut errors = Vec::new();
+    if let Ok(computes) = d.engine.catalog.computes().await {
+        for c in computes {
+            let Ok(cluster) = d.engine.catalog.cluster(c.cluster_id).await else {
+                continue;
+            };
+            if let Err(e) = d.engine.compute_sync(&cluster, c.timeline_id).await {
+                errors.push(format!("ingest of compute {}: {e}", c.timeline_id));
+                continue;
+            }
+            if let Err(e) = maybe_image(d, &cluster, c.timeline_id, image_after).await {
+                errors.push(format!("image of compute {}: {e}", c.timeline_id));
+            }
+        }
+    }
+    receivers.retain_mut(|r| r.alive());
+    start_receivers(d, receivers).await;
+    if let Ok(clusters) = d.engine.catalog.clusters().await {
+        for c in clusters
+            .into_iter()
+            .filter(|c| c.kind == ClusterKind::Adopted)
+        {
+            if let Err(e) = d.engine.ingest_spool(&c).await {
+                errors.push(format!("ingest of cluster '{}': {e}", c.name));
+            }
+        }
+    }
+    let mut st = d.status.lock().unwrap_or_else(|e| e.into_inner());
+    st.rounds += 1;
+    for e in errors {
+        st.error(e);
+    }
+}
+
+async fn maybe_image(
+    d: &Daemon,
+    cluster: &cairn_engine::catalog::ClusterRow,
+    tl: cairn_engine::TimelineId,
+    image_after: u64,
+) -> Result<()> {
+    let t = d.engine.catalog.timeline(tl).await?;
+    let map = d.engine.layer_map(cluster).await?;
+    let since = match map.plan(tl, t.head) {
+        Ok(p) => t.head.0.saturating_sub(p.image.end.0),
+        Err(_) => u64::MAX,
+    };
+    if since < image_after {
+        return Ok(());
+    }
+    let Some(b) = d.engine.catalog.branch_of_timeline(tl).await? else {
+        return Ok(());
+    };
+    let r = d
+        .engine
+        .image_create(cluster, &b.name, &Arc::new(Progress::new()))
+        .await?;
+    tracing::info!(branch = %b.name, end = %r.end, stored = r.stored_bytes, "new image layer");
+    Ok(())
+}
+
+async fn shutdown(d: &Daemon) {
+    let Ok(computes) = d.engine.catalog.computes().await else {
+        return;
+    };
+    for c in computes {
+        let Ok(cluster) = d.engine.catalog.cluster(c.cluster_id).await else {
+            continue;
+        };
+        let Ok(Some(b)) = d.engine.catalog.branch_of_timeline(c.timeline_id).await else {
+            continue;
+        };
+        match d.engine.compute_stop(&cluster, &b.name).await {
+            Ok(r) => {
+                eprintln!(
+                    "stopped compute of branch '{}' (durable up to {})",
+                    b.name, r.to
+                );
+                // Remember it should run, so the next `cairn up` starts it again.
+                let _ = d
+                    .engine
+                    .mark_desired_running(&cluster, c.timeline_id, c.port)
+                    .await;
+            }
+            Err(e) => eprintln!("error stopping the compute of branch '{}': {e}", b.name),
+        }
+    }
+    if let Ok(clusters) = d.engine.catalog.clusters().await {
+        for c in clusters
+            .into_iter()
+            .filter(|c| c.kind == ClusterKind::Adopted)
+        {
+            if let Err(e) = d.engine.ingest_spool(&c).await {
+                eprintln!("error in the final ingest of cluster '{}': {e}", c.name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}
