@@ -44,6 +44,11 @@ pub enum ClusterCmd {
     /// List clusters.
     #[command(after_help = "Examples:\n  cairn cluster list\n  cairn cluster list --json")]
     List,
+    /// Receive an adopted cluster's WAL up to the source's current position, now.
+    #[command(
+        after_help = "Examples:\n  cairn cluster sync erp\n\n`cairn up` does this continuously."
+    )]
+    Sync { name: String },
     /// Delete a cluster and all its layers (its computes must be stopped).
     #[command(after_help = "Examples:\n  cairn cluster delete scratch --yes")]
     Delete {
@@ -333,6 +338,17 @@ async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<()> {
                         ]
                     })
                     .collect(),
+            );
+        }
+        ClusterCmd::Sync { name } => {
+            let c = engine.resolve_cluster(Some(&name)).await?;
+            let r = engine.sync_adopted(&c).await?;
+            if g.json {
+                return print_json(&r);
+            }
+            println!(
+                "cluster '{name}' durable up to {} ({} new WAL layer(s))",
+                r.to, r.layers
             );
         }
         ClusterCmd::Delete { name, yes } => {

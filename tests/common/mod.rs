@@ -1,0 +1,254 @@
+//! Shared harness for the end-to-end tests: a fresh data directory per test, the real `cairn`
+//! binary, real PostgreSQL servers.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub home: PathBuf,
+    pub extra_env: Vec<(String, String)>,
+}
+
+/// A temporary directory the postgres OS user can traverse (computes live below it).
+pub fn tempdir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("cairn-test-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    d
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempdir();
+        let home = dir.path().join("home");
+        Env {
+            dir,
+            home,
+            extra_env: Vec::new(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        c.args(args)
+            .env("CAIRN_HOME", &self.home)
+            .env_remove("CAIRN_CLUSTER")
+            .env_remove("CAIRN_CATALOG")
+            .env_remove("CAIRN_FAILPOINT");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run cairn")
+    }
+
+    /// Runs cairn and insists on success; returns stdout.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs cairn and insists on failure with exit code 1; returns stderr.
+    #[track_caller]
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "cairn {args:?} should fail with exit code 1:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    #[track_caller]
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.ok(&a);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("cairn {args:?}: bad JSON ({e}): {out}"))
+    }
+
+    /// Starts the branch's compute and returns its connection URL.
+    #[track_caller]
+    pub fn start(&self, branch: &str) -> String {
+        self.ok(&["compute", "start", branch, "--url-only"])
+            .trim()
+            .to_string()
+    }
+
+    pub fn branch(&self, name: &str) -> Value {
+        self.json(&["branch", "show", name])
+    }
+
+    pub fn head(&self, branch: &str) -> String {
+        self.branch(branch)["head"]
+            .as_str()
+            .expect("head")
+            .to_string()
+    }
+
+    pub fn layers(&self) -> Vec<Value> {
+        self.json(&["layer", "list"])
+            .as_array()
+            .expect("array")
+            .clone()
+    }
+
+    /// Stops every compute this test left running.
+    pub fn stop_all(&self) {
+        let list = self.run(&["compute", "list", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<Value>(&list.stdout) {
+            for c in v.as_array().into_iter().flatten() {
+                let _ = self
+                    .command(&[
+                        "compute",
+                        "stop",
+                        c["branch"].as_str().unwrap_or_default(),
+                        "--cluster",
+                        c["cluster"].as_str().unwrap_or_default(),
+                    ])
+                    .output();
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Make sure no PostgreSQL outlives the test, whatever happened.
+        for dir in std::fs::read_dir(self.home.join("computes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let datadir = dir.path().join("pgdata");
+            if datadir.join("postmaster.pid").exists() {
+                let _ = pg_command("pg_ctl")
+                    .arg("stop")
+                    .arg("-D")
+                    .arg(&datadir)
+                    .args(["-m", "immediate", "-w"])
+                    .output();
+            }
+        }
+    }
+}
+
+/// The PostgreSQL binary directory the tests use.
+pub fn pg_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAIRN_PG_BIN") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("pg_config").arg("--bindir").output();
+    if let Ok(o) = out {
+        if o.status.success() {
+            return PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        }
+    }
+    PathBuf::from("/usr/lib/postgresql/15/bin")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A PostgreSQL program, run as the postgres OS user when the tests run as root.
+pub fn pg_command(program: &str) -> Command {
+    let path = pg_bin().join(program);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+pub fn chown_postgres(p: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(p)
+            .status()
+            .expect("chown");
+        assert!(st.success());
+    }
+}
+
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// An order-independent checksum of a whole table's contents.
+pub async fn table_checksum(c: &tokio_postgres::Client, table: &str) -> String {
+    let sql = format!(
+        "SELECT count(*)::text || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') FROM {table} x"
+    );
+    c.query_one(&sql, &[]).await.expect("checksum").get(0)
+}
+
+pub async fn scalar(c: &tokio_postgres::Client, sql: &str) -> String {
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    row.get::<_, String>(0)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Minimal HTTP GET against 127.0.0.1 (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+    // Chunked bodies: keep it simple, take the JSON between the first '{'/'[' and the last '}'/']'.
+    let start = body.find(['{', '['])?;
+    let end = body.rfind(['}', ']'])?;
+    Some((status, body[start..=end].to_string()))
+}
