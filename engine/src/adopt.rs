@@ -310,7 +310,7 @@ impl Engine {
         self.recover_timeline(c, tl.id).await?;
         let tl = self.catalog.timeline(tl.id).await?;
         let spool = self.home.spool_dir(c.id);
-        let built = self.write_wal_layers(c, &tl, &spool, None).await?;
+        let built = self.write_wal_layers(c, &tl, &spool, None, None).await?;
         let (head, _) = self.commit_layers(c, &tl, None, &built).await?;
         // Segments wholly before the head are in layers now.
         if let Ok(rd) = std::fs::read_dir(&spool) {
@@ -523,7 +523,13 @@ impl Engine {
             ));
         }
         let wals = self
-            .write_wal_layers(cluster, &tl, &self.home.spool_dir(cluster.id), None)
+            .write_wal_layers(
+                cluster,
+                &tl,
+                &self.home.spool_dir(cluster.id),
+                None,
+                Some(end),
+            )
             .await?;
         let head = wals.last().map_or(tl.head, |w| w.meta.end);
         if head < end {

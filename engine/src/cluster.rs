@@ -137,7 +137,7 @@ impl Engine {
         server.stop("fast")?;
         tl.head = image.meta.start_lsn;
         let wals = self
-            .write_wal_layers(&cluster, &tl, &server.datadir.join("pg_wal"), None)
+            .write_wal_layers(&cluster, &tl, &server.datadir.join("pg_wal"), None, None)
             .await?;
         let head = wals.last().map_or(tl.head, |w| w.meta.end);
         if head < image.meta.end_lsn {

@@ -163,6 +163,7 @@ impl Engine {
         tl: &TimelineRow,
         dir: &Path,
         vouched: Option<Lsn>,
+        must_reach: Option<Lsn>,
     ) -> Result<Vec<BuiltWal>> {
         let stream = self.stream(cluster, tl.id);
         let out_dir = self.home.timeline_dir(cluster.id, tl.id);
@@ -171,7 +172,9 @@ impl Engine {
         tokio::task::spawn_blocking(move || -> Result<Vec<BuiltWal>> {
             let mut src = DirSource::new(&dir, stream.tli, stream.segment_size);
             // Pass 1: validate everything the server vouches for; write nothing on failure.
-            wal_ingest::scan(&stream, &mut src, &dir, start, prev, vouched, None)?;
+            wal_ingest::scan(
+                &stream, &mut src, &dir, start, prev, vouched, must_reach, None,
+            )?;
             // Pass 2: write layers of bounded size.
             let mut built = Vec::new();
             let (mut at, mut prev) = (start, prev);
@@ -183,6 +186,7 @@ impl Engine {
                     at,
                     prev,
                     vouched,
+                    None,
                     Some(MAX_WAL_LAYER),
                 )?;
                 if out.records == 0 {
@@ -571,7 +575,13 @@ impl Engine {
             .parse()
             .map_err(|e: String| Error::postgres("flush lsn", e))?;
         let built = self
-            .write_wal_layers(cluster, &tl, &server.datadir.join("pg_wal"), Some(flush))
+            .write_wal_layers(
+                cluster,
+                &tl,
+                &server.datadir.join("pg_wal"),
+                Some(flush),
+                None,
+            )
             .await?;
         let (head, _) = self.commit_layers(cluster, &tl, None, &built).await?;
         if !built.is_empty() {
@@ -609,7 +619,18 @@ impl Engine {
                 layers: 0,
             });
         }
-        let built = self.write_wal_layers(cluster, tl, &wal_dir, None).await?;
+        // The control file says where the server's last checkpoint is: the WAL must reach it.
+        let ctrl =
+            crate::pg::server::control_data(self.bins_for(cluster)?, &self.user, &server.datadir)?;
+        let built = self
+            .write_wal_layers(
+                cluster,
+                tl,
+                &wal_dir,
+                None,
+                Some(ctrl.checkpoint).filter(|c| *c >= tl.head),
+            )
+            .await?;
         let (head, _) = self.commit_layers(cluster, tl, None, &built).await?;
         Ok(SyncReport {
             timeline: tl.id,
@@ -709,7 +730,13 @@ impl Engine {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         let built = self
-            .write_wal_layers(cluster, &tl, &server.datadir.join("pg_wal"), Some(flush))
+            .write_wal_layers(
+                cluster,
+                &tl,
+                &server.datadir.join("pg_wal"),
+                Some(flush),
+                None,
+            )
             .await?;
         let head = built.last().map_or(tl.head, |b| b.meta.end);
         if head < end {

@@ -42,9 +42,12 @@ impl WalStream {
 
 /// Validates the chain from `start` (whose predecessor began at `prev`).
 ///
-/// With `vouched = Some(l)` the server has flushed WAL up to `l`, so anything that stops the
-/// chain before `l` is an error: a missing segment (a gap) or a broken record (corruption). With
-/// `None` the chain simply ends where valid WAL ends.
+/// With `vouched = Some(l)` the server has flushed WAL up to `l` (records are accepted only up
+/// to there), so anything that stops the chain before `l` is an error: a missing segment (a
+/// gap) or a broken record (corruption). With `None` the chain ends where valid WAL ends, but
+/// it must still contain the record starting at `must_reach` when that is given (a stopped
+/// server's last checkpoint, from its control file).
+#[allow(clippy::too_many_arguments)]
 pub fn scan(
     stream: &WalStream,
     src: &mut dyn WalSource,
@@ -52,6 +55,7 @@ pub fn scan(
     start: Lsn,
     prev: Option<Lsn>,
     vouched: Option<Lsn>,
+    must_reach: Option<Lsn>,
     max_bytes: Option<u64>,
 ) -> Result<ParseOutcome> {
     let mut parser = stream.parser();
@@ -66,7 +70,15 @@ pub fn scan(
             },
         )
         .map_err(|e| Error::io(format!("read WAL from {}", source_desc.display()), e))?;
-    if let Some(limit) = vouched {
+    let required = match (vouched, must_reach) {
+        (Some(v), _) => Some(v),
+        // The record starting at `m` must be in the chain: its start lies below the end.
+        (None, Some(m)) if max_bytes.is_none() && out.last_record.is_none_or(|r| r < m) => {
+            Some(Lsn(m.0 + 1))
+        }
+        _ => None,
+    };
+    if let Some(limit) = required {
         let seg = |l: Lsn| {
             source_desc.join(segment_file_name(
                 stream.tli,
