@@ -1,0 +1,264 @@
+//! Adopting a PostgreSQL server that Cairn did not create: started here with plain initdb and
+//! pg_ctl, the way an operator's server would be, with a replication role and pg_hba rules.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A server started by hand, outside Cairn.
+struct Source {
+    datadir: PathBuf,
+    port: u16,
+}
+
+impl Source {
+    fn start(dir: &Path, wal_level: &str) -> Source {
+        let datadir = dir.join("source");
+        std::fs::create_dir_all(&datadir).unwrap();
+        chown_postgres(dir);
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "supersecret").unwrap();
+        chown_postgres(&pw);
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(&datadir)
+            .args(["-U", "postgres", "--auth=scram-sha-256", "-k"])
+            .arg(format!("--pwfile={}", pw.display()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(
+            datadir.join("pg_hba.conf"),
+            "host all all 127.0.0.1/32 scram-sha-256\n\
+             host replication cairn 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        let port = free_port();
+        let senders = if wal_level == "minimal" { 0 } else { 5 };
+        let out = pg_command("pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(&datadir)
+            .arg("-l")
+            .arg(dir.join("source.log"))
+            .args(["-w", "-o"])
+            .arg(format!(
+                "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
+                 -c wal_level={wal_level} -c max_wal_senders={senders}"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Source { datadir, port }
+    }
+
+    fn admin_url(&self) -> String {
+        format!(
+            "postgresql://postgres:supersecret@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    fn cairn_url(&self) -> String {
+        format!(
+            "postgresql://cairn:repl%20pw@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+}
+
+/// Starts a branch's compute and connects as the source's own superuser: branches keep the
+/// source's roles and passwords.
+async fn start_as_admin(env: &Env, branch: &str) -> tokio_postgres::Client {
+    let info = env.json(&["compute", "start", branch]);
+    let port = info["port"].as_u64().unwrap();
+    connect(&format!(
+        "postgresql://postgres:supersecret@127.0.0.1:{port}/postgres"
+    ))
+    .await
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.datadir)
+            .args(["-m", "immediate"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adopt_a_running_server_and_follow_its_wal() {
+    let env = Env::new();
+    let src = Source::start(env.dir.path(), "replica");
+    let admin = connect(&src.admin_url()).await;
+    admin
+        .batch_execute(
+            "CREATE ROLE cairn LOGIN REPLICATION PASSWORD 'repl pw';
+             CREATE TABLE items (id int PRIMARY KEY, name text);
+             INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    let at_adoption = table_checksum(&admin, "items").await;
+
+    let out = env.ok(&["cluster", "adopt", "erp", "--from", &src.cairn_url()]);
+    assert!(out.contains("adopted 'erp'"), "{out}");
+    let clusters = env.json(&["cluster", "list"]);
+    assert_eq!(clusters[0]["kind"], "adopted");
+    assert!(
+        !clusters.to_string().contains("repl pw") && !clusters.to_string().contains("repl%20pw"),
+        "the password is not in the catalog"
+    );
+    let slots = scalar(
+        &admin,
+        "SELECT string_agg(slot_name, ',') FROM pg_replication_slots",
+    )
+    .await;
+    assert_eq!(slots, "cairn_erp");
+
+    // A branch at the adopted head has the source's data.
+    env.ok(&["branch", "create", "snap", "--from", "main"]);
+    let snap = start_as_admin(&env, "snap").await;
+    assert_eq!(table_checksum(&snap, "items").await, at_adoption);
+    drop(snap);
+
+    // New writes on the source reach Cairn through the slot.
+    admin
+        .batch_execute(
+            "UPDATE items SET name = 'renamed' WHERE id % 10 = 0;
+             DELETE FROM items WHERE id > 4900;",
+        )
+        .await
+        .unwrap();
+    // Its own statement: a restore point inside the transaction would precede the commit.
+    admin
+        .batch_execute("SELECT pg_create_restore_point('after_cleanup')")
+        .await
+        .unwrap();
+    let after = table_checksum(&admin, "items").await;
+    admin
+        .batch_execute("INSERT INTO items VALUES (-1, 'later')")
+        .await
+        .unwrap();
+    let latest = table_checksum(&admin, "items").await;
+    env.ok(&["cluster", "sync", "erp"]);
+    env.ok(&[
+        "branch",
+        "create",
+        "cleanup",
+        "--from",
+        "main",
+        "--at-restore-point",
+        "after_cleanup",
+    ]);
+    env.ok(&["branch", "create", "latest", "--from", "main"]);
+    let c = start_as_admin(&env, "cleanup").await;
+    assert_eq!(table_checksum(&c, "items").await, after);
+    let l = start_as_admin(&env, "latest").await;
+    assert_eq!(table_checksum(&l, "items").await, latest);
+    // A branch of an adopted cluster is writable and independent of the source.
+    l.batch_execute("DELETE FROM items").await.unwrap();
+    assert_eq!(
+        scalar(&admin, "SELECT count(*)::text FROM items").await,
+        "4901"
+    );
+    drop((c, l));
+
+    // `cairn up` streams continuously.
+    admin
+        .batch_execute("INSERT INTO items VALUES (-2, 'streamed')")
+        .await
+        .unwrap();
+    let streamed = table_checksum(&admin, "items").await;
+    let api = free_port();
+    let mut up = env
+        .command(&[
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--sync-interval",
+            "0.2",
+        ])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let target = scalar(&admin, "SELECT pg_current_wal_lsn()::text").await;
+    loop {
+        let head = env.head("main");
+        if lsn(&head) >= lsn(&target) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "WAL did not stream: head {head}, source {target}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    assert!(up.wait().unwrap().success());
+    env.ok(&["compute", "stop", "cleanup"]);
+    env.ok(&["compute", "stop", "latest"]);
+    env.ok(&["branch", "create", "streamed", "--from", "main"]);
+    let s = start_as_admin(&env, "streamed").await;
+    assert_eq!(table_checksum(&s, "items").await, streamed);
+    drop(s);
+    env.stop_all();
+    env.ok(&["check", "--full"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adopt_explains_what_the_source_lacks() {
+    let env = Env::new();
+    let src = Source::start(env.dir.path(), "minimal");
+    let admin = connect(&src.admin_url()).await;
+    admin
+        .batch_execute("CREATE ROLE cairn LOGIN PASSWORD 'repl pw'")
+        .await
+        .unwrap();
+    let err = env.fail(&["cluster", "adopt", "erp", "--from", &src.cairn_url()]);
+    assert!(err.contains("wal_level = minimal"), "{err}");
+    assert!(!err.contains("repl pw"), "no password in errors: {err}");
+    drop(admin);
+    drop(src);
+
+    let env = Env::new();
+    let src = Source::start(env.dir.path(), "replica");
+    let admin = connect(&src.admin_url()).await;
+    admin
+        .batch_execute("CREATE ROLE cairn LOGIN PASSWORD 'repl pw'")
+        .await
+        .unwrap();
+    let err = env.fail(&["cluster", "adopt", "erp", "--from", &src.cairn_url()]);
+    assert!(err.contains("REPLICATION"), "{err}");
+    let wrong = format!("postgresql://cairn:wrong@127.0.0.1:{}/postgres", src.port);
+    let err = env.fail(&["cluster", "adopt", "erp", "--from", &wrong]);
+    assert!(
+        err.contains("cannot connect") && err.contains("pg_hba.conf"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong@"), "no password in errors: {err}");
+    assert_eq!(env.json(&["cluster", "list"]), serde_json::json!([]));
+    let slots = scalar(&admin, "SELECT count(*)::text FROM pg_replication_slots").await;
+    assert_eq!(slots, "0", "a failed adoption leaves no slot on the source");
+}
+
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}

@@ -1,0 +1,182 @@
+//! `cairn up`: the demo on an empty data directory, the JSON API, continuous ingest, images
+//! after a WAL threshold, restart of computes, clean stop on SIGTERM. And the help texts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn api(port: u16, path: &str) -> Option<Value> {
+    let (status, body) = http_get(port, path)?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_demo_serves_the_api_ingests_and_stops_cleanly() {
+    let env = Env::new();
+    let port = free_port();
+    let mut up = env
+        .command(&[
+            "up",
+            "--demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sync-interval",
+            "0.2",
+            "--image-after",
+            "1MiB",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let health = wait_for("the API", 120, || api(port, "/api/health"));
+    assert_eq!(health["status"], "ok", "{health}");
+    let clusters = api(port, "/api/clusters").unwrap();
+    assert_eq!(clusters[0]["name"], "demo");
+    let branches = api(port, "/api/branches").unwrap();
+    assert_eq!(branches[0]["name"], "main");
+    let computes = api(port, "/api/computes").unwrap();
+    assert_eq!(computes[0]["state"], "running");
+    assert!(
+        !computes.to_string().contains("postgresql://"),
+        "no URL (password) in the API"
+    );
+    let images_before = env.layers().iter().filter(|l| l["kind"] == "image").count();
+
+    // Writes on the demo compute reach the branch without any command, and past --image-after
+    // a new image layer appears.
+    let url = env.start("main");
+    let c = connect(&url).await;
+    assert_eq!(
+        scalar(&c, "SELECT count(*)::text FROM accounts").await,
+        "10000"
+    );
+    c.batch_execute(
+        "CREATE TABLE big AS SELECT g, md5(g::text) AS h FROM generate_series(1, 40000) g",
+    )
+    .await
+    .unwrap();
+    let target = scalar(&c, "SELECT pg_current_wal_lsn()::text").await;
+    wait_for("continuous ingest", 60, || {
+        (lsn(&env.head("main")) >= lsn(&target)).then_some(())
+    });
+    wait_for("an image after --image-after", 60, || {
+        (env.layers().iter().filter(|l| l["kind"] == "image").count() > images_before).then_some(())
+    });
+    let sum = table_checksum(&c, "big").await;
+    drop(c);
+
+    // SIGTERM: final ingest, computes stopped cleanly, exit 0.
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    let out = up.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("demo cluster ready"), "{stdout}");
+    assert!(
+        stdout.contains("cairn branch create"),
+        "prints what to try next: {stdout}"
+    );
+    let computes = env.json(&["compute", "list"]);
+    assert_eq!(computes[0]["state"], "stopped");
+
+    // The next `up` restarts the compute it stopped, with everything written before.
+    let port = free_port();
+    let mut up = env
+        .command(&[
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sync-interval",
+            "0.2",
+        ])
+        .spawn()
+        .unwrap();
+    let computes = wait_for("the restarted compute", 120, || {
+        api(port, "/api/computes").filter(|v| v[0]["state"] == "running")
+    });
+    assert_eq!(computes[0]["branch"], "main");
+    let c = connect(&env.start("main")).await;
+    assert_eq!(table_checksum(&c, "big").await, sum);
+    drop(c);
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGINT);
+    }
+    assert!(up.wait().unwrap().success());
+    env.stop_all();
+    env.ok(&["check", "--full"]);
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    let env = Env::new();
+    let top = env.ok(&["--help"]);
+    for cmd in [
+        "up", "cluster", "branch", "compute", "image", "layer", "check",
+    ] {
+        assert!(top.contains(cmd), "{cmd} listed in --help");
+    }
+    for cmd in [
+        vec!["up"],
+        vec!["cluster", "create"],
+        vec!["cluster", "adopt"],
+        vec!["cluster", "list"],
+        vec!["cluster", "sync"],
+        vec!["cluster", "delete"],
+        vec!["branch", "create"],
+        vec!["branch", "list"],
+        vec!["branch", "show"],
+        vec!["branch", "reset"],
+        vec!["branch", "delete"],
+        vec!["branch", "protect"],
+        vec!["compute", "start"],
+        vec!["compute", "stop"],
+        vec!["compute", "sync"],
+        vec!["compute", "list"],
+        vec!["image", "create"],
+        vec!["layer", "list"],
+        vec!["check"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let out = env.ok(&args);
+        assert!(
+            out.contains("Examples:"),
+            "cairn {cmd:?} --help has examples"
+        );
+        assert!(
+            out.contains(&format!("cairn {}", cmd.join(" "))),
+            "{cmd:?}: {out}"
+        );
+    }
+    let adopt = env.ok(&["cluster", "adopt", "--help"]);
+    for need in ["REPLICATION", "wal_level", "pg_hba.conf"] {
+        assert!(
+            adopt.contains(need),
+            "adopt --help says the source needs {need}"
+        );
+    }
+}
+
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
