@@ -30,7 +30,7 @@ fn api(port: u16, path: &str) -> Option<Value> {
 async fn up_demo_serves_the_api_ingests_and_stops_cleanly() {
     let env = Env::new();
     let port = free_port();
-    let mut up = env
+    let up = env
         .command(&[
             "up",
             "--demo",

@@ -196,8 +196,11 @@ enum Job {
     },
 }
 
+/// Directories (relative path, mode) and the files to read.
+type Listing = (Vec<(String, u32)>, Vec<Job>);
+
 /// Lists the data directory the way `pg_basebackup` would copy it.
-fn walk(root: &Path) -> Result<(Vec<(String, u32)>, Vec<Job>)> {
+fn walk(root: &Path) -> Result<Listing> {
     let mut dirs = Vec::new();
     let mut jobs = Vec::new();
     let mut stack = vec![String::new()];

@@ -69,7 +69,7 @@ impl PgBinaries {
                 }
             }
         }
-        versioned.sort_by(|a, b| b.0.cmp(&a.0));
+        versioned.sort_by_key(|v| std::cmp::Reverse(v.0));
         candidates.extend(versioned.into_iter().map(|(_, p)| p));
         for dir in candidates {
             match Self::at(&dir) {

@@ -311,7 +311,7 @@ impl WalParser {
         } else if p < page + hdr {
             return Err(invalid(p, "position lies inside a page header".into()));
         }
-        if p % 8 != 0 {
+        if !p.is_multiple_of(8) {
             return Err(invalid(p, "record position is not MAXALIGNed".into()));
         }
         let start = p;
@@ -369,7 +369,7 @@ impl WalParser {
             ));
         }
         let mut end = Lsn(p).maxalign().0;
-        if is_switch(rec) && end % self.segment_size != 0 {
+        if is_switch(rec) && !end.is_multiple_of(self.segment_size) {
             end += self.segment_size - end % self.segment_size;
         }
         Ok((start, end))
