@@ -194,9 +194,13 @@ impl LayerFile {
         let mut header = [0u8; HEADER_LEN as usize];
         file.read_exact(&mut header).ctx("read layer file", path)?;
         if &header[..8] != kind.magic() {
+            let what = match kind {
+                LayerKind::Image => "an image",
+                LayerKind::Wal => "a WAL",
+            };
             return Err(Error::corrupt(
                 obj(),
-                format!("not a {} layer (bad magic)", kind.as_str()),
+                format!("not {what} layer (bad magic)"),
             ));
         }
         let version = u16::from_le_bytes([header[8], header[9]]);
@@ -253,7 +257,7 @@ impl LayerFile {
         if offset < HEADER_LEN || offset + clen as u64 > self.size - TRAILER_LEN {
             return Err(Error::corrupt(
                 obj(),
-                format!("blob at {offset} lies outside the file"),
+                format!("piece at offset {offset} lies outside the file"),
             ));
         }
         let mut c = vec![0u8; clen as usize];
@@ -261,12 +265,15 @@ impl LayerFile {
             .read_exact_at(&mut c, offset)
             .ctx("read layer file", &self.path)?;
         let raw = zstd::bulk::decompress(&c, raw_len as usize).map_err(|e| {
-            Error::corrupt(obj(), format!("blob at {offset} does not decompress: {e}"))
+            Error::corrupt(
+                obj(),
+                format!("piece at offset {offset} does not decompress: {e}"),
+            )
         })?;
         if raw.len() != raw_len as usize || Sha256::digest(&raw).as_slice() != hash {
             return Err(Error::corrupt(
                 obj(),
-                format!("blob at {offset} fails its SHA-256 check"),
+                format!("piece at offset {offset} fails its SHA-256 check"),
             ));
         }
         Ok(raw)

@@ -1,0 +1,248 @@
+//! Golden vectors: layer files written by format version 1, checked in under `tests/golden/`.
+//! They must decode to the same values forever; a format change bumps the version and keeps
+//! reading these. Regenerate (only when adding a *new* version's vectors) with
+//! `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-engine --test golden`.
+
+use std::path::PathBuf;
+
+use cairn_engine::ids::{LayerId, Lsn, TimelineId};
+use cairn_engine::layer::file::{LayerFile, LayerKind, LayerWriter};
+use cairn_engine::layer::image::{BlobRef, ImageFile, ImageMeta};
+use cairn_engine::layer::wal::{WalChunk, WalMeta};
+use cairn_engine::wal::{EventKind, WalEvent};
+use sha2::{Digest, Sha256};
+
+fn golden_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1")
+}
+
+fn page(seed: u8) -> Vec<u8> {
+    (0..8192u32).map(|i| (i as u8).wrapping_mul(seed)).collect()
+}
+
+fn expected_image(blob_offsets: &[(u64, u32)]) -> ImageMeta {
+    let p1 = page(3);
+    let p2 = page(5);
+    let version = b"15\n".to_vec();
+    let blob = |raw: &[u8], i: usize| BlobRef {
+        hash: Sha256::digest(raw).into(),
+        layer: 0,
+        offset: blob_offsets[i].0,
+        clen: blob_offsets[i].1,
+        raw_len: raw.len() as u32,
+    };
+    ImageMeta {
+        system_id: 7_441_431_976_000_000_123,
+        pg_major: 15,
+        timeline: TimelineId([0x11; 16]),
+        start_lsn: Lsn(0x200_0028),
+        end_lsn: Lsn(0x200_0100),
+        tli: 1,
+        created_at_us: 1_795_431_976_000_000,
+        backup_label: "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n".into(),
+        refs: vec![LayerId([0; 32]), LayerId([0xAB; 32])],
+        dirs: vec![("base".into(), 0o700), ("base/5".into(), 0o700)],
+        files: vec![
+            ImageFile {
+                path: "PG_VERSION".into(),
+                mode: 0o600,
+                size: 3,
+                relation: false,
+                blobs: vec![blob(&version, 2)],
+            },
+            ImageFile {
+                path: "base/5/16384".into(),
+                mode: 0o600,
+                size: 3 * 8192,
+                relation: true,
+                blobs: vec![
+                    blob(&p1, 0),
+                    blob(&p2, 1),
+                    // A page stored by an earlier layer.
+                    BlobRef {
+                        hash: [0x42; 32],
+                        layer: 1,
+                        offset: 4096,
+                        clen: 77,
+                        raw_len: 8192,
+                    },
+                ],
+            },
+        ],
+    }
+}
+
+fn wal_bytes() -> Vec<u8> {
+    (0..3 * 8192u32).map(|i| (i % 251) as u8).collect()
+}
+
+fn expected_wal(chunk: (u64, u32)) -> WalMeta {
+    let raw = wal_bytes();
+    WalMeta {
+        system_id: 7_441_431_976_000_000_123,
+        pg_major: 15,
+        tli: 1,
+        segment_size: 16 << 20,
+        timeline: TimelineId([0x22; 16]),
+        data_start: Lsn(0x300_0000),
+        start: Lsn(0x300_00E8),
+        end: Lsn(0x300_6000),
+        prev_record: Some(Lsn(0x300_00C0)),
+        last_record: Lsn(0x300_5F00),
+        created_at_us: 1_795_431_977_000_000,
+        chunks: vec![WalChunk {
+            lsn: Lsn(0x300_0000),
+            raw_len: raw.len() as u32,
+            offset: chunk.0,
+            clen: chunk.1,
+            hash: Sha256::digest(&raw).into(),
+        }],
+        events: vec![
+            WalEvent {
+                kind: EventKind::Commit,
+                before: Lsn(0x300_00E8),
+                end: Lsn(0x300_0110),
+                time_us: 1_795_431_976_457_784,
+                name: None,
+            },
+            WalEvent {
+                kind: EventKind::RestorePoint,
+                before: Lsn(0x300_0110),
+                end: Lsn(0x300_0148),
+                time_us: 1_795_431_976_500_000,
+                name: Some("before_migration".into()),
+            },
+        ],
+    }
+}
+
+fn write_golden() {
+    let dir = golden_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    // Image layer: three pieces of its own.
+    let mut w = LayerWriter::create(&dir, LayerKind::Image).unwrap();
+    let mut offs = Vec::new();
+    for raw in [page(3), page(5), b"15\n".to_vec()] {
+        let c = zstd::bulk::compress(&raw, 1).unwrap();
+        offs.push((w.append_blob(&c).unwrap(), c.len() as u32));
+    }
+    let (_, _, path) = w.finish(&expected_image(&offs).encode()).unwrap();
+    std::fs::rename(path, dir.join("image.layer")).unwrap();
+    let mut w = LayerWriter::create(&dir, LayerKind::Wal).unwrap();
+    let c = zstd::bulk::compress(&wal_bytes(), 1).unwrap();
+    let off = w.append_blob(&c).unwrap();
+    let (_, _, path) = w
+        .finish(&expected_wal((off, c.len() as u32)).encode())
+        .unwrap();
+    std::fs::rename(path, dir.join("wal.layer")).unwrap();
+}
+
+#[test]
+fn version_1_layers_decode_forever() {
+    if std::env::var_os("CAIRN_WRITE_GOLDEN").is_some() {
+        write_golden();
+    }
+    let dir = golden_dir();
+
+    let f = LayerFile::open(&dir.join("image.layer"), LayerKind::Image).unwrap();
+    assert_eq!(f.version, 1);
+    let meta = ImageMeta::decode(&f.meta).unwrap();
+    let offs: Vec<(u64, u32)> = meta.files[1].blobs[..2]
+        .iter()
+        .chain(meta.files[0].blobs.iter())
+        .map(|b| (b.offset, b.clen))
+        .collect();
+    assert_eq!(meta, expected_image(&offs));
+    assert_eq!(
+        meta.encode(),
+        f.meta,
+        "metadata re-encodes to the same bytes"
+    );
+    let b = &meta.files[1].blobs[1];
+    assert_eq!(
+        f.read_blob(b.offset, b.clen, b.raw_len, &b.hash).unwrap(),
+        page(5)
+    );
+    let b = &meta.files[0].blobs[0];
+    assert_eq!(
+        f.read_blob(b.offset, b.clen, b.raw_len, &b.hash).unwrap(),
+        b"15\n"
+    );
+    // The file's name in a timeline directory is its SHA-256.
+    let id = LayerId(Sha256::digest(std::fs::read(dir.join("image.layer")).unwrap()).into());
+    f.verify_id(id).unwrap();
+
+    let f = LayerFile::open(&dir.join("wal.layer"), LayerKind::Wal).unwrap();
+    assert_eq!(f.version, 1);
+    let meta = WalMeta::decode(&f.meta).unwrap();
+    let c = meta.chunks[0];
+    assert_eq!(meta, expected_wal((c.offset, c.clen)));
+    assert_eq!(meta.encode(), f.meta);
+    assert_eq!(
+        f.read_blob(c.offset, c.clen, c.raw_len, &c.hash).unwrap(),
+        wal_bytes()
+    );
+}
+
+#[test]
+fn damaged_layers_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = std::fs::read(golden_dir().join("image.layer")).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", src[..src.len() - 10].to_vec(), "trailer"),
+        ("short", src[..20].to_vec(), "bytes long"),
+        (
+            "bad magic",
+            [b"CAIRNXXX".as_slice(), &src[8..]].concat(),
+            "bad magic",
+        ),
+        (
+            "future version",
+            [&src[..8], &[9u8, 0], &src[10..]].concat(),
+            "newer than this cairn",
+        ),
+        (
+            "metadata flipped",
+            {
+                let mut v = src.clone();
+                let n = v.len();
+                v[n - 60] ^= 1;
+                v
+            },
+            "metadata checksum",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        let p = dir.path().join(what);
+        std::fs::write(&p, bytes).unwrap();
+        let err = LayerFile::open(&p, LayerKind::Image)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(reason) && err.contains(what), "{what}: {err}");
+    }
+    // A flipped bit in a piece fails that piece's SHA-256, naming the layer and offset.
+    let f = LayerFile::open(&golden_dir().join("image.layer"), LayerKind::Image).unwrap();
+    let meta = ImageMeta::decode(&f.meta).unwrap();
+    let b = meta.files[1].blobs[0];
+    let mut bytes = src.clone();
+    bytes[b.offset as usize + b.clen as usize / 2] ^= 0x10;
+    let p = dir.path().join("flipped");
+    std::fs::write(&p, bytes).unwrap();
+    let f = LayerFile::open(&p, LayerKind::Image).unwrap();
+    let err = f
+        .read_blob(b.offset, b.clen, b.raw_len, &b.hash)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("flipped") && err.contains(&format!("piece at offset {}", b.offset)),
+        "{err}"
+    );
+    // The wrong kind is refused.
+    let err = LayerFile::open(&golden_dir().join("wal.layer"), LayerKind::Image)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not an image layer"), "{err}");
+}
