@@ -197,6 +197,8 @@ impl Engine {
             if l == meta.start {
                 return Ok((meta.start, meta.prev_record));
             }
+            // Parse from the nearest resume point: at most about one chunk of WAL.
+            let (from, from_prev) = meta.resume_before(l);
             let mut src = LayerWalSource::new(&f, &meta);
             let mut parser = WalParser {
                 segment_size: seg_size,
@@ -208,15 +210,15 @@ impl Engine {
             let out = parser
                 .parse(
                     &mut src,
-                    meta.start,
-                    meta.prev_record,
+                    from,
+                    from_prev,
                     ParseLimits {
                         end: Some(l),
-                        max_bytes: None,
+                        ..Default::default()
                     },
                 )
                 .map_err(|e| Error::io(format!("read WAL layer {}", path.display()), e))?;
-            Ok((out.end, out.last_record.or(meta.prev_record)))
+            Ok((out.end, out.last_record.or(from_prev)))
         })
         .await
         .map_err(|e| Error::io("WAL task", std::io::Error::other(e.to_string())))?

@@ -304,6 +304,8 @@ impl Engine {
         let start: Lsn = start
             .parse()
             .map_err(|e: String| Error::postgres("pg_backup_start", e))?;
+        let t0 = std::time::Instant::now();
+        tracing::debug!(%start, "base backup started");
         let datadir = server.datadir.clone();
         let out_dir = self.home.timeline_dir(cluster.id, tl.id);
         progress.phase("image", image::estimate_size(&datadir));
@@ -340,10 +342,12 @@ impl Engine {
                 });
             }
         };
+        tracing::debug!(seconds = t0.elapsed().as_secs_f64(), stats = ?draft.stats, "data files read");
         let row = client
             .query_one(stop_sql, &[])
             .await
             .map_err(|e| Error::postgres("stop the base backup (pg_backup_stop)", e.to_string()))?;
+        tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "base backup stopped");
         let stop: String = row.get(0);
         let label: String = row.get(1);
         let end: Lsn = stop

@@ -113,6 +113,7 @@ fn expected_wal(chunk: (u64, u32)) -> WalMeta {
                 name: Some("before_migration".into()),
             },
         ],
+        resume_points: vec![(Lsn(0x300_0110), Lsn(0x300_00E8))],
     }
 }
 

@@ -189,12 +189,18 @@ enum Job {
         rel: String,
         file: RelFile,
         mode: u32,
+        /// Size when listed: the file is read in ranges of [`RANGE`] bytes in parallel.
+        len: u64,
     },
     Whole {
         rel: String,
         mode: u32,
     },
 }
+
+/// Bytes of a relation file one worker reads at a time (large relations are read by all
+/// cores at once).
+const RANGE: u64 = 16 << 20;
 
 /// Directories (relative path, mode) and the files to read.
 type Listing = (Vec<(String, u32)>, Vec<Job>);
@@ -276,7 +282,12 @@ fn walk(root: &Path) -> Result<Listing> {
                     if unlogged.contains(&f.relfilenode) && f.fork != relfile::Fork::Init {
                         continue;
                     }
-                    jobs.push(Job::Relation { rel, file: f, mode })
+                    jobs.push(Job::Relation {
+                        rel,
+                        file: f,
+                        mode,
+                        len: md.len(),
+                    })
                 }
                 None => jobs.push(Job::Whole { rel, mode }),
             }
@@ -296,48 +307,86 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// Stores one piece (or finds it stored) and returns its reference. Layer index 0 is this
-    /// layer, `1 + i` the i-th layer of the dedup index.
-    fn put(&self, raw: &[u8], hash: [u8; 32]) -> Result<BlobRef> {
-        let mk = |layer: u32, l: &Loc| BlobRef {
+    /// Stores pieces (or finds them stored) and returns their references, in order. Layer
+    /// index 0 is this layer, `1 + i` the i-th layer of the dedup index. Locks are taken once
+    /// per batch, and compression happens outside them.
+    fn put_batch(&self, pieces: &[(&[u8], [u8; 32])]) -> Result<Vec<BlobRef>> {
+        let mk = |hash: [u8; 32], layer: u32, l: &Loc| BlobRef {
             hash,
             layer,
             offset: l.offset,
             clen: l.clen,
             raw_len: l.raw_len,
         };
-        if let Some(l) = self.known.map.get(&hash) {
-            return Ok(mk(l.layer + 1, l));
-        }
-        if let Some(l) = self
-            .local
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
+        let mut out: Vec<Option<BlobRef>> = vec![None; pieces.len()];
+        let mut todo = Vec::new();
         {
-            return Ok(mk(0, l));
+            let local = self.local.read().unwrap_or_else(|e| e.into_inner());
+            for (i, (_, hash)) in pieces.iter().enumerate() {
+                if let Some(l) = self.known.map.get(hash) {
+                    out[i] = Some(mk(*hash, l.layer + 1, l));
+                } else if let Some(l) = local.get(hash) {
+                    out[i] = Some(mk(*hash, 0, l));
+                } else {
+                    todo.push(i);
+                }
+            }
         }
-        let compressed =
-            zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(|e| Error::io("compress a page", e))?;
-        let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = local.get(&hash) {
-            return Ok(mk(0, l));
+        if !todo.is_empty() {
+            let mut compressed = Vec::with_capacity(todo.len());
+            for &i in &todo {
+                compressed.push(compress(pieces[i].0)?);
+            }
+            let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let (mut new, mut bytes) = (0u64, 0u64);
+            for (&i, c) in todo.iter().zip(compressed) {
+                let (raw, hash) = pieces[i];
+                if let Some(l) = local.get(&hash) {
+                    out[i] = Some(mk(hash, 0, l));
+                    continue;
+                }
+                let offset = w.append_blob(&c)?;
+                let loc = Loc {
+                    layer: 0,
+                    offset,
+                    clen: c.len() as u32,
+                    raw_len: raw.len() as u32,
+                };
+                local.insert(hash, loc);
+                out[i] = Some(mk(hash, 0, &loc));
+                new += 1;
+                bytes += c.len() as u64;
+            }
+            drop((w, local));
+            let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            st.new_pieces += new;
+            st.stored_bytes += bytes;
         }
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let offset = w.append_blob(&compressed)?;
-        drop(w);
-        let loc = Loc {
-            layer: 0,
-            offset,
-            clen: compressed.len() as u32,
-            raw_len: raw.len() as u32,
-        };
-        local.insert(hash, loc);
-        let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        st.new_pieces += 1;
-        st.stored_bytes += compressed.len() as u64;
-        Ok(mk(0, &loc))
+        Ok(out.into_iter().map(|b| b.expect("every piece resolved")).collect())
     }
+}
+
+thread_local! {
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd with one reused context per worker thread (creating a context costs more than
+/// compressing a page).
+fn compress(raw: &[u8]) -> Result<Vec<u8>> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.is_none() {
+            *c = Some(
+                zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(|e| Error::io("start zstd", e))?,
+            );
+        }
+        c.as_mut()
+            .expect("set above")
+            .compress(raw)
+            .map_err(|e| Error::io("compress a piece", e))
+    })
 }
 
 fn read_full(f: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<usize> {
@@ -368,13 +417,16 @@ impl From<Error> for FileError {
     }
 }
 
-fn relation_file(
+/// Reads pages `[from, to)` of a relation file (`to = None`: to its end); returns the pieces,
+/// bytes read, and `None` when the file vanished during the backup.
+fn relation_range(
     sh: &Shared,
     input: &ImageInput,
     rel: &str,
     rf: &RelFile,
-    mode: u32,
-) -> FileResult {
+    from: u64,
+    to: Option<u64>,
+) -> std::result::Result<Option<(Vec<BlobRef>, u64)>, FileError> {
     let path = input.datadir.join(rel);
     let f = match File::open(&path) {
         Ok(f) => f,
@@ -383,14 +435,20 @@ fn relation_file(
     };
     let mut buf = vec![0u8; BLCKSZ * PAGES_PER_READ];
     let mut blobs = Vec::new();
-    let mut off = 0u64;
+    let mut off = from;
     let mut torn = 0;
     loop {
-        let n = read_full(&f, &mut buf, off, &path)?;
+        let want = match to {
+            Some(t) if t <= off => break,
+            Some(t) => buf.len().min((t - off) as usize),
+            None => buf.len(),
+        };
+        let n = read_full(&f, &mut buf[..want], off, &path)?;
         if n == 0 {
             break;
         }
         sh.progress.fetch_add(n as u64, Ordering::Relaxed);
+        let mut hashes = Vec::with_capacity(PAGES_PER_READ);
         for (i, page) in buf[..n].chunks_mut(BLCKSZ).enumerate() {
             let blkno = rf.block(((off as usize / BLCKSZ) + i) as u32);
             if page.len() == BLCKSZ && input.checksums {
@@ -418,26 +476,20 @@ fn relation_file(
                     }
                 }
             }
-            let hash: [u8; 32] = Sha256::digest(&*page).into();
-            blobs.push(sh.put(page, hash)?);
+            hashes.push(<[u8; 32]>::from(Sha256::digest(&*page)));
         }
+        let batch: Vec<(&[u8], [u8; 32])> = buf[..n].chunks(BLCKSZ).zip(hashes).collect();
+        blobs.extend(sh.put_batch(&batch)?);
         off += n as u64;
-        if n < buf.len() {
+        if n < want {
             break;
         }
     }
     let mut st = sh.stats.lock().unwrap_or_else(|e| e.into_inner());
     st.torn_pages += torn;
     st.pieces += blobs.len() as u64;
-    st.bytes_read += off;
-    st.files += 1;
-    Ok(Some(ImageFile {
-        path: rel.to_string(),
-        mode,
-        size: off,
-        relation: true,
-        blobs,
-    }))
+    st.bytes_read += off - from;
+    Ok(Some((blobs, off - from)))
 }
 
 fn whole_file(sh: &Shared, input: &ImageInput, rel: &str, mode: u32) -> FileResult {
@@ -457,7 +509,7 @@ fn whole_file(sh: &Shared, input: &ImageInput, rel: &str, mode: u32) -> FileResu
         }
         sh.progress.fetch_add(n as u64, Ordering::Relaxed);
         let hash: [u8; 32] = Sha256::digest(&buf[..n]).into();
-        blobs.push(sh.put(&buf[..n], hash)?);
+        blobs.extend(sh.put_batch(&[(&buf[..n], hash)])?);
         off += n as u64;
         if n < buf.len() {
             break;
@@ -466,7 +518,6 @@ fn whole_file(sh: &Shared, input: &ImageInput, rel: &str, mode: u32) -> FileResu
     let mut st = sh.stats.lock().unwrap_or_else(|e| e.into_inner());
     st.pieces += blobs.len() as u64;
     st.bytes_read += off;
-    st.files += 1;
     Ok(Some(ImageFile {
         path: rel.to_string(),
         mode,
@@ -508,29 +559,83 @@ pub fn build(
         progress,
         stats: Mutex::new(ImageStats::default()),
     };
-    let halfway = jobs.len() / 2;
-    let results: Vec<FileResult> = jobs
-        .par_iter()
-        .enumerate()
-        .map(|(i, j)| {
-            if i == halfway {
-                crate::failpoint::hit("image-mid-write");
+    // Work units: whole files, and relation files cut into ranges (the last one reads to EOF).
+    let mut units: Vec<(usize, u64, Option<u64>)> = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        match j {
+            Job::Relation { len, .. } => {
+                let mut from = 0;
+                while from + RANGE < *len {
+                    units.push((i, from, Some(from + RANGE)));
+                    from += RANGE;
+                }
+                units.push((i, from, None));
             }
-            match j {
-                Job::Relation { rel, file, mode } => relation_file(&sh, input, rel, file, *mode),
-                Job::Whole { rel, mode } => whole_file(&sh, input, rel, *mode),
-            }
-        })
-        .collect();
-    let mut files = Vec::with_capacity(results.len());
-    for r in results {
+            Job::Whole { .. } => units.push((i, 0, None)),
+        }
+    }
+    // Largest first, for balance.
+    units.sort_by_key(|u| std::cmp::Reverse(u.2.map_or(RANGE, |t| t - u.1)));
+    let halfway = units.len() / 2;
+    let results: Vec<(usize, u64, std::result::Result<Option<(Vec<BlobRef>, u64)>, FileError>)> =
+        units
+            .par_iter()
+            .enumerate()
+            .map(|(k, &(i, from, to))| {
+                if k == halfway {
+                    crate::failpoint::hit("image-mid-write");
+                }
+                let r = match &jobs[i] {
+                    Job::Relation { rel, file, .. } => {
+                        relation_range(&sh, input, rel, file, from, to)
+                    }
+                    Job::Whole { rel, mode } => whole_file(&sh, input, rel, *mode)
+                        .map(|o| o.map(|f| (f.blobs, f.size))),
+                };
+                (i, from, r)
+            })
+            .collect();
+    // Assemble each file from its ranges, in order.
+    let mut parts: Vec<Vec<(u64, Vec<BlobRef>, u64)>> = (0..jobs.len()).map(|_| Vec::new()).collect();
+    let mut vanished = vec![false; jobs.len()];
+    for (i, from, r) in results {
         match r {
-            Ok(Some(f)) => files.push(f),
-            Ok(None) => {}
+            Ok(Some((blobs, n))) => parts[i].push((from, blobs, n)),
+            Ok(None) => vanished[i] = true,
             Err(FileError::Corrupt(p)) => return Err(Ok(*p)),
             Err(FileError::Other(e)) => return Err(Err(e)),
         }
     }
+    let mut files = Vec::with_capacity(jobs.len());
+    for (i, j) in jobs.iter().enumerate() {
+        if vanished[i] {
+            continue;
+        }
+        let mut p = std::mem::take(&mut parts[i]);
+        p.sort_by_key(|x| x.0);
+        let (rel, mode, relation) = match j {
+            Job::Relation { rel, mode, .. } => (rel, *mode, true),
+            Job::Whole { rel, mode } => (rel, *mode, false),
+        };
+        // A file truncated during the backup ends at its first short range.
+        let mut blobs = Vec::new();
+        let mut size = 0;
+        for (from, b, n) in p {
+            if from != size {
+                break;
+            }
+            blobs.extend(b);
+            size += n;
+        }
+        files.push(ImageFile {
+            path: rel.clone(),
+            mode,
+            size,
+            relation,
+            blobs,
+        });
+    }
+    sh.stats.lock().unwrap_or_else(|e| e.into_inner()).files = files.len() as u64;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     // Keep only the referenced layers, renumbered in order of first use.
     let mut remap: HashMap<u32, u32> = HashMap::new();

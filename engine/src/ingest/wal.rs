@@ -67,6 +67,7 @@ pub fn scan(
             ParseLimits {
                 end: vouched,
                 max_bytes,
+                resume_every: Some(CHUNK),
             },
         )
         .map_err(|e| Error::io(format!("read WAL from {}", source_desc.display()), e))?;
@@ -178,6 +179,7 @@ pub fn write_layer(
         created_at_us,
         chunks,
         events: out.events.clone(),
+        resume_points: out.resume_points.clone(),
     };
     crate::failpoint::hit("wal-layer-mid-write");
     let (id, file_size, path) = w.finish(&meta.encode())?;

@@ -36,6 +36,9 @@ pub struct WalMeta {
     pub created_at_us: i64,
     pub chunks: Vec<WalChunk>,
     pub events: Vec<WalEvent>,
+    /// (record boundary, start of the record ending there), about one per chunk: where a
+    /// reader looking for a boundary can start parsing instead of at `start`.
+    pub resume_points: Vec<(Lsn, Lsn)>,
 }
 
 impl WalMeta {
@@ -67,6 +70,11 @@ impl WalMeta {
             e.u64(ev.end.0);
             e.i64(ev.time_us);
             e.str(ev.name.as_deref().unwrap_or(""));
+        }
+        e.u32(self.resume_points.len() as u32);
+        for (b, p) in &self.resume_points {
+            e.u64(b.0);
+            e.u64(p.0);
         }
         e.buf
     }
@@ -113,6 +121,11 @@ impl WalMeta {
                 name: (!name.is_empty()).then_some(name),
             });
         }
+        let n = d.count("resume points", 16)?;
+        let mut resume_points = Vec::with_capacity(n);
+        for _ in 0..n {
+            resume_points.push((Lsn(d.u64("resume boundary")?), Lsn(d.u64("resume prev")?)));
+        }
         d.finish()?;
         if data_start > start || start > end {
             return Err(DecodeError(format!(
@@ -146,7 +159,16 @@ impl WalMeta {
             created_at_us,
             chunks,
             events,
+            resume_points,
         })
+    }
+
+    /// The latest place at or before `l` to start parsing from: (boundary, previous record).
+    pub fn resume_before(&self, l: Lsn) -> (Lsn, Option<Lsn>) {
+        match self.resume_points.iter().rev().find(|(b, _)| *b <= l) {
+            Some((b, p)) => (*b, Some(*p)),
+            None => (self.start, self.prev_record),
+        }
     }
 }
 
@@ -205,6 +227,7 @@ mod tests {
                 time_us: 42,
                 name: Some("rp".into()),
             }],
+            resume_points: vec![(Lsn(0x300_0150), Lsn(0x300_0128))],
         };
         assert_eq!(WalMeta::decode(&m.encode()).unwrap(), m);
         let mut gap = m.clone();

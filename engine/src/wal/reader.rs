@@ -25,6 +25,9 @@ pub struct ParseLimits {
     pub end: Option<Lsn>,
     /// Stop at the first record boundary after this many bytes.
     pub max_bytes: Option<u64>,
+    /// Record a resume point (see [`ParseOutcome::resume_points`]) in every window of this many
+    /// bytes, counted from `start` rounded down to a page.
+    pub resume_every: Option<u64>,
 }
 
 /// Why parsing stopped.
@@ -53,6 +56,9 @@ pub struct ParseOutcome {
     pub records: u64,
     pub events: Vec<WalEvent>,
     pub stop: StopReason,
+    /// (record boundary, start of the record ending there): the first boundary reached in each
+    /// `resume_every` window, from which a later reader can parse without starting over.
+    pub resume_points: Vec<(Lsn, Lsn)>,
 }
 
 enum Halt {
@@ -98,7 +104,10 @@ impl WalParser {
             records: 0,
             events: Vec::new(),
             stop: StopReason::Limit,
+            resume_points: Vec::new(),
         };
+        let base = start.align_down(XLOG_BLCKSZ).0;
+        let mut last_window = None;
         let mut cache = PageCache {
             lsn: None,
             buf: vec![0u8; XLOG_BLCKSZ as usize],
@@ -127,6 +136,13 @@ impl WalParser {
                     out.records += 1;
                     out.last_record = Some(Lsn(rec_start));
                     out.end = Lsn(rec_end);
+                    if let Some(every) = limits.resume_every {
+                        let w = (rec_end - base) / every;
+                        if last_window != Some(w) {
+                            last_window = Some(w);
+                            out.resume_points.push((Lsn(rec_end), Lsn(rec_start)));
+                        }
+                    }
                 }
                 Err(Halt::Stop(reason)) => {
                     out.stop = reason;
@@ -520,7 +536,7 @@ pub(crate) mod tests {
                     None,
                     ParseLimits {
                         end: Some(Lsn(cut)),
-                        max_bytes: None,
+                        ..Default::default()
                     },
                 )
                 .unwrap();
