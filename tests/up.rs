@@ -180,3 +180,30 @@ fn lsn(s: &str) -> u64 {
     let (hi, lo) = s.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_home_the_postgres_user_cannot_reach_still_runs_computes() {
+    if !is_root() {
+        return; // Only root runs PostgreSQL as another user.
+    }
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        outer.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let mut env = Env::new();
+    env.home = outer.path().join("home");
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let c = connect(&url).await;
+    assert_eq!(scalar(&c, "SELECT 'reachable'").await, "reachable");
+    let dir = scalar(&c, "SHOW data_directory").await;
+    assert!(dir.starts_with("/var/lib/cairn/computes/"), "{dir}");
+    drop(c);
+    env.ok(&["compute", "stop", "main"]);
+    assert!(
+        !std::path::Path::new(&dir).exists(),
+        "the compute directory is removed on stop"
+    );
+}

@@ -338,7 +338,7 @@ impl Engine {
             .into_iter()
             .map(|c| c.timeline_id)
             .collect();
-        if let Ok(rd) = std::fs::read_dir(self.home.root.join("computes")) {
+        if let Ok(rd) = std::fs::read_dir(&self.home.computes) {
             for e in rd.flatten() {
                 let Ok(tid) = e.file_name().to_string_lossy().parse::<TimelineId>() else {
                     continue;

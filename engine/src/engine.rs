@@ -64,13 +64,16 @@ pub fn validate_name(kind: &str, name: &str) -> Result<()> {
 
 impl Engine {
     pub async fn open(opts: EngineOptions) -> Result<Engine> {
-        let home = Home::open(&opts.home)?;
+        let mut home = Home::open(&opts.home)?;
         let url = opts
             .catalog_url
             .clone()
             .unwrap_or_else(|| Catalog::sqlite_url(&home.root));
         let catalog = Catalog::open(&url).await?;
         let user = OsUser::for_postgres()?;
+        if user.check_reachable(&home.computes).is_err() {
+            home.relocate_computes()?;
+        }
         Ok(Engine {
             home,
             catalog,

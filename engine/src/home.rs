@@ -9,6 +9,10 @@
 //!   locks/                   advisory lock files (flock)
 //!   spool/CLUSTER/           WAL received from adopted clusters, not yet in a layer
 //! ```
+//!
+//! When Cairn runs as root and the postgres OS user cannot reach `HOME` (a home under `/root`,
+//! say), computes live in `/var/lib/cairn/computes/<hash of HOME>/` instead; see
+//! [`Home::relocate_computes`].
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -24,6 +28,8 @@ use crate::layer::file::{file_name, LayerKind};
 #[derive(Debug, Clone)]
 pub struct Home {
     pub root: PathBuf,
+    /// Where compute data directories live (normally `HOME/computes`).
+    pub computes: PathBuf,
 }
 
 impl Home {
@@ -53,7 +59,28 @@ impl Home {
         if fresh {
             tracing::debug!(home = %root.display(), "created data directory");
         }
-        Ok(Home { root })
+        let computes = root.join("computes");
+        Ok(Home { root, computes })
+    }
+
+    /// Moves the computes of this home to `/var/lib/cairn/computes/<hash>` (for a home the
+    /// postgres OS user cannot reach).
+    pub fn relocate_computes(&mut self) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let h = hex::encode(&Sha256::digest(self.root.to_string_lossy().as_bytes())[..8]);
+        let base = Path::new("/var/lib/cairn");
+        let dir = base.join("computes").join(h);
+        for d in [base.to_path_buf(), base.join("computes"), dir.clone()] {
+            if !d.exists() {
+                fsutil::create_dir_mode(&d, 0o711).ctx("create directory", &d)?;
+            }
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            "the postgres OS user cannot reach the data directory: computes live elsewhere"
+        );
+        self.computes = dir;
+        Ok(())
     }
 
     pub fn layers_dir(&self) -> PathBuf {
@@ -73,7 +100,7 @@ impl Home {
     }
 
     pub fn compute_dir(&self, t: TimelineId) -> PathBuf {
-        self.root.join("computes").join(t.to_string())
+        self.computes.join(t.to_string())
     }
 
     pub fn spool_dir(&self, c: ClusterId) -> PathBuf {

@@ -363,7 +363,10 @@ impl Shared<'_> {
             st.new_pieces += new;
             st.stored_bytes += bytes;
         }
-        Ok(out.into_iter().map(|b| b.expect("every piece resolved")).collect())
+        Ok(out
+            .into_iter()
+            .map(|b| b.expect("every piece resolved"))
+            .collect())
     }
 }
 
@@ -577,26 +580,29 @@ pub fn build(
     // Largest first, for balance.
     units.sort_by_key(|u| std::cmp::Reverse(u.2.map_or(RANGE, |t| t - u.1)));
     let halfway = units.len() / 2;
-    let results: Vec<(usize, u64, std::result::Result<Option<(Vec<BlobRef>, u64)>, FileError>)> =
-        units
-            .par_iter()
-            .enumerate()
-            .map(|(k, &(i, from, to))| {
-                if k == halfway {
-                    crate::failpoint::hit("image-mid-write");
+    let results: Vec<(
+        usize,
+        u64,
+        std::result::Result<Option<(Vec<BlobRef>, u64)>, FileError>,
+    )> = units
+        .par_iter()
+        .enumerate()
+        .map(|(k, &(i, from, to))| {
+            if k == halfway {
+                crate::failpoint::hit("image-mid-write");
+            }
+            let r = match &jobs[i] {
+                Job::Relation { rel, file, .. } => relation_range(&sh, input, rel, file, from, to),
+                Job::Whole { rel, mode } => {
+                    whole_file(&sh, input, rel, *mode).map(|o| o.map(|f| (f.blobs, f.size)))
                 }
-                let r = match &jobs[i] {
-                    Job::Relation { rel, file, .. } => {
-                        relation_range(&sh, input, rel, file, from, to)
-                    }
-                    Job::Whole { rel, mode } => whole_file(&sh, input, rel, *mode)
-                        .map(|o| o.map(|f| (f.blobs, f.size))),
-                };
-                (i, from, r)
-            })
-            .collect();
+            };
+            (i, from, r)
+        })
+        .collect();
     // Assemble each file from its ranges, in order.
-    let mut parts: Vec<Vec<(u64, Vec<BlobRef>, u64)>> = (0..jobs.len()).map(|_| Vec::new()).collect();
+    let mut parts: Vec<Vec<(u64, Vec<BlobRef>, u64)>> =
+        (0..jobs.len()).map(|_| Vec::new()).collect();
     let mut vanished = vec![false; jobs.len()];
     for (i, from, r) in results {
         match r {
