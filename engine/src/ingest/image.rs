@@ -420,6 +420,9 @@ impl From<Error> for FileError {
     }
 }
 
+/// Pieces and bytes read of one range, `None` when its file vanished during the backup.
+type RangeResult = std::result::Result<Option<(Vec<BlobRef>, u64)>, FileError>;
+
 /// Reads pages `[from, to)` of a relation file (`to = None`: to its end); returns the pieces,
 /// bytes read, and `None` when the file vanished during the backup.
 fn relation_range(
@@ -429,7 +432,7 @@ fn relation_range(
     rf: &RelFile,
     from: u64,
     to: Option<u64>,
-) -> std::result::Result<Option<(Vec<BlobRef>, u64)>, FileError> {
+) -> RangeResult {
     let path = input.datadir.join(rel);
     let f = match File::open(&path) {
         Ok(f) => f,
@@ -580,11 +583,7 @@ pub fn build(
     // Largest first, for balance.
     units.sort_by_key(|u| std::cmp::Reverse(u.2.map_or(RANGE, |t| t - u.1)));
     let halfway = units.len() / 2;
-    let results: Vec<(
-        usize,
-        u64,
-        std::result::Result<Option<(Vec<BlobRef>, u64)>, FileError>,
-    )> = units
+    let results: Vec<(usize, u64, RangeResult)> = units
         .par_iter()
         .enumerate()
         .map(|(k, &(i, from, to))| {
