@@ -426,9 +426,15 @@ impl Engine {
                  with --port, or stop what listens there"
             )));
         }
-        let paths = self.layer_paths(cluster).await?;
+        let layers = self.catalog.layers(cluster.id).await?;
+        let total = layers
+            .iter()
+            .find(|l| l.id == plan.image.id)
+            .map_or(0, |l| l.logical_size);
+        let paths: std::collections::HashMap<_, _> =
+            layers.iter().map(|l| (l.id, self.layer_path(l))).collect();
         let datadir = server.datadir.clone();
-        progress.phase("materialise", 0);
+        progress.phase("materialise", total);
         let p = progress.clone();
         let stats =
             tokio::task::spawn_blocking(move || materialise(&plan, &paths, &datadir, &p.done))
