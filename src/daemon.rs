@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cairn_engine::adopt::Receiver;
-use cairn_engine::catalog::ClusterKind;
+use cairn_engine::catalog::{BranchRow, ClusterKind, ClusterRow, ComputeRow};
 use cairn_engine::progress::Progress;
 use cairn_engine::Engine;
 use clap::Args;
@@ -173,9 +173,11 @@ async fn demo(engine: &Engine) -> Result<()> {
     Ok(())
 }
 
-async fn restart_computes(d: &Daemon) {
+/// Every compute the catalog knows, with its cluster and branch.
+async fn computes(d: &Daemon) -> Vec<(ClusterRow, ComputeRow, BranchRow)> {
+    let mut out = Vec::new();
     let Ok(computes) = d.engine.catalog.computes().await else {
-        return;
+        return out;
     };
     for c in computes {
         let Ok(cluster) = d.engine.catalog.cluster(c.cluster_id).await else {
@@ -184,6 +186,13 @@ async fn restart_computes(d: &Daemon) {
         let Ok(Some(b)) = d.engine.catalog.branch_of_timeline(c.timeline_id).await else {
             continue;
         };
+        out.push((cluster, c, b));
+    }
+    out
+}
+
+async fn restart_computes(d: &Daemon) {
+    for (cluster, c, b) in computes(d).await {
         let port = (!cairn_engine::pg::server::port_in_use(c.port)).then_some(c.port);
         let progress = Arc::new(Progress::new());
         match d
@@ -295,16 +304,7 @@ async fn maybe_image(
 }
 
 async fn shutdown(d: &Daemon) {
-    let Ok(computes) = d.engine.catalog.computes().await else {
-        return;
-    };
-    for c in computes {
-        let Ok(cluster) = d.engine.catalog.cluster(c.cluster_id).await else {
-            continue;
-        };
-        let Ok(Some(b)) = d.engine.catalog.branch_of_timeline(c.timeline_id).await else {
-            continue;
-        };
+    for (cluster, c, b) in computes(d).await {
         match d.engine.compute_stop(&cluster, &b.name).await {
             Ok(r) => {
                 eprintln!(

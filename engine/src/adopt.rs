@@ -489,19 +489,7 @@ impl Engine {
             Ok(page) => page.into_error(None),
             Err(e) => e,
         })?;
-        let meta = ImageMeta {
-            system_id: cluster.system_id,
-            pg_major: cluster.pg_major,
-            timeline: tid,
-            start_lsn: start,
-            end_lsn: end,
-            tli: cluster.tli,
-            created_at_us: now_us(),
-            backup_label: label,
-            refs: vec![],
-            dirs: vec![],
-            files: vec![],
-        };
+        let meta = ImageMeta::of_backup(cluster, tid, start, end, label);
         let img = tokio::task::spawn_blocking(move || draft.finish(meta))
             .await
             .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))??;

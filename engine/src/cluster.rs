@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::catalog::{now_us, BranchRow, ClusterKind, ClusterRow, LayerRow, TimelineRow};
+use crate::catalog::{now_us, BranchRow, ClusterKind, ClusterRow, TimelineRow};
 use crate::engine::{remove_tree, validate_name, Engine};
 use crate::error::{Error, Result};
 use crate::ids::{ClusterId, Lsn, TimelineId};
@@ -177,42 +177,7 @@ impl Engine {
             created_at_us: now_us(),
         })
         .await?;
-        tx.insert_layer(
-            &LayerRow {
-                id: image.id,
-                cluster_id: cluster.id,
-                timeline_id: tl.id,
-                kind: LayerKind::Image,
-                start: image.meta.start_lsn,
-                end: image.meta.end_lsn,
-                file_size: image.file_size,
-                logical_size: image.meta.logical_size(),
-                stored_bytes: image.stats.stored_bytes,
-                created_at_us: image.meta.created_at_us,
-            },
-            &[],
-            &[],
-        )
-        .await?;
-        for w in wals {
-            tx.insert_layer(
-                &LayerRow {
-                    id: w.id,
-                    cluster_id: cluster.id,
-                    timeline_id: tl.id,
-                    kind: LayerKind::Wal,
-                    start: w.meta.start,
-                    end: w.meta.end,
-                    file_size: w.file_size,
-                    logical_size: w.meta.end.0 - w.meta.start.0,
-                    stored_bytes: w.file_size,
-                    created_at_us: w.meta.created_at_us,
-                },
-                &[],
-                &w.meta.events,
-            )
-            .await?;
-        }
+        crate::compute::add_layers(&mut tx, cluster, tl, Some(image), wals).await?;
         crate::failpoint::hit("create-before-commit");
         tx.commit().await
     }

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow};
+use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow, Tx};
 use crate::engine::{remove_tree, Engine};
 use crate::error::{Error, Result};
 use crate::ids::{Lsn, TimelineId};
@@ -213,46 +213,7 @@ impl Engine {
         wals: &[BuiltWal],
     ) -> Result<(Lsn, Option<Lsn>)> {
         let mut tx = self.catalog.begin().await?;
-        if let Some(img) = image {
-            tx.insert_layer(
-                &LayerRow {
-                    id: img.id,
-                    cluster_id: cluster.id,
-                    timeline_id: tl.id,
-                    kind: LayerKind::Image,
-                    start: img.meta.start_lsn,
-                    end: img.meta.end_lsn,
-                    file_size: img.file_size,
-                    logical_size: img.meta.logical_size(),
-                    stored_bytes: img.stats.stored_bytes,
-                    created_at_us: img.meta.created_at_us,
-                },
-                &img.meta.referenced_layers().copied().collect::<Vec<_>>(),
-                &[],
-            )
-            .await?;
-        }
-        let mut head = (tl.head, tl.head_prev);
-        for w in wals {
-            tx.insert_layer(
-                &LayerRow {
-                    id: w.id,
-                    cluster_id: cluster.id,
-                    timeline_id: tl.id,
-                    kind: LayerKind::Wal,
-                    start: w.meta.start,
-                    end: w.meta.end,
-                    file_size: w.file_size,
-                    logical_size: w.meta.end.0 - w.meta.start.0,
-                    stored_bytes: w.file_size,
-                    created_at_us: w.meta.created_at_us,
-                },
-                &[],
-                &w.meta.events,
-            )
-            .await?;
-            head = (w.meta.end, Some(w.meta.last_record));
-        }
+        let head = add_layers(&mut tx, cluster, tl, image, wals).await?;
         if !wals.is_empty() {
             tx.set_head(tl.id, head.0, head.1).await?;
         }
@@ -353,19 +314,7 @@ impl Engine {
         let end: Lsn = stop
             .parse()
             .map_err(|e: String| Error::postgres("pg_backup_stop", e))?;
-        let meta = ImageMeta {
-            system_id: cluster.system_id,
-            pg_major: cluster.pg_major,
-            timeline: tl.id,
-            start_lsn: start,
-            end_lsn: end,
-            tli: cluster.tli,
-            created_at_us: now_us(),
-            backup_label: label,
-            refs: vec![],
-            dirs: vec![],
-            files: vec![],
-        };
+        let meta = ImageMeta::of_backup(cluster, tl.id, start, end, label);
         crate::failpoint::hit("image-before-finish");
         tokio::task::spawn_blocking(move || draft.finish(meta))
             .await
@@ -576,14 +525,7 @@ impl Engine {
         }
         let creds = self.credentials(cluster)?;
         let client = server.connect(&creds, "postgres").await?;
-        let flush: String = client
-            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
-            .await
-            .map_err(|e| Error::postgres("read the flush position", e.to_string()))?
-            .get(0);
-        let flush: Lsn = flush
-            .parse()
-            .map_err(|e: String| Error::postgres("flush lsn", e))?;
+        let flush = flush_lsn(&client).await?;
         let built = self
             .write_wal_layers(
                 cluster,
@@ -595,15 +537,7 @@ impl Engine {
             .await?;
         let (head, _) = self.commit_layers(cluster, &tl, None, &built).await?;
         if !built.is_empty() {
-            client
-                .execute(
-                    "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                    &[&SLOT, &head.to_string()],
-                )
-                .await
-                .map_err(|e| {
-                    Error::postgres("advance the cairn replication slot", e.to_string())
-                })?;
+            advance_slot(&client, head).await?;
         }
         Ok(SyncReport {
             timeline: tl_id,
@@ -726,14 +660,7 @@ impl Engine {
         let client = server.connect(&creds, "postgres").await?;
         let mut flush = tl.head;
         for _ in 0..100 {
-            let f: String = client
-                .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
-                .await
-                .map_err(|e| Error::postgres("read the flush position", e.to_string()))?
-                .get(0);
-            flush = f
-                .parse()
-                .map_err(|e: String| Error::postgres("flush lsn", e))?;
+            flush = flush_lsn(&client).await?;
             if flush >= end {
                 break;
             }
@@ -757,13 +684,7 @@ impl Engine {
         }
         crate::failpoint::hit("image-before-commit");
         let (head, _) = self.commit_layers(cluster, &tl, Some(&img), &built).await?;
-        client
-            .execute(
-                "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-                &[&SLOT, &head.to_string()],
-            )
-            .await
-            .map_err(|e| Error::postgres("advance the cairn replication slot", e.to_string()))?;
+        advance_slot(&client, head).await?;
         progress
             .done
             .store(progress.total.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -778,6 +699,81 @@ impl Engine {
             seconds: started.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// Adds durable layer files to a transaction (rows, references, WAL events); returns the
+/// timeline's head after its WAL layers.
+pub(crate) async fn add_layers(
+    tx: &mut Tx,
+    cluster: &ClusterRow,
+    tl: &TimelineRow,
+    image: Option<&BuiltImage>,
+    wals: &[BuiltWal],
+) -> Result<(Lsn, Option<Lsn>)> {
+    if let Some(img) = image {
+        tx.insert_layer(
+            &LayerRow {
+                id: img.id,
+                cluster_id: cluster.id,
+                timeline_id: tl.id,
+                kind: LayerKind::Image,
+                start: img.meta.start_lsn,
+                end: img.meta.end_lsn,
+                file_size: img.file_size,
+                logical_size: img.meta.logical_size(),
+                stored_bytes: img.stats.stored_bytes,
+                created_at_us: img.meta.created_at_us,
+            },
+            &img.meta.referenced_layers().copied().collect::<Vec<_>>(),
+            &[],
+        )
+        .await?;
+    }
+    let mut head = (tl.head, tl.head_prev);
+    for w in wals {
+        tx.insert_layer(
+            &LayerRow {
+                id: w.id,
+                cluster_id: cluster.id,
+                timeline_id: tl.id,
+                kind: LayerKind::Wal,
+                start: w.meta.start,
+                end: w.meta.end,
+                file_size: w.file_size,
+                logical_size: w.meta.end.0 - w.meta.start.0,
+                stored_bytes: w.file_size,
+                created_at_us: w.meta.created_at_us,
+            },
+            &[],
+            &w.meta.events,
+        )
+        .await?;
+        head = (w.meta.end, Some(w.meta.last_record));
+    }
+    Ok(head)
+}
+
+/// The server's WAL flush position.
+async fn flush_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
+    let f: String = client
+        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
+        .await
+        .map_err(|e| Error::postgres("read the flush position", e.to_string()))?
+        .get(0);
+    f.parse()
+        .map_err(|e: String| Error::postgres("flush lsn", e))
+}
+
+/// Lets the server recycle WAL before `head`: it is in committed layers now.
+async fn advance_slot(client: &tokio_postgres::Client, head: Lsn) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+            &[&SLOT, &head.to_string()],
+        )
+        .await
+        .map_err(|e| Error::postgres("advance the cairn replication slot", e.to_string()))?;
+    Ok(())
 }
 
 /// Looks up `schema.table` for a corrupt page's relation file, best effort.

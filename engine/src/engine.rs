@@ -6,7 +6,6 @@
 //! are released when a process dies, and the garbage a dead process leaves (temporary files,
 //! layer files it never committed) is removed by the next process that takes the same lock.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -169,17 +168,6 @@ impl Engine {
         let tls = self.catalog.timelines(cluster.id).await?;
         let layers = self.catalog.layers(cluster.id).await?;
         Ok(layer_map_of(&tls, &layers))
-    }
-
-    /// Where each layer of a cluster lives.
-    pub async fn layer_paths(&self, cluster: &ClusterRow) -> Result<HashMap<LayerId, PathBuf>> {
-        Ok(self
-            .catalog
-            .layers(cluster.id)
-            .await?
-            .into_iter()
-            .map(|l| (l.id, self.layer_path(&l)))
-            .collect())
     }
 
     pub fn layer_path(&self, l: &LayerRow) -> PathBuf {

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::ids::{LayerId, Lsn, TimelineId};
 use crate::layer::file::{LayerKind, LayerWriter};
 use crate::layer::wal::{WalChunk, WalMeta, CHUNK};
 use crate::wal::{
-    segment_file_name, ParseLimits, ParseOutcome, StopReason, WalEvent, WalParser, WalSource,
-    XLOG_BLCKSZ,
+    segment_file_name, ParseLimits, ParseOutcome, StopReason, WalParser, WalSource, XLOG_BLCKSZ,
 };
 
 /// Identity of the WAL stream being ingested.
@@ -213,23 +212,6 @@ pub fn read_range(
         buf[dst..dst + src.len()].copy_from_slice(src);
     }
     Ok(())
-}
-
-/// All events of a set of layers, for the catalog.
-pub fn events(layers: &[BuiltWal]) -> Vec<WalEvent> {
-    layers.iter().flat_map(|l| l.meta.events.clone()).collect()
-}
-
-/// Checks that a layer file holds what its metadata says (used by `cairn check`).
-pub fn verify_layer(path: &Path) -> Result<WalMeta> {
-    let f = crate::layer::LayerFile::open(path, LayerKind::Wal)?;
-    let meta = WalMeta::decode(&f.meta)
-        .map_err(|e| Error::corrupt(format!("WAL layer {}", path.display()), e.0))?;
-    for c in &meta.chunks {
-        f.read_blob(c.offset, c.clen, c.raw_len, &c.hash)?;
-    }
-    let _ = std::fs::metadata(path).ctx("stat", path)?;
-    Ok(meta)
 }
 
 /// WAL pages served from a WAL layer file, one decompressed chunk cached.

@@ -47,6 +47,30 @@ pub struct ImageMeta {
 }
 
 impl ImageMeta {
+    /// Metadata of a base backup of `cluster` from `start` to `end`; files, directories and
+    /// references are filled in by [`crate::ingest::image::ImageDraft::finish`].
+    pub fn of_backup(
+        cluster: &crate::catalog::ClusterRow,
+        timeline: TimelineId,
+        start: Lsn,
+        end: Lsn,
+        backup_label: String,
+    ) -> ImageMeta {
+        ImageMeta {
+            system_id: cluster.system_id,
+            pg_major: cluster.pg_major,
+            timeline,
+            start_lsn: start,
+            end_lsn: end,
+            tli: cluster.tli,
+            created_at_us: crate::catalog::now_us(),
+            backup_label,
+            refs: vec![],
+            dirs: vec![],
+            files: vec![],
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
         e.u64(self.system_id);
