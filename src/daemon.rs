@@ -1,12 +1,14 @@
 //! `cairn up`: the appliance in the foreground.
 //!
 //! On start it removes what crashed processes left behind, restarts the computes that should
-//! run, and starts WAL receivers for adopted clusters. Then, every `--sync-interval`, it
-//! ingests each compute's WAL into its branch (advancing the compute's slot only after the
-//! layers are committed), ingests the receivers' spools, and takes a new image of a branch
-//! once `--image-after` bytes of WAL accumulated since its last image. Ctrl-C (or SIGTERM)
+//! run, and starts WAL receivers for adopted clusters. Then it stores each compute's WAL in
+//! its branch at least every `--sync-interval` (sooner once `--sync-bytes` are waiting),
+//! advancing the compute's slot only after the layers are committed, ingests the receivers'
+//! spools, and takes a new image of a branch once `--image-after` bytes of WAL accumulated
+//! since its last image. Ctrl-C (or SIGTERM)
 //! stops the computes cleanly after a final ingest, so nothing written before is lost.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use anyhow::{Context, Result};
 use cairn_engine::adopt::Receiver;
 use cairn_engine::catalog::{BranchRow, ClusterKind, ClusterRow, ComputeRow};
 use cairn_engine::progress::Progress;
-use cairn_engine::Engine;
+use cairn_engine::{Engine, TimelineId};
 use clap::Args;
 
 use crate::commands::open_engine;
@@ -32,9 +34,12 @@ pub struct UpArgs {
     /// Take a new image layer of a branch once this much WAL accumulated since its last one.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub image_after: u64,
-    /// Seconds between WAL ingest rounds.
-    #[arg(long, default_value = "1")]
+    /// Longest time (seconds) a compute's WAL waits before it is stored in a layer.
+    #[arg(long, default_value = "10")]
     pub sync_interval: f64,
+    /// Store a compute's WAL sooner once this much of it is waiting.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    pub sync_bytes: u64,
     /// Exit (cleanly, as on Ctrl-C) after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub exit_after: Option<f64>,
@@ -81,6 +86,8 @@ impl Status {
 pub struct Daemon {
     pub engine: Engine,
     pub status: Mutex<Status>,
+    /// When each compute's WAL was last stored.
+    last_sync: Mutex<HashMap<TimelineId, Instant>>,
 }
 
 pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
@@ -104,6 +111,7 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
             started: Some(Instant::now()),
             ..Status::default()
         }),
+        last_sync: Mutex::new(HashMap::new()),
     });
     restart_computes(&daemon).await;
     let mut receivers: Vec<Receiver> = Vec::new();
@@ -117,7 +125,12 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
         daemon.engine.home.root.display(),
         args.listen
     );
-    let interval = Duration::from_secs_f64(args.sync_interval.max(0.05));
+    let policy = SyncPolicy {
+        interval: Duration::from_secs_f64(args.sync_interval.max(0.05)),
+        bytes: args.sync_bytes,
+        image_after: args.image_after,
+    };
+    let tick = policy.interval.min(Duration::from_secs(1));
     let deadline = args
         .exit_after
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
@@ -127,12 +140,12 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        round(&daemon, args.image_after, &mut receivers).await;
+        round(&daemon, &policy, &mut receivers).await;
     }
     eprintln!("stopping: final WAL ingest and clean shutdown of computes...");
     server.abort();
@@ -241,21 +254,52 @@ async fn start_receivers(d: &Daemon, out: &mut Vec<Receiver>) {
     }
 }
 
-/// One round: ingest every compute and spool; take images where due.
-async fn round(d: &Daemon, image_after: u64, receivers: &mut Vec<Receiver>) {
+/// When `cairn up` stores WAL and takes images.
+struct SyncPolicy {
+    interval: Duration,
+    bytes: u64,
+    image_after: u64,
+}
+
+/// One round: ingest computes whose WAL is due and the spools; take images where due.
+async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<Receiver>) {
     let mut errors = Vec::new();
-    if let Ok(computes) = d.engine.catalog.computes().await {
-        for c in computes {
-            let Ok(cluster) = d.engine.catalog.cluster(c.cluster_id).await else {
-                continue;
-            };
-            if let Err(e) = d.engine.compute_sync(&cluster, c.timeline_id).await {
-                errors.push(format!("ingest of compute {}: {e}", c.timeline_id));
-                continue;
+    for (cluster, c, b) in computes(d).await {
+        let tl = c.timeline_id;
+        let last = d
+            .last_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tl)
+            .copied();
+        let due = match last {
+            Some(t) if t.elapsed() < policy.interval => {
+                match d.engine.compute_pending(&cluster, tl).await {
+                    Ok(Some(pending)) => pending >= policy.bytes,
+                    Ok(None) => false,
+                    Err(e) => {
+                        errors.push(format!("compute of branch '{}': {e}", b.name));
+                        false
+                    }
+                }
             }
-            if let Err(e) = maybe_image(d, &cluster, c.timeline_id, image_after).await {
-                errors.push(format!("image of compute {}: {e}", c.timeline_id));
+            _ => true,
+        };
+        if !due {
+            continue;
+        }
+        d.last_sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tl, Instant::now());
+        match d.engine.compute_sync(&cluster, tl).await {
+            Ok(r) if r.layers > 0 => {
+                if let Err(e) = maybe_image(d, &cluster, tl, policy.image_after).await {
+                    errors.push(format!("image of branch '{}': {e}", b.name));
+                }
             }
+            Ok(_) => {}
+            Err(e) => errors.push(format!("ingest of branch '{}': {e}", b.name)),
         }
     }
     receivers.retain_mut(|r| r.alive());

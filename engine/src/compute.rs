@@ -584,6 +584,28 @@ impl Engine {
         })
     }
 
+    /// Bytes of WAL a running compute has flushed past the branch head (`None` when it is not
+    /// running).
+    pub async fn compute_pending(
+        &self,
+        cluster: &ClusterRow,
+        tl: TimelineId,
+    ) -> Result<Option<u64>> {
+        let Some(c) = self.catalog.compute(tl).await? else {
+            return Ok(None);
+        };
+        let server = self.server_for(cluster, tl, c.port)?;
+        if server.pid().is_none() {
+            return Ok(None);
+        }
+        let client = server
+            .connect(&self.credentials(cluster)?, "postgres")
+            .await?;
+        let flush = flush_lsn(&client).await?;
+        let head = self.catalog.timeline(tl).await?.head;
+        Ok(Some(flush.0.saturating_sub(head.0)))
+    }
+
     /// Stops a branch's compute cleanly, keeping every byte of WAL it wrote.
     pub async fn compute_stop(&self, cluster: &ClusterRow, branch: &str) -> Result<SyncReport> {
         let (_, tl) = self.resolve_branch(cluster, branch).await?;
