@@ -418,9 +418,11 @@ async fn branch(g: &Global, cmd: BranchCmd) -> Result<()> {
                             lsn_time(b.head, b.head_time_us),
                             bytes(b.logical_bytes),
                             bytes(b.own_bytes),
-                            b.compute_port
-                                .map(|p| format!("127.0.0.1:{p}"))
-                                .unwrap_or_else(|| "-".into()),
+                            match (b.compute_port, b.compute_state.as_deref()) {
+                                (Some(p), Some("running")) => format!("127.0.0.1:{p}"),
+                                (Some(_), _) => "stopped".into(),
+                                _ => "-".into(),
+                            },
                         ]
                     })
                     .collect(),
@@ -453,7 +455,10 @@ async fn branch(g: &Global, cmd: BranchCmd) -> Result<()> {
                 println!("restorable    {lo} .. {hi}");
             }
             if let Some(p) = b.compute_port {
-                println!("compute       127.0.0.1:{p}");
+                println!(
+                    "compute       127.0.0.1:{p} ({})",
+                    b.compute_state.as_deref().unwrap_or("unknown")
+                );
             }
         }
         BranchCmd::Reset { name, to, cluster } => {

@@ -15,6 +15,10 @@ struct Source {
 
 impl Source {
     fn start(dir: &Path, wal_level: &str) -> Source {
+        Self::start_with(dir, wal_level, true)
+    }
+
+    fn start_with(dir: &Path, wal_level: &str, checksums: bool) -> Source {
         let datadir = dir.join("source");
         std::fs::create_dir_all(&datadir).unwrap();
         chown_postgres(dir);
@@ -24,7 +28,8 @@ impl Source {
         let out = pg_command("initdb")
             .arg("-D")
             .arg(&datadir)
-            .args(["-U", "postgres", "--auth=scram-sha-256", "-k"])
+            .args(["-U", "postgres", "--auth=scram-sha-256"])
+            .args(if checksums { &["-k"][..] } else { &[][..] })
             .arg(format!("--pwfile={}", pw.display()))
             .output()
             .unwrap();
@@ -261,4 +266,26 @@ async fn adopt_explains_what_the_source_lacks() {
 fn lsn(s: &str) -> u64 {
     let (hi, lo) = s.split_once('/').unwrap();
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn adopt_a_server_without_data_checksums() {
+    let env = Env::new();
+    let src = Source::start_with(env.dir.path(), "replica", false);
+    let admin = connect(&src.admin_url()).await;
+    admin
+        .batch_execute(
+            "CREATE ROLE cairn LOGIN REPLICATION PASSWORD 'repl pw';
+             CREATE TABLE t AS SELECT g FROM generate_series(1, 3000) g;",
+        )
+        .await
+        .unwrap();
+    assert_eq!(scalar(&admin, "SHOW data_checksums").await, "off");
+    let expected = table_checksum(&admin, "t").await;
+    env.ok(&["cluster", "adopt", "plain", "--from", &src.cairn_url()]);
+    env.ok(&["branch", "create", "copy", "--from", "main"]);
+    let c = start_as_admin(&env, "copy").await;
+    assert_eq!(table_checksum(&c, "t").await, expected);
+    drop(c);
+    env.stop_all();
 }

@@ -159,6 +159,8 @@ struct SourceFacts {
     system_id: u64,
     segment_size: u64,
     tli: u32,
+    /// Whether the source's pages carry checksums to verify.
+    checksums: bool,
 }
 
 async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Result<SourceFacts> {
@@ -201,6 +203,13 @@ async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Res
     let tli: i32 = q("SELECT timeline_id FROM pg_control_checkpoint()")
         .await?
         .get(0);
+    let checksums: String = q("SHOW data_checksums").await?.get(0);
+    if checksums != "on" {
+        tracing::warn!(
+            "the source runs without data checksums: its pages cannot be verified on ingest \
+             (enable them with pg_checksums --enable while it is stopped)"
+        );
+    }
     let segment_size = seg.parse::<u64>().unwrap_or(16 << 20);
     Ok(SourceFacts {
         major,
@@ -210,6 +219,7 @@ async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Res
         // PostgreSQL reports wal_segment_size in bytes since version 11.
         segment_size,
         tli: tli as u32,
+        checksums: checksums == "on",
     })
 }
 
@@ -419,7 +429,7 @@ impl Engine {
             created_at_us: now_us(),
         };
         let res = self
-            .adopt_inner(&cluster, tid, &src, &basebackup, progress)
+            .adopt_inner(&cluster, tid, &src, &basebackup, facts.checksums, progress)
             .await;
         if let Err(e) = res {
             let _ = client
@@ -440,6 +450,7 @@ impl Engine {
         tid: TimelineId,
         src: &SourceUrl,
         basebackup: &Path,
+        checksums: bool,
         progress: &Arc<Progress>,
     ) -> Result<()> {
         let staging: PathBuf = self.home.spool_dir(cluster.id).join("basebackup");
@@ -470,7 +481,6 @@ impl Engine {
         progress.phase("image", image::estimate_size(&staging));
         let p = progress.clone();
         let st = staging.clone();
-        let checksums = true;
         let draft = tokio::task::spawn_blocking(move || {
             image::build(
                 &out_dir,

@@ -54,6 +54,8 @@ pub struct BranchInfo {
     pub protected: bool,
     pub created_at_us: i64,
     pub compute_port: Option<u16>,
+    /// `running`, or `stopped` when a compute should run but does not (`cairn up` restarts it).
+    pub compute_state: Option<String>,
     /// Bytes of the layers this branch's own timeline holds.
     pub own_bytes: u64,
     /// Size of the data directory at the latest image of its history.
@@ -290,7 +292,7 @@ impl Engine {
         let branches = self.catalog.branches(cluster.id).await?;
         let tls = self.catalog.timelines(cluster.id).await?;
         let layers = self.catalog.layers(cluster.id).await?;
-        let computes = self.catalog.computes().await?;
+        let computes = self.compute_list().await?;
         let map = crate::engine::layer_map_of(&tls, &layers);
         let by_tl: std::collections::HashMap<TimelineId, &BranchRow> =
             branches.iter().map(|b| (b.timeline_id, b)).collect();
@@ -333,10 +335,11 @@ impl Engine {
                 head_time_us: head_time,
                 protected: b.protected,
                 created_at_us: b.created_at_us,
-                compute_port: computes
+                compute_port: computes.iter().find(|c| c.timeline == t.id).map(|c| c.port),
+                compute_state: computes
                     .iter()
-                    .find(|c| c.timeline_id == t.id)
-                    .map(|c| c.port),
+                    .find(|c| c.timeline == t.id)
+                    .map(|c| c.state.clone()),
                 own_bytes,
                 logical_bytes,
                 windows: map.reconstructible_windows(t.id),

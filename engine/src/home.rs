@@ -42,6 +42,11 @@ impl Home {
                 .map_err(|e| Error::io("read current directory", e))?
                 .join(root)
         };
+        // "/work/./cairn-data" -> "/work/cairn-data" (for messages and hashes).
+        let root: PathBuf = root
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect();
         let fresh = !root.exists();
         fsutil::create_dir_mode(&root, 0o711).ctx("create data directory", &root)?;
         for (d, mode) in [
