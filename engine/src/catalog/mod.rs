@@ -290,6 +290,11 @@ impl Catalog {
         self.backend
     }
 
+    /// The connection pool, for the tables other crates add through migrations.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     async fn migrate(&self) -> Result<()> {
         let ctx = |what: &str| format!("migrate schema: {what}");
         self.pool

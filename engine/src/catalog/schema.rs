@@ -10,11 +10,12 @@ pub struct Migration {
     pub statements: &'static [&'static str],
 }
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "engine: clusters, timelines, branches, layers, WAL events, computes",
-    statements: &[
-        "CREATE TABLE clusters (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "engine: clusters, timelines, branches, layers, WAL events, computes",
+        statements: &[
+            "CREATE TABLE clusters (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL UNIQUE,
             kind TEXT NOT NULL,
@@ -26,7 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             slot TEXT,
             created_at BIGINT NOT NULL
         )",
-        "CREATE TABLE timelines (
+            "CREATE TABLE timelines (
             id TEXT PRIMARY KEY,
             cluster_id TEXT NOT NULL REFERENCES clusters(id),
             ancestor_id TEXT REFERENCES timelines(id),
@@ -35,8 +36,8 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             head_prev BIGINT,
             created_at BIGINT NOT NULL
         )",
-        "CREATE INDEX timelines_cluster ON timelines(cluster_id)",
-        "CREATE TABLE branches (
+            "CREATE INDEX timelines_cluster ON timelines(cluster_id)",
+            "CREATE TABLE branches (
             cluster_id TEXT NOT NULL REFERENCES clusters(id),
             name TEXT NOT NULL,
             timeline_id TEXT NOT NULL UNIQUE REFERENCES timelines(id),
@@ -44,7 +45,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             created_at BIGINT NOT NULL,
             PRIMARY KEY (cluster_id, name)
         )",
-        "CREATE TABLE layers (
+            "CREATE TABLE layers (
             id TEXT PRIMARY KEY,
             cluster_id TEXT NOT NULL REFERENCES clusters(id),
             timeline_id TEXT NOT NULL REFERENCES timelines(id),
@@ -56,14 +57,14 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             stored_bytes BIGINT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE INDEX layers_timeline ON layers(timeline_id, kind, start_lsn)",
-        "CREATE INDEX layers_cluster ON layers(cluster_id)",
-        "CREATE TABLE layer_refs (
+            "CREATE INDEX layers_timeline ON layers(timeline_id, kind, start_lsn)",
+            "CREATE INDEX layers_cluster ON layers(cluster_id)",
+            "CREATE TABLE layer_refs (
             layer_id TEXT NOT NULL REFERENCES layers(id),
             ref_layer_id TEXT NOT NULL REFERENCES layers(id),
             PRIMARY KEY (layer_id, ref_layer_id)
         )",
-        "CREATE TABLE wal_events (
+            "CREATE TABLE wal_events (
             timeline_id TEXT NOT NULL REFERENCES timelines(id),
             layer_id TEXT NOT NULL REFERENCES layers(id),
             kind TEXT NOT NULL,
@@ -72,8 +73,8 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             time_us BIGINT NOT NULL,
             name TEXT
         )",
-        "CREATE INDEX wal_events_lsn ON wal_events(timeline_id, end_lsn)",
-        "CREATE TABLE computes (
+            "CREATE INDEX wal_events_lsn ON wal_events(timeline_id, end_lsn)",
+            "CREATE TABLE computes (
             timeline_id TEXT PRIMARY KEY REFERENCES timelines(id),
             cluster_id TEXT NOT NULL REFERENCES clusters(id),
             desired TEXT NOT NULL,
@@ -82,5 +83,67 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             pid BIGINT,
             started_at BIGINT NOT NULL
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 2,
+        description: "protection: data keys, shipments, index writes, keyring, deletion queue",
+        statements: &[
+            // No foreign keys to layers: a deleted layer's rows drive the deletion of its
+            // objects in the regions.
+            "CREATE TABLE layer_keys (
+                layer_id TEXT PRIMARY KEY,
+                cluster_id TEXT NOT NULL,
+                key_id TEXT NOT NULL,
+                key_object TEXT NOT NULL,
+                object_sha256 TEXT,
+                object_size BIGINT NOT NULL,
+                created_at BIGINT NOT NULL
+            )",
+            "CREATE TABLE shipments (
+                layer_id TEXT NOT NULL,
+                region TEXT NOT NULL,
+                object_sha256 TEXT NOT NULL,
+                shipped_at BIGINT NOT NULL,
+                PRIMARY KEY (layer_id, region)
+            )",
+            "CREATE TABLE index_writes (
+                timeline_id TEXT NOT NULL,
+                cluster_id TEXT NOT NULL,
+                region TEXT NOT NULL,
+                generation BIGINT NOT NULL,
+                sequence BIGINT NOT NULL,
+                layers BIGINT NOT NULL,
+                digest TEXT NOT NULL,
+                written_at BIGINT NOT NULL,
+                PRIMARY KEY (timeline_id, region)
+            )",
+            "CREATE TABLE key_recipients (
+                recipient TEXT PRIMARY KEY,
+                role TEXT NOT NULL,
+                label TEXT NOT NULL,
+                added_at BIGINT NOT NULL
+            )",
+            "CREATE TABLE appliance (
+                id TEXT PRIMARY KEY,
+                generation BIGINT NOT NULL,
+                trusted_signers TEXT NOT NULL,
+                created_at BIGINT NOT NULL
+            )",
+            "CREATE TABLE deletions (
+                region TEXT NOT NULL,
+                object_key TEXT NOT NULL,
+                reason TEXT NOT NULL,
+                queued_at BIGINT NOT NULL,
+                not_before BIGINT NOT NULL,
+                PRIMARY KEY (region, object_key)
+            )",
+            "CREATE TABLE shreds (
+                cluster_id TEXT PRIMARY KEY,
+                cluster_name TEXT NOT NULL,
+                requested_at BIGINT NOT NULL,
+                due_at BIGINT NOT NULL
+            )",
+        ],
+    },
+];

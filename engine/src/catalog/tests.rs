@@ -20,7 +20,7 @@ fn sample_cluster() -> ClusterRow {
 }
 
 async fn exercise(cat: &Catalog) {
-    assert_eq!(cat.schema_version().await.unwrap(), 1);
+    assert_eq!(cat.schema_version().await.unwrap(), 2);
     let c = sample_cluster();
     let root = TimelineRow {
         id: TimelineId::generate(),

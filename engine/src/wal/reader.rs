@@ -430,7 +430,7 @@ pub(crate) mod tests {
 
         fn page_header(&mut self, rem_len: u32) {
             let page = self.pos();
-            let long = page % SEG == 0;
+            let long = page.is_multiple_of(SEG);
             let mut info = if rem_len > 0 {
                 XLP_FIRST_IS_CONTRECORD
             } else {
@@ -460,13 +460,13 @@ pub(crate) mod tests {
             rec[17] = rmid;
             let crc = crc32c::crc32c_append(crc32c::crc32c(&rec[RECORD_HEADER..]), &rec[..20]);
             rec[20..24].copy_from_slice(&crc.to_le_bytes());
-            if self.pos() % XLOG_BLCKSZ == 0 {
+            if self.pos().is_multiple_of(XLOG_BLCKSZ) {
                 self.page_header(0);
             }
             let start = self.pos();
             let mut written = 0;
             while written < rec.len() {
-                if self.pos() % XLOG_BLCKSZ == 0 {
+                if self.pos().is_multiple_of(XLOG_BLCKSZ) {
                     self.page_header((rec.len() - written) as u32);
                 }
                 let room = (XLOG_BLCKSZ - self.pos() % XLOG_BLCKSZ) as usize;
@@ -474,7 +474,7 @@ pub(crate) mod tests {
                 self.bytes.extend_from_slice(&rec[written..written + take]);
                 written += take;
             }
-            while self.bytes.len() % 8 != 0 {
+            while !self.bytes.len().is_multiple_of(8) {
                 self.bytes.push(0);
             }
             self.prev = start;

@@ -1,0 +1,324 @@
+//! The appliance's keys: an age X25519 identity (opens data keys), an Ed25519 signing key
+//! (signs indexes), and the keyring of recipients every data key is wrapped for.
+//!
+//! Invariants:
+//! - Key files live in `HOME/keys/` (mode 0700), each of mode 0600, written atomically; their
+//!   contents never reach logs or errors. A key id is the first 8 bytes of the SHA-256 of the
+//!   public key, in hex: safe to show, enough to tell keys apart.
+//! - The keyring always holds the current appliance recipient; escrow recipients are added and
+//!   removed by the operator. Rotation replaces the appliance identity and keeps the old one as
+//!   `appliance-<date>.retired` until the operator deletes it.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Short, stable id of a public key (age recipient string or Ed25519 public key bytes).
+pub fn key_id(public: &[u8]) -> String {
+    hex::encode(&Sha256::digest(public)[..8])
+}
+
+/// A recipient a data key is wrapped for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecipientEntry {
+    /// `age1...`
+    pub recipient: String,
+    /// `appliance` or `escrow`.
+    pub role: String,
+    pub label: String,
+}
+
+impl RecipientEntry {
+    pub fn id(&self) -> String {
+        key_id(self.recipient.as_bytes())
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} key {} ({})", self.role, self.id(), self.label)
+    }
+
+    pub fn parse(&self) -> Result<age::x25519::Recipient> {
+        parse_recipient(&self.recipient)
+    }
+}
+
+pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient> {
+    age::x25519::Recipient::from_str(s.trim()).map_err(|e| {
+        Error::Refused(format!(
+            "'{}' is not an age X25519 recipient ({e}); it looks like age1... (see `age-keygen` \
+             or `cairn key export-public`)",
+            s.trim()
+        ))
+    })
+}
+
+/// An identity that can open data keys, with the id of its recipient.
+pub struct Identity {
+    pub inner: age::x25519::Identity,
+    pub recipient: String,
+}
+
+impl Identity {
+    pub fn id(&self) -> String {
+        key_id(self.recipient.as_bytes())
+    }
+
+    /// Reads an age identity file (the `AGE-SECRET-KEY-1...` line; comments are ignored).
+    pub fn load(path: &Path) -> Result<Identity> {
+        let text = fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("read identity file {}", path.display()), e))?;
+        let line = text
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("AGE-SECRET-KEY-1"))
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "{} holds no age identity (a line AGE-SECRET-KEY-1...)",
+                    path.display()
+                ))
+            })?;
+        let inner = age::x25519::Identity::from_str(line).map_err(|e| {
+            Error::Refused(format!(
+                "{}: not a valid age identity ({e})",
+                path.display()
+            ))
+        })?;
+        let recipient = inner.to_public().to_string();
+        Ok(Identity { inner, recipient })
+    }
+}
+
+/// The Ed25519 key that signs index objects.
+pub struct Signer {
+    pair: Ed25519KeyPair,
+}
+
+impl Signer {
+    pub fn public(&self) -> [u8; 32] {
+        self.pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .expect("Ed25519 public keys are 32 bytes")
+    }
+
+    pub fn id(&self) -> String {
+        key_id(&self.public())
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        self.pair
+            .sign(msg)
+            .as_ref()
+            .try_into()
+            .expect("Ed25519 signatures are 64 bytes")
+    }
+
+    pub fn from_pkcs8(doc: &[u8]) -> Result<Signer> {
+        Ed25519KeyPair::from_pkcs8(doc)
+            .map(|pair| Signer { pair })
+            .map_err(|_| Error::Refused("the signing key file is not an Ed25519 PKCS#8 key".into()))
+    }
+
+    pub fn generate() -> (Signer, Vec<u8>) {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).expect("system random source");
+        let signer = Signer::from_pkcs8(doc.as_ref()).expect("fresh key parses");
+        (signer, doc.as_ref().to_vec())
+    }
+}
+
+/// Checks an Ed25519 signature.
+pub fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+    UnparsedPublicKey::new(&ED25519, public)
+        .verify(msg, sig)
+        .is_ok()
+}
+
+/// The key files of an appliance.
+pub struct KeyFiles {
+    pub dir: PathBuf,
+}
+
+/// What [`KeyFiles::ensure`] did.
+pub struct Generated {
+    pub identity: Option<PathBuf>,
+    pub signing: Option<PathBuf>,
+}
+
+fn write_secret_file(path: &Path, data: &[u8]) -> Result<()> {
+    cairn_engine::fsutil::write_atomic(path, data, 0o600)
+        .map_err(|e| Error::io(format!("write key file {}", path.display()), e))
+}
+
+impl KeyFiles {
+    pub fn new(home: &Path) -> KeyFiles {
+        KeyFiles {
+            dir: home.join("keys"),
+        }
+    }
+
+    pub fn identity_path(&self) -> PathBuf {
+        self.dir.join("appliance.age")
+    }
+
+    pub fn signing_path(&self) -> PathBuf {
+        self.dir.join("signing.ed25519")
+    }
+
+    /// Creates the identity and signing key on first use.
+    pub fn ensure(&self) -> Result<Generated> {
+        if !self.dir.exists() {
+            cairn_engine::fsutil::create_dir_mode(&self.dir, 0o700)
+                .map_err(|e| Error::io(format!("create {}", self.dir.display()), e))?;
+        }
+        let mut g = Generated {
+            identity: None,
+            signing: None,
+        };
+        if !self.identity_path().exists() {
+            self.write_identity(&age::x25519::Identity::generate(), &self.identity_path())?;
+            g.identity = Some(self.identity_path());
+        }
+        if !self.signing_path().exists() {
+            let (_, doc) = Signer::generate();
+            write_secret_file(&self.signing_path(), &doc)?;
+            g.signing = Some(self.signing_path());
+        }
+        for p in [self.identity_path(), self.signing_path()] {
+            let mode = fs::metadata(&p)
+                .map_err(|e| Error::io(format!("stat {}", p.display()), e))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(Error::Refused(format!(
+                    "key file {} has mode {:o}: others can read it; run chmod 600 {}",
+                    p.display(),
+                    mode & 0o777,
+                    p.display()
+                )));
+            }
+        }
+        Ok(g)
+    }
+
+    fn write_identity(&self, id: &age::x25519::Identity, path: &Path) -> Result<()> {
+        let text = format!(
+            "# cairn appliance identity, created {}\n# public key: {}\n{}\n",
+            chrono::Utc::now().to_rfc3339(),
+            id.to_public(),
+            id.to_string().expose_secret()
+        );
+        write_secret_file(path, text.as_bytes())
+    }
+
+    pub fn identity(&self) -> Result<Identity> {
+        Identity::load(&self.identity_path())
+    }
+
+    pub fn signer(&self) -> Result<Signer> {
+        let doc = fs::read(self.signing_path()).map_err(|e| {
+            Error::io(
+                format!("read signing key {}", self.signing_path().display()),
+                e,
+            )
+        })?;
+        Signer::from_pkcs8(&doc)
+    }
+
+    /// Replaces the appliance identity; the old one is kept as `appliance-<stamp>.retired`.
+    /// Returns (old, new).
+    pub fn rotate(&self) -> Result<(Identity, Identity)> {
+        let old = self.identity()?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f");
+        let retired = self.dir.join(format!("appliance-{stamp}.retired"));
+        let text = fs::read(self.identity_path())
+            .map_err(|e| Error::io("read the appliance identity", e))?;
+        write_secret_file(&retired, &text)?;
+        let fresh = age::x25519::Identity::generate();
+        self.write_identity(&fresh, &self.identity_path())?;
+        Ok((old, self.identity()?))
+    }
+
+    /// Every identity file this appliance has (current first, then retired ones).
+    pub fn all_identities(&self) -> Vec<Identity> {
+        let mut v = Vec::new();
+        if let Ok(i) = self.identity() {
+            v.push(i);
+        }
+        let mut retired: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "retired"))
+            .collect();
+        retired.sort();
+        retired.reverse();
+        v.extend(retired.iter().filter_map(|p| Identity::load(p).ok()));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_generated_once_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = KeyFiles::new(dir.path());
+        let g = k.ensure().unwrap();
+        assert!(g.identity.is_some() && g.signing.is_some());
+        let id = k.identity().unwrap();
+        let g = k.ensure().unwrap();
+        assert!(g.identity.is_none() && g.signing.is_none());
+        assert_eq!(k.identity().unwrap().recipient, id.recipient);
+        for p in [k.identity_path(), k.signing_path()] {
+            assert_eq!(
+                fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        assert_eq!(
+            fs::metadata(&k.dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(k.signing_path(), fs::Permissions::from_mode(0o644)).unwrap();
+        let e = k.ensure().err().unwrap().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+    }
+
+    #[test]
+    fn signatures_verify_only_with_the_right_key() {
+        let (s, _) = Signer::generate();
+        let (other, _) = Signer::generate();
+        let sig = s.sign(b"index");
+        assert!(verify(&s.public(), b"index", &sig));
+        assert!(!verify(&other.public(), b"index", &sig));
+        assert!(!verify(&s.public(), b"index!", &sig));
+        assert_eq!(s.id().len(), 16);
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = KeyFiles::new(dir.path());
+        k.ensure().unwrap();
+        let (old, new) = k.rotate().unwrap();
+        assert_ne!(old.recipient, new.recipient);
+        let all = k.all_identities();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].recipient, new.recipient);
+        assert_eq!(all[1].recipient, old.recipient);
+        assert!(parse_recipient("nonsense").is_err());
+        assert!(parse_recipient(&new.recipient).is_ok());
+    }
+}

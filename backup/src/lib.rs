@@ -1,0 +1,23 @@
+//! Cairn's protection layer: every sealed layer is shipped, envelope-encrypted, to several
+//! object-store regions, and indexed so that any one region plus a key restores everything.
+//!
+//! Invariants (DESIGN.md principles 2–5):
+//! - Objects are immutable and named by the SHA-256 of their plaintext; a region never holds a
+//!   payload it could read: each object has its own random data key, and only key objects —
+//!   the data key wrapped for the keyring's age recipients — can open it.
+//! - A timeline's index object is written to a region only after every object it names is
+//!   durable in `min_copies` regions; it is signed with the appliance's Ed25519 key and carries
+//!   a generation, and a reader refuses an unsigned, wrongly signed or older index.
+//! - Changing recipients rewrites key objects only; payload objects never change.
+//! - Deletion goes through a queue: only objects no durable index references, after a delay.
+
+pub mod crypto;
+pub mod error;
+pub mod index;
+pub mod keys;
+pub mod region;
+pub mod ship;
+pub mod state;
+
+pub use error::{Error, Result};
+pub use ship::Protection;

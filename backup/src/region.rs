@@ -1,0 +1,522 @@
+//! Regions: named object-store targets, read from `HOME/regions.toml`.
+//!
+//! ```toml
+//! min_copies = 2            # an index is written once its layers are in this many regions
+//! part_size = "8MiB"        # multipart part size for large objects
+//!
+//! [[region]]
+//! name = "region-a"
+//! url = "file:///var/lib/cairn/region-a"
+//!
+//! [[region]]
+//! name = "s3-eu"
+//! url = "s3://cairn-backups/prod"      # also gs://bucket/prefix, az://container/prefix
+//! endpoint = "http://127.0.0.1:3900"   # S3-compatible servers
+//! s3_region = "garage"
+//! credentials_file = "/etc/cairn/s3-eu.env"   # AWS_ACCESS_KEY_ID=... lines, mode 0600;
+//! allow_http = true                            # without it: AWS_* from the environment
+//! tags = { jurisdiction = "eu" }
+//! ```
+//!
+//! The embedded default is two `file://` regions inside the data directory. Object keys are
+//! built from ids and fixed words only, and are checked against traversal.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ClientOptions, ObjectStore, PutPayload, RetryConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Everything Cairn writes to a region lives below this prefix.
+pub const ROOT: &str = "cairn/v1";
+
+fn default_min_copies() -> u32 {
+    2
+}
+
+fn default_part_size() -> String {
+    "8MiB".into()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionsConfig {
+    #[serde(default = "default_min_copies")]
+    pub min_copies: u32,
+    #[serde(default = "default_part_size")]
+    pub part_size: String,
+    #[serde(default, rename = "region")]
+    pub regions: Vec<RegionConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    pub name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_http: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// "8MiB" -> bytes.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 8MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("'{s}': unknown unit (use KiB, MiB, GiB)")),
+    };
+    Ok(n * mult)
+}
+
+impl RegionsConfig {
+    pub fn path(home: &Path) -> PathBuf {
+        home.join("regions.toml")
+    }
+
+    /// The embedded default: two local-directory regions in the data directory.
+    pub fn embedded(home: &Path) -> RegionsConfig {
+        let region = |n: &str| RegionConfig {
+            name: n.to_string(),
+            url: format!("file://{}", home.join("regions").join(n).display()),
+            endpoint: None,
+            s3_region: None,
+            credentials_file: None,
+            allow_http: false,
+            tags: BTreeMap::new(),
+        };
+        RegionsConfig {
+            min_copies: 2,
+            part_size: default_part_size(),
+            regions: vec![region("region-a"), region("region-b")],
+        }
+    }
+
+    /// Reads `HOME/regions.toml`, writing the embedded default first when it is missing.
+    pub fn load_or_init(home: &Path) -> Result<RegionsConfig> {
+        let path = Self::path(home);
+        if !path.exists() {
+            let c = Self::embedded(home);
+            c.save(home)?;
+            return Ok(c);
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+        let c: RegionsConfig = toml::from_str(&text)
+            .map_err(|e| Error::Refused(format!("{}: {}", path.display(), e.to_string().trim())))?;
+        c.validate(&path)?;
+        Ok(c)
+    }
+
+    pub fn save(&self, home: &Path) -> Result<()> {
+        let path = Self::path(home);
+        let text = format!(
+            "# Cairn regions: where layers are shipped. See docs/OPERATIONS.md.\n{}",
+            toml::to_string_pretty(self).map_err(|e| Error::Refused(e.to_string()))?
+        );
+        cairn_engine::fsutil::write_atomic(&path, text.as_bytes(), 0o600)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))
+    }
+
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |m: String| Error::Refused(format!("{}: {m}", path.display()));
+        if self.regions.is_empty() {
+            return Err(bad("no [[region]] is configured".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &self.regions {
+            if !seen.insert(&r.name) {
+                return Err(bad(format!("region '{}' is defined twice", r.name)));
+            }
+            cairn_engine::engine::validate_name("region", &r.name)
+                .map_err(|e| bad(e.to_string()))?;
+            if !["file://", "s3://", "gs://", "az://"]
+                .iter()
+                .any(|p| r.url.starts_with(p))
+            {
+                return Err(bad(format!(
+                    "region '{}': url '{}' must start with file://, s3://, gs:// or az://",
+                    r.name, r.url
+                )));
+            }
+        }
+        if self.min_copies == 0 || self.min_copies as usize > self.regions.len() {
+            return Err(bad(format!(
+                "min_copies = {} but {} region(s) are configured",
+                self.min_copies,
+                self.regions.len()
+            )));
+        }
+        let part = parse_size(&self.part_size).map_err(|e| bad(format!("part_size: {e}")))?;
+        if part < 5 << 20 {
+            return Err(bad("part_size must be at least 5MiB (S3's minimum)".into()));
+        }
+        Ok(())
+    }
+
+    pub fn part_size(&self) -> u64 {
+        parse_size(&self.part_size).unwrap_or(8 << 20)
+    }
+}
+
+/// A connected region.
+#[derive(Clone)]
+pub struct Region {
+    pub name: String,
+    pub url: String,
+    pub tags: BTreeMap<String, String>,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Region {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Region({} at {})", self.name, self.url)
+    }
+}
+
+fn read_credentials(path: &Path) -> Result<BTreeMap<String, String>> {
+    let md = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("read credentials file {}", path.display()), e))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        return Err(Error::Refused(format!(
+            "credentials file {} is readable by others; run chmod 600 {}",
+            path.display(),
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("read credentials file {}", path.display()), e))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        .collect())
+}
+
+fn split_bucket(rest: &str) -> (String, String) {
+    match rest.split_once('/') {
+        Some((b, p)) => (b.to_string(), p.trim_matches('/').to_string()),
+        None => (rest.to_string(), String::new()),
+    }
+}
+
+impl Region {
+    pub fn connect(c: &RegionConfig) -> Result<Region> {
+        let client = ClientOptions::new()
+            .with_timeout(Duration::from_secs(120))
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_allow_http(c.allow_http);
+        // Our own loop retries with backoff and reports; keep the store's retries short.
+        let retry = RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(20),
+            ..RetryConfig::default()
+        };
+        let cfg_err = |e: object_store::Error| Error::region(&c.name, "configure", e);
+        let (store, prefix): (Arc<dyn ObjectStore>, String) =
+            if let Some(path) = c.url.strip_prefix("file://") {
+                std::fs::create_dir_all(path)
+                    .map_err(|e| Error::io(format!("region '{}': create {path}", c.name), e))?;
+                let fs =
+                    object_store::local::LocalFileSystem::new_with_prefix(path).map_err(cfg_err)?;
+                (Arc::new(fs), String::new())
+            } else if let Some(rest) = c.url.strip_prefix("s3://") {
+                let (bucket, prefix) = split_bucket(rest);
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                if let Some(r) = &c.s3_region {
+                    b = b.with_region(r);
+                }
+                if let Some(e) = &c.endpoint {
+                    // S3-compatible servers are addressed by path, not by virtual host.
+                    b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+                }
+                if let Some(f) = &c.credentials_file {
+                    let creds = read_credentials(f)?;
+                    if let Some(k) = creds.get("AWS_ACCESS_KEY_ID") {
+                        b = b.with_access_key_id(k);
+                    }
+                    if let Some(k) = creds.get("AWS_SECRET_ACCESS_KEY") {
+                        b = b.with_secret_access_key(k);
+                    }
+                }
+                (Arc::new(b.build().map_err(cfg_err)?), prefix)
+            } else if let Some(rest) = c.url.strip_prefix("gs://") {
+                let (bucket, prefix) = split_bucket(rest);
+                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                (Arc::new(b.build().map_err(cfg_err)?), prefix)
+            } else if let Some(rest) = c.url.strip_prefix("az://") {
+                let (container, prefix) = split_bucket(rest);
+                let b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(container)
+                    .with_client_options(client)
+                    .with_retry(retry);
+                (Arc::new(b.build().map_err(cfg_err)?), prefix)
+            } else {
+                return Err(Error::Refused(format!(
+                    "region '{}': unsupported url '{}'",
+                    c.name, c.url
+                )));
+            };
+        Ok(Region {
+            name: c.name.clone(),
+            url: c.url.clone(),
+            tags: c.tags.clone(),
+            store,
+            prefix,
+        })
+    }
+
+    /// The store path of a key relative to Cairn's root in this region.
+    pub fn path(&self, key: &str) -> Result<ObjPath> {
+        if key.is_empty()
+            || key.starts_with('/')
+            || key
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(Error::Refused(format!("invalid object key '{key}'")));
+        }
+        let full = if self.prefix.is_empty() {
+            format!("{ROOT}/{key}")
+        } else {
+            format!("{}/{ROOT}/{key}", self.prefix)
+        };
+        ObjPath::parse(&full).map_err(|e| {
+            Error::region(
+                &self.name,
+                format!("object key {key}"),
+                object_store::Error::from(e),
+            )
+        })
+    }
+
+    pub async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.store
+            .put(&self.path(key)?, PutPayload::from(data))
+            .await
+            .map(|_| ())
+            .map_err(|e| Error::region(&self.name, format!("write {key}"), e))
+    }
+
+    /// Starts a multipart upload (for objects larger than a part).
+    pub async fn put_multipart(&self, key: &str) -> Result<Box<dyn object_store::MultipartUpload>> {
+        self.store
+            .put_multipart(&self.path(key)?)
+            .await
+            .map_err(|e| Error::region(&self.name, format!("start upload of {key}"), e))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let r = self
+            .store
+            .get(&self.path(key)?)
+            .await
+            .map_err(|e| Error::region(&self.name, format!("read {key}"), e))?;
+        r.bytes()
+            .await
+            .map_err(|e| Error::region(&self.name, format!("read {key}"), e))
+    }
+
+    /// Reads `[start, end)` of an object.
+    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        self.store
+            .get_range(&self.path(key)?, start..end)
+            .await
+            .map_err(|e| Error::region(&self.name, format!("read {key}"), e))
+    }
+
+    /// Size of an object, or `None` when it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<u64>> {
+        match self.store.head(&self.path(key)?).await {
+            Ok(m) => Ok(Some(m.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::region(&self.name, format!("look up {key}"), e)),
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)?).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Error::region(&self.name, format!("delete {key}"), e)),
+        }
+    }
+
+    /// Keys (relative to Cairn's root) below `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let root = self.path(prefix)?;
+        let strip = if self.prefix.is_empty() {
+            format!("{ROOT}/")
+        } else {
+            format!("{}/{ROOT}/", self.prefix)
+        };
+        let items: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&root))
+            .try_collect()
+            .await
+            .map_err(|e| Error::region(&self.name, format!("list {prefix}"), e))?;
+        Ok(items
+            .into_iter()
+            .filter_map(|m| {
+                let k = m.location.to_string();
+                k.strip_prefix(&strip).map(|s| (s.to_string(), m.size))
+            })
+            .collect())
+    }
+}
+
+/// The configured regions, connected.
+#[derive(Clone, Debug)]
+pub struct RegionSet {
+    pub regions: Vec<Region>,
+    pub min_copies: u32,
+    pub part_size: u64,
+}
+
+impl RegionSet {
+    pub fn open(home: &Path) -> Result<RegionSet> {
+        let c = RegionsConfig::load_or_init(home)?;
+        let regions = c
+            .regions
+            .iter()
+            .map(Region::connect)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RegionSet {
+            regions,
+            min_copies: c.min_copies,
+            part_size: c.part_size(),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&Region> {
+        self.regions.iter().find(|r| r.name == name).ok_or_else(|| {
+            Error::Refused(format!(
+                "region '{name}' is not configured; regions: {}",
+                self.regions
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.regions.iter().map(|r| r.name.clone()).collect()
+    }
+}
+
+/// Object keys, all relative to [`ROOT`].
+pub mod keys {
+    pub fn layer(cluster: &str, layer: &str) -> String {
+        format!("clusters/{cluster}/layers/{layer}")
+    }
+    pub fn key(cluster: &str, layer: &str) -> String {
+        format!("clusters/{cluster}/keys/{layer}")
+    }
+    pub fn timeline_prefix(cluster: &str, timeline: &str) -> String {
+        format!("clusters/{cluster}/timelines/{timeline}")
+    }
+    pub fn secrets(cluster: &str) -> String {
+        format!("clusters/{cluster}/secrets")
+    }
+    pub fn secrets_key(cluster: &str) -> String {
+        format!("clusters/{cluster}/keys/secrets")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_file_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = RegionsConfig::load_or_init(dir.path()).unwrap();
+        assert_eq!(c.regions.len(), 2);
+        assert_eq!(c.min_copies, 2);
+        let p = RegionsConfig::path(dir.path());
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::write(
+            &p,
+            "min_copies = 3\n[[region]]\nname = \"a\"\nurl = \"file:///tmp/x\"\n",
+        )
+        .unwrap();
+        let e = RegionsConfig::load_or_init(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("regions.toml") && e.contains("min_copies = 3"),
+            "{e}"
+        );
+        std::fs::write(&p, "[[region]]\nname = \"a\"\nurl = \"ftp://x\"\n").unwrap();
+        let e = RegionsConfig::load_or_init(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ftp://x"), "{e}");
+        std::fs::write(&p, "[[region]]\nnam = \"a\"\n").unwrap();
+        let e = RegionsConfig::load_or_init(dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("regions.toml") && e.contains("nam"), "{e}");
+        assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+    }
+
+    #[tokio::test]
+    async fn file_regions_store_list_and_refuse_traversal() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = RegionSet::open(dir.path()).unwrap();
+        let r = &set.regions[0];
+        r.put("clusters/c/layers/l1", Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
+        assert_eq!(r.head("clusters/c/layers/l1").await.unwrap(), Some(3));
+        assert_eq!(r.head("clusters/c/layers/nope").await.unwrap(), None);
+        assert_eq!(&r.get("clusters/c/layers/l1").await.unwrap()[..], b"abc");
+        assert_eq!(
+            &r.get_range("clusters/c/layers/l1", 1, 3).await.unwrap()[..],
+            b"bc"
+        );
+        let l = r.list("clusters/c").await.unwrap();
+        assert_eq!(l, vec![("clusters/c/layers/l1".to_string(), 3)]);
+        assert!(r.path("../etc/passwd").is_err());
+        assert!(r.path("a//b").is_err());
+        r.delete("clusters/c/layers/l1").await.unwrap();
+        r.delete("clusters/c/layers/l1").await.unwrap();
+        assert_eq!(r.head("clusters/c/layers/l1").await.unwrap(), None);
+    }
+}

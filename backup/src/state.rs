@@ -1,0 +1,472 @@
+//! The protection layer's rows in the catalog (tables of migration 2): data keys, shipments,
+//! index writes, the keyring, the appliance's generation and trusted signers, the deletion
+//! queue and scheduled shreds. All statements are parameterised.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use cairn_engine::catalog::{now_us, Catalog};
+
+use crate::error::{Error, Result};
+use crate::keys::RecipientEntry;
+
+fn get<T>(row: &AnyRow, col: &str) -> Result<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(col)
+        .map_err(|e| Error::catalog(&format!("read column {col}"), e))
+}
+
+/// The data key of one object, wrapped (a key object), and what sealing it produced.
+#[derive(Debug, Clone)]
+pub struct ObjectKeyRow {
+    pub object: String,
+    pub cluster_id: String,
+    pub key_id: String,
+    pub key_object: Vec<u8>,
+    pub object_sha256: Option<String>,
+    pub object_size: u64,
+}
+
+fn key_row(r: &AnyRow) -> Result<ObjectKeyRow> {
+    let hexed: String = get(r, "key_object")?;
+    Ok(ObjectKeyRow {
+        object: get(r, "layer_id")?,
+        cluster_id: get(r, "cluster_id")?,
+        key_id: get(r, "key_id")?,
+        key_object: hex::decode(hexed)
+            .map_err(|_| Error::tampered("catalog", "a key object is not hex"))?,
+        object_sha256: get(r, "object_sha256")?,
+        object_size: get::<i64>(r, "object_size")? as u64,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct IndexWrite {
+    pub generation: u64,
+    pub sequence: u64,
+    pub layers: u64,
+    pub digest: String,
+    pub written_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deletion {
+    pub region: String,
+    pub object_key: String,
+    pub reason: String,
+    pub not_before_us: i64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Shred {
+    pub cluster_id: String,
+    pub cluster_name: String,
+    pub requested_at_us: i64,
+    pub due_at_us: i64,
+}
+
+/// Typed access to the protection tables.
+pub struct State<'a> {
+    pub cat: &'a Catalog,
+}
+
+macro_rules! exec {
+    ($self:ident, $ctx:expr, $sql:expr $(, $b:expr)*) => {
+        sqlx::query($sql)$(.bind($b))*
+            .execute($self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog($ctx, e))
+    };
+}
+
+impl State<'_> {
+    // ---- appliance ----
+
+    /// (generation, trusted signer public keys); created on first use with `own_signer`.
+    pub async fn appliance(&self, own_signer: &[u8; 32]) -> Result<(u64, Vec<[u8; 32]>)> {
+        let row = sqlx::query("SELECT * FROM appliance WHERE id = 'self'")
+            .fetch_optional(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read appliance", e))?;
+        let (generation, signers) = match row {
+            Some(r) => (
+                get::<i64>(&r, "generation")? as u64,
+                get::<String>(&r, "trusted_signers")?,
+            ),
+            None => {
+                let s = hex::encode(own_signer);
+                exec!(
+                    self,
+                    "create appliance",
+                    "INSERT INTO appliance (id, generation, trusted_signers, created_at)
+                     VALUES ('self', 1, $1, $2)",
+                    s.clone(),
+                    now_us()
+                )?;
+                (1, s)
+            }
+        };
+        let mut out: Vec<[u8; 32]> = signers
+            .split(',')
+            .filter_map(|h| hex::decode(h).ok()?.try_into().ok())
+            .collect();
+        if !out.contains(own_signer) {
+            out.push(*own_signer);
+        }
+        Ok((generation, out))
+    }
+
+    pub async fn set_appliance(&self, generation: u64, signers: &[[u8; 32]]) -> Result<()> {
+        let s = signers
+            .iter()
+            .map(hex::encode)
+            .collect::<Vec<_>>()
+            .join(",");
+        exec!(
+            self,
+            "update appliance",
+            "UPDATE appliance SET generation = $1, trusted_signers = $2 WHERE id = 'self'",
+            generation as i64,
+            s
+        )?;
+        Ok(())
+    }
+
+    // ---- keyring ----
+
+    pub async fn recipients(&self) -> Result<Vec<RecipientEntry>> {
+        let rows = sqlx::query("SELECT * FROM key_recipients ORDER BY added_at, recipient")
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read the keyring", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(RecipientEntry {
+                    recipient: get(r, "recipient")?,
+                    role: get(r, "role")?,
+                    label: get(r, "label")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn add_recipient(&self, e: &RecipientEntry) -> Result<()> {
+        exec!(
+            self,
+            "add a recipient",
+            "INSERT INTO key_recipients (recipient, role, label, added_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (recipient) DO NOTHING",
+            e.recipient.clone(),
+            e.role.clone(),
+            e.label.clone(),
+            now_us()
+        )?;
+        Ok(())
+    }
+
+    pub async fn remove_recipient(&self, recipient: &str) -> Result<bool> {
+        let r = exec!(
+            self,
+            "remove a recipient",
+            "DELETE FROM key_recipients WHERE recipient = $1",
+            recipient.to_string()
+        )?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- object keys ----
+
+    pub async fn object_key(&self, object: &str) -> Result<Option<ObjectKeyRow>> {
+        let row = sqlx::query("SELECT * FROM layer_keys WHERE layer_id = $1")
+            .bind(object)
+            .fetch_optional(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read a data key", e))?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    pub async fn object_keys(&self) -> Result<Vec<ObjectKeyRow>> {
+        let rows = sqlx::query("SELECT * FROM layer_keys ORDER BY created_at")
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read data keys", e))?;
+        rows.iter().map(key_row).collect()
+    }
+
+    pub async fn insert_object_key(&self, k: &ObjectKeyRow) -> Result<()> {
+        exec!(
+            self,
+            "record a data key",
+            "INSERT INTO layer_keys (layer_id, cluster_id, key_id, key_object, object_sha256,
+                                     object_size, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            k.object.clone(),
+            k.cluster_id.clone(),
+            k.key_id.clone(),
+            hex::encode(&k.key_object),
+            k.object_sha256.clone(),
+            k.object_size as i64,
+            now_us()
+        )?;
+        Ok(())
+    }
+
+    pub async fn set_object_sha(&self, object: &str, sha: &str) -> Result<()> {
+        exec!(
+            self,
+            "record an object hash",
+            "UPDATE layer_keys SET object_sha256 = $1 WHERE layer_id = $2 AND object_sha256 IS NULL",
+            sha.to_string(),
+            object.to_string()
+        )?;
+        Ok(())
+    }
+
+    pub async fn set_key_object(&self, object: &str, key_object: &[u8]) -> Result<()> {
+        exec!(
+            self,
+            "replace a key object",
+            "UPDATE layer_keys SET key_object = $1 WHERE layer_id = $2",
+            hex::encode(key_object),
+            object.to_string()
+        )?;
+        Ok(())
+    }
+
+    pub async fn delete_object_key(&self, object: &str) -> Result<()> {
+        exec!(
+            self,
+            "forget a data key",
+            "DELETE FROM layer_keys WHERE layer_id = $1",
+            object.to_string()
+        )?;
+        exec!(
+            self,
+            "forget shipments",
+            "DELETE FROM shipments WHERE layer_id = $1",
+            object.to_string()
+        )?;
+        Ok(())
+    }
+
+    // ---- shipments ----
+
+    /// Every (object, region) that is durable.
+    pub async fn shipments(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT layer_id, region, object_sha256 FROM shipments")
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read shipments", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "layer_id")?,
+                    get(r, "region")?,
+                    get(r, "object_sha256")?,
+                ))
+            })
+            .collect()
+    }
+
+    pub async fn record_shipment(&self, object: &str, region: &str, sha: &str) -> Result<()> {
+        exec!(
+            self,
+            "record a shipment",
+            "INSERT INTO shipments (layer_id, region, object_sha256, shipped_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (layer_id, region) DO NOTHING",
+            object.to_string(),
+            region.to_string(),
+            sha.to_string(),
+            now_us()
+        )?;
+        Ok(())
+    }
+
+    pub async fn forget_shipment(&self, object: &str, region: &str) -> Result<()> {
+        exec!(
+            self,
+            "forget a shipment",
+            "DELETE FROM shipments WHERE layer_id = $1 AND region = $2",
+            object.to_string(),
+            region.to_string()
+        )?;
+        Ok(())
+    }
+
+    // ---- indexes ----
+
+    pub async fn index_write(&self, timeline: &str, region: &str) -> Result<Option<IndexWrite>> {
+        let row = sqlx::query("SELECT * FROM index_writes WHERE timeline_id = $1 AND region = $2")
+            .bind(timeline)
+            .bind(region)
+            .fetch_optional(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read index writes", e))?;
+        row.map(|r| {
+            Ok(IndexWrite {
+                generation: get::<i64>(&r, "generation")? as u64,
+                sequence: get::<i64>(&r, "sequence")? as u64,
+                layers: get::<i64>(&r, "layers")? as u64,
+                digest: get(&r, "digest")?,
+                written_at_us: get(&r, "written_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Every recorded index write: (timeline, cluster, region).
+    pub async fn index_writes(&self) -> Result<Vec<(String, String, String)>> {
+        let rows = sqlx::query("SELECT timeline_id, cluster_id, region FROM index_writes")
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read index writes", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "timeline_id")?,
+                    get(r, "cluster_id")?,
+                    get(r, "region")?,
+                ))
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_index_write(
+        &self,
+        timeline: &str,
+        cluster: &str,
+        region: &str,
+        w: &IndexWrite,
+    ) -> Result<()> {
+        exec!(
+            self,
+            "record an index write",
+            "DELETE FROM index_writes WHERE timeline_id = $1 AND region = $2",
+            timeline.to_string(),
+            region.to_string()
+        )?;
+        exec!(
+            self,
+            "record an index write",
+            "INSERT INTO index_writes (timeline_id, cluster_id, region, generation, sequence,
+                                       layers, digest, written_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            timeline.to_string(),
+            cluster.to_string(),
+            region.to_string(),
+            w.generation as i64,
+            w.sequence as i64,
+            w.layers as i64,
+            w.digest.clone(),
+            w.written_at_us
+        )?;
+        Ok(())
+    }
+
+    pub async fn forget_index_write(&self, timeline: &str, region: &str) -> Result<()> {
+        exec!(
+            self,
+            "forget an index write",
+            "DELETE FROM index_writes WHERE timeline_id = $1 AND region = $2",
+            timeline.to_string(),
+            region.to_string()
+        )?;
+        Ok(())
+    }
+
+    // ---- deletion queue ----
+
+    pub async fn queue_deletion(
+        &self,
+        region: &str,
+        key: &str,
+        reason: &str,
+        delay_us: i64,
+    ) -> Result<()> {
+        exec!(
+            self,
+            "queue a deletion",
+            "INSERT INTO deletions (region, object_key, reason, queued_at, not_before)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (region, object_key) DO NOTHING",
+            region.to_string(),
+            key.to_string(),
+            reason.to_string(),
+            now_us(),
+            now_us() + delay_us
+        )?;
+        Ok(())
+    }
+
+    pub async fn deletions(&self) -> Result<Vec<Deletion>> {
+        let rows = sqlx::query("SELECT * FROM deletions ORDER BY not_before")
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read the deletion queue", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Deletion {
+                    region: get(r, "region")?,
+                    object_key: get(r, "object_key")?,
+                    reason: get(r, "reason")?,
+                    not_before_us: get(r, "not_before")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn done_deletion(&self, region: &str, key: &str) -> Result<()> {
+        exec!(
+            self,
+            "complete a deletion",
+            "DELETE FROM deletions WHERE region = $1 AND object_key = $2",
+            region.to_string(),
+            key.to_string()
+        )?;
+        Ok(())
+    }
+
+    // ---- shreds ----
+
+    pub async fn shreds(&self) -> Result<Vec<Shred>> {
+        let rows = sqlx::query("SELECT * FROM shreds ORDER BY due_at")
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read scheduled shreds", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Shred {
+                    cluster_id: get(r, "cluster_id")?,
+                    cluster_name: get(r, "cluster_name")?,
+                    requested_at_us: get(r, "requested_at")?,
+                    due_at_us: get(r, "due_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn schedule_shred(&self, s: &Shred) -> Result<()> {
+        exec!(
+            self,
+            "schedule a shred",
+            "INSERT INTO shreds (cluster_id, cluster_name, requested_at, due_at) VALUES ($1, $2, $3, $4)",
+            s.cluster_id.clone(),
+            s.cluster_name.clone(),
+            s.requested_at_us,
+            s.due_at_us
+        )?;
+        Ok(())
+    }
+
+    pub async fn cancel_shred(&self, cluster_id: &str) -> Result<bool> {
+        let r = exec!(
+            self,
+            "cancel a shred",
+            "DELETE FROM shreds WHERE cluster_id = $1",
+            cluster_id.to_string()
+        )?;
+        Ok(r.rows_affected() > 0)
+    }
+}
