@@ -48,7 +48,8 @@ pub struct TimelineInfo {
     pub id: String,
     pub ancestor: Option<(String, String)>,
     pub head: String,
-    pub head_prev: Option<String>,
+    /// Start of the record ending at the branch point.
+    pub ancestor_prev: Option<String>,
     pub created_at_us: i64,
     pub branch: Option<BranchName>,
 }
@@ -240,7 +241,7 @@ pub(crate) mod tests {
                 id: "t".into(),
                 ancestor: None,
                 head: "0/3000000".into(),
-                head_prev: None,
+                ancestor_prev: None,
                 created_at_us: 0,
                 branch: Some(BranchName {
                     name: "main".into(),

@@ -11,10 +11,14 @@
 //! - Changing recipients rewrites key objects only; payload objects never change.
 //! - Deletion goes through a queue: only objects no durable index references, after a delay.
 
+pub mod check;
 pub mod crypto;
 pub mod error;
+pub mod gc;
 pub mod index;
+pub mod keyring;
 pub mod keys;
+pub mod rebuild;
 pub mod region;
 pub mod ship;
 pub mod state;

@@ -46,6 +46,28 @@ fn default_part_size() -> String {
     "8MiB".into()
 }
 
+fn default_deletion_delay() -> String {
+    "24h".into()
+}
+
+/// "90s", "30m", "24h", "7d" -> duration.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 30m, 24h, 7d)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("'{s}': unknown unit (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegionsConfig {
@@ -53,6 +75,9 @@ pub struct RegionsConfig {
     pub min_copies: u32,
     #[serde(default = "default_part_size")]
     pub part_size: String,
+    /// How long an unreferenced object waits in the deletion queue.
+    #[serde(default = "default_deletion_delay")]
+    pub deletion_delay: String,
     #[serde(default, rename = "region")]
     pub regions: Vec<RegionConfig>,
 }
@@ -111,6 +136,7 @@ impl RegionsConfig {
         RegionsConfig {
             min_copies: 2,
             part_size: default_part_size(),
+            deletion_delay: default_deletion_delay(),
             regions: vec![region("region-a"), region("region-b")],
         }
     }
@@ -174,11 +200,16 @@ impl RegionsConfig {
         if part < 5 << 20 {
             return Err(bad("part_size must be at least 5MiB (S3's minimum)".into()));
         }
+        parse_duration(&self.deletion_delay).map_err(|e| bad(format!("deletion_delay: {e}")))?;
         Ok(())
     }
 
     pub fn part_size(&self) -> u64 {
         parse_size(&self.part_size).unwrap_or(8 << 20)
+    }
+
+    pub fn deletion_delay(&self) -> Duration {
+        parse_duration(&self.deletion_delay).unwrap_or(Duration::from_secs(86400))
     }
 }
 
@@ -402,6 +433,7 @@ pub struct RegionSet {
     pub regions: Vec<Region>,
     pub min_copies: u32,
     pub part_size: u64,
+    pub deletion_delay: Duration,
 }
 
 impl RegionSet {
@@ -416,6 +448,7 @@ impl RegionSet {
             regions,
             min_copies: c.min_copies,
             part_size: c.part_size(),
+            deletion_delay: c.deletion_delay(),
         })
     }
 

@@ -158,30 +158,100 @@ impl Protection {
         }
     }
 
+    pub(crate) fn set_identities(&mut self, v: Vec<Identity>) {
+        self.identities = v;
+    }
+
     /// The data key of a layer, creating it (and its key object) on first use.
     pub async fn ensure_key(&self, layer: &LayerRow) -> Result<(ObjectKeyRow, [u8; 32])> {
+        self.ensure_object_key(
+            &layer.id.to_string(),
+            layer.id.0,
+            &layer.cluster_id.to_string(),
+            Opener::sealed_len(CHUNK_SIZE, layer.file_size),
+        )
+        .await
+    }
+
+    /// The data key of object `name`, creating it (and its key object) on first use.
+    pub async fn ensure_object_key(
+        &self,
+        name: &str,
+        object_id: [u8; 32],
+        cluster_id: &str,
+        sealed_size: u64,
+    ) -> Result<(ObjectKeyRow, [u8; 32])> {
         let _g = self.key_lock.lock().await;
         let st = self.state();
-        let name = layer.id.to_string();
-        if let Some(k) = st.object_key(&name).await? {
-            let ko = KeyObject::decode(&k.key_object, &format!("data key of layer {name}"))?;
-            let dek = ko.unwrap(&self.identities(), &format!("data key of layer {name}"))?;
+        let what = format!("data key of {name}");
+        if let Some(k) = st.object_key(name).await? {
+            let ko = KeyObject::decode(&k.key_object, &what)?;
+            let dek = ko.unwrap(&self.identities(), &what)?;
             return Ok((k, dek));
         }
         let dek: [u8; 32] = random();
         let key_id: [u8; 16] = random();
         let recipients = st.recipients().await?;
-        let ko = KeyObject::wrap(&dek, layer.id.0, key_id, &recipients)?;
+        let ko = KeyObject::wrap(&dek, object_id, key_id, &recipients)?;
         let row = ObjectKeyRow {
-            object: name,
-            cluster_id: layer.cluster_id.to_string(),
+            object: name.to_string(),
+            cluster_id: cluster_id.to_string(),
             key_id: hex::encode(key_id),
             key_object: ko.encode(),
             object_sha256: None,
-            object_size: Opener::sealed_len(CHUNK_SIZE, layer.file_size),
+            object_size: sealed_size,
         };
         st.insert_object_key(&row).await?;
         Ok((row, dek))
+    }
+
+    /// Ships a cluster's secrets (superuser and source passwords) to a region, sealed like any
+    /// other object, so that a region and a key are enough to log into restored computes.
+    async fn ship_secrets(
+        &self,
+        region: &Region,
+        c: &ClusterRow,
+        shipped: &HashSet<String>,
+    ) -> Result<()> {
+        let name = format!("secrets-{}", c.id);
+        if shipped.contains(&name) {
+            return Ok(());
+        }
+        let home = &self.engine.home;
+        let body = serde_json::json!({
+            "password": home.read_secret(c.id, "password").ok(),
+            "source_password": home.read_secret(c.id, "source-password").ok(),
+        })
+        .to_string();
+        let object_id: [u8; 32] = Sha256::digest(name.as_bytes()).into();
+        let (key, dek) = self
+            .ensure_object_key(&name, object_id, &c.id.to_string(), 0)
+            .await?;
+        let header = Header {
+            kind: ObjectKind::Secrets,
+            compression: Compression::None,
+            chunk_size: CHUNK_SIZE,
+            object_id,
+            key_id: hex::decode(&key.key_id)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or_else(|| Error::tampered("catalog", format!("bad key id of {name}")))?,
+        };
+        let sealed = crate::crypto::stream::seal_all(&dek, &header, body.as_bytes());
+        let sha = hex::encode(Sha256::digest(&sealed));
+        let cid = c.id.to_string();
+        region
+            .put(&keys::secrets(&cid), Bytes::from(sealed))
+            .await?;
+        region
+            .put(
+                &keys::secrets_key(&cid),
+                Bytes::from(key.key_object.clone()),
+            )
+            .await?;
+        self.state()
+            .record_shipment(&name, &region.name, &sha)
+            .await
     }
 
     /// Layers of `filter` (or every cluster) not yet shipped to `region`, oldest first.
@@ -371,6 +441,19 @@ impl Protection {
     }
 
     async fn ship_region_inner(&self, region: &Region, filter: Option<ClusterId>) -> Result<usize> {
+        let shipped_here: HashSet<String> = self
+            .state()
+            .shipments()
+            .await?
+            .into_iter()
+            .filter(|(_, r, _)| *r == region.name)
+            .map(|(o, _, _)| o)
+            .collect();
+        for c in self.engine.catalog.clusters().await? {
+            if filter.is_none_or(|f| f == c.id) {
+                self.ship_secrets(region, &c, &shipped_here).await?;
+            }
+        }
         let pending = self.pending(&region.name, filter).await?;
         self.update(&region.name, |s| {
             s.pending_objects = pending.len() as u64;
@@ -594,7 +677,7 @@ impl Protection {
                 id: tl.id.to_string(),
                 ancestor: tl.ancestor.map(|(t, l)| (t.to_string(), l.to_string())),
                 head: head.to_string(),
-                head_prev: None,
+                ancestor_prev: tl.ancestor_prev.map(|l| l.to_string()),
                 created_at_us: tl.created_at_us,
                 branch: branch.map(|b| BranchName {
                     name: b.name.clone(),

@@ -473,6 +473,7 @@ impl Engine {
             id: tid,
             cluster_id: cluster.id,
             ancestor: None,
+            ancestor_prev: None,
             head: start,
             head_prev: None,
             created_at_us: now_us(),

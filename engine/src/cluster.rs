@@ -126,6 +126,7 @@ impl Engine {
             id: tid,
             cluster_id: cid,
             ancestor: None,
+            ancestor_prev: None,
             head: Lsn(0),
             head_prev: None,
             created_at_us: now_us(),

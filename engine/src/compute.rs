@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow, Tx};
 use crate::engine::{remove_tree, Engine};
 use crate::error::{Error, Result};
-use crate::ids::{Lsn, TimelineId};
+use crate::ids::{ClusterId, Lsn, TimelineId};
 use crate::ingest::image::{self, BuiltImage, DedupIndex, ImageInput};
 use crate::ingest::wal::{self as wal_ingest, BuiltWal, WalStream};
 use crate::layer::file::LayerKind;
@@ -870,6 +870,23 @@ impl Engine {
 }
 
 impl Engine {
+    /// Stops a compute at once, without ingesting its WAL, and forgets it (for a cluster that
+    /// is being destroyed).
+    pub async fn force_stop_compute(&self, cluster: ClusterId, tl: TimelineId) -> Result<()> {
+        let c = self.catalog.cluster(cluster).await?;
+        let _g = self.home.lock_timeline(tl, "the branch")?;
+        if let Some(row) = self.catalog.compute(tl).await? {
+            let server = self.server_for(&c, tl, row.port)?;
+            if server.pid().is_some() {
+                server.stop("immediate")?;
+            }
+        }
+        let mut tx = self.catalog.begin().await?;
+        tx.delete_compute(tl).await?;
+        tx.commit().await?;
+        remove_tree(&self.home.compute_dir(tl))
+    }
+
     /// Records that a (stopped) compute should run, so that `cairn up` starts it again.
     pub async fn mark_desired_running(
         &self,

@@ -63,6 +63,9 @@ pub struct TimelineRow {
     pub id: TimelineId,
     pub cluster_id: ClusterId,
     pub ancestor: Option<(TimelineId, Lsn)>,
+    /// Start of the record that ends at the branch point (the `xl_prev` of the timeline's
+    /// first record).
+    pub ancestor_prev: Option<Lsn>,
     /// End of the last record the timeline holds.
     pub head: Lsn,
     /// Start of that record (the next record's `xl_prev`), when known.
@@ -167,6 +170,7 @@ fn timeline_row(r: &AnyRow) -> Result<TimelineRow> {
         id: parse_col(r, "id")?,
         cluster_id: parse_col(r, "cluster_id")?,
         ancestor,
+        ancestor_prev: get::<Option<i64>>(r, "ancestor_prev")?.map(Lsn::from_i64),
         head: Lsn::from_i64(get(r, "head")?),
         head_prev: get::<Option<i64>>(r, "head_prev")?.map(Lsn::from_i64),
         created_at_us: get(r, "created_at")?,
@@ -642,14 +646,15 @@ impl Tx {
 
     pub async fn insert_timeline(&mut self, t: &TimelineRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO timelines (id, cluster_id, ancestor_id, ancestor_lsn, head, head_prev,
-                                    created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO timelines (id, cluster_id, ancestor_id, ancestor_lsn, ancestor_prev, head,
+                                    head_prev, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(t.id.to_string())
         .bind(t.cluster_id.to_string())
         .bind(t.ancestor.map(|a| a.0.to_string()))
         .bind(t.ancestor.map(|a| a.1.as_i64()))
+        .bind(t.ancestor_prev.map(|l| l.as_i64()))
         .bind(t.head.as_i64())
         .bind(t.head_prev.map(|l| l.as_i64()))
         .bind(t.created_at_us)

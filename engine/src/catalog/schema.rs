@@ -32,6 +32,7 @@ pub const MIGRATIONS: &[Migration] = &[
             cluster_id TEXT NOT NULL REFERENCES clusters(id),
             ancestor_id TEXT REFERENCES timelines(id),
             ancestor_lsn BIGINT,
+            ancestor_prev BIGINT,
             head BIGINT NOT NULL,
             head_prev BIGINT,
             created_at BIGINT NOT NULL
