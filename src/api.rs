@@ -18,6 +18,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/clusters", get(clusters))
         .route("/api/branches", get(branches))
         .route("/api/computes", get(computes))
+        .route("/api/regions", get(regions))
+        .route("/api/backups", get(backups))
         .with_state(d)
 }
 
@@ -32,8 +34,11 @@ fn fail(e: impl std::fmt::Display) -> Response {
 async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let st = d.status.lock().unwrap_or_else(|e| e.into_inner());
     let uptime = st.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let regions = d.protection.status();
+    let region_trouble = regions.iter().any(|r| r.last_error.is_some());
     Json(json!({
-        "status": if st.errors.is_empty() { "ok" } else { "degraded" },
+        "status": if st.errors.is_empty() && !region_trouble { "ok" } else { "degraded" },
+        "regions": regions,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": uptime,
         "rounds": st.rounds,
@@ -66,6 +71,25 @@ async fn branches(State(d): State<Arc<Daemon>>) -> Response {
 
 async fn computes(State(d): State<Arc<Daemon>>) -> Response {
     match d.engine.compute_list().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn regions(State(d): State<Arc<Daemon>>) -> Response {
+    Json(json!({
+        "min_copies": d.protection.regions.min_copies,
+        "regions": d.protection.status(),
+    }))
+    .into_response()
+}
+
+async fn backups(State(d): State<Arc<Daemon>>) -> Response {
+    let clusters = match d.engine.catalog.clusters().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match crate::protect::recovery_points(&d.protection, &clusters).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => fail(e),
     }

@@ -264,6 +264,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Image(c) => image(&g, c).await,
         Command::Layer(c) => layer(&g, c).await,
         Command::Check(a) => check(&g, a).await,
+        Command::Backup(c) => crate::protect::backup(&g, c).await,
+        Command::Key(c) => crate::protect::key(&g, c).await,
+        Command::Regions(c) => crate::protect::regions(&g, c).await,
+        Command::Catalog(c) => crate::protect::catalog(&g, c).await,
     }
 }
 

@@ -5,7 +5,9 @@
 //! its branch at least every `--sync-interval` (sooner once `--sync-bytes` are waiting),
 //! advancing the compute's slot only after the layers are committed, ingests the receivers'
 //! spools, and takes a new image of a branch once `--image-after` bytes of WAL accumulated
-//! since its last image. Ctrl-C (or SIGTERM)
+//! since its last image. One shipper per region sends sealed layers and indexes to it
+//! (`--ship-interval`); every 30 s the deletion queue and due shreds are processed.
+//! Ctrl-C (or SIGTERM)
 //! stops the computes cleanly after a final ingest, so nothing written before is lost.
 
 use std::collections::HashMap;
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cairn_backup::Protection;
 use cairn_engine::adopt::Receiver;
 use cairn_engine::catalog::{BranchRow, ClusterKind, ClusterRow, ComputeRow};
 use cairn_engine::progress::Progress;
@@ -40,9 +43,18 @@ pub struct UpArgs {
     /// Store a compute's WAL sooner once this much of it is waiting.
     #[arg(long, default_value = "16MiB", value_parser = parse_size)]
     pub sync_bytes: u64,
+    /// Seconds between shipping rounds of each region.
+    #[arg(long, default_value = "2")]
+    pub ship_interval: f64,
     /// Exit (cleanly, as on Ctrl-C) after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub exit_after: Option<f64>,
+}
+
+impl UpArgs {
+    fn ship_interval_duration(&self) -> Duration {
+        Duration::from_secs_f64(self.ship_interval.max(0.05))
+    }
 }
 
 /// "256MiB", "1G", "4096" -> bytes.
@@ -84,14 +96,16 @@ impl Status {
 }
 
 pub struct Daemon {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
+    /// The protection layer (keys, regions, shipping); shared with the region shippers.
+    pub protection: Arc<Protection>,
     pub status: Mutex<Status>,
     /// When each compute's WAL was last stored.
     last_sync: Mutex<HashMap<TimelineId, Instant>>,
 }
 
 pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
-    let engine = open_engine(g).await?;
+    let engine = Arc::new(open_engine(g).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -105,8 +119,13 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     if args.demo && engine.catalog.clusters().await?.is_empty() {
         demo(&engine).await.context("setting up the demo cluster")?;
     }
+    let (protection, generated) = Protection::open(engine.clone())
+        .await
+        .context("cannot open the protection layer")?;
+    crate::protect::announce(&generated);
     let daemon = Arc::new(Daemon {
         engine,
+        protection: Arc::new(protection),
         status: Mutex::new(Status {
             started: Some(Instant::now()),
             ..Status::default()
@@ -116,6 +135,24 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     restart_computes(&daemon).await;
     let mut receivers: Vec<Receiver> = Vec::new();
     start_receivers(&daemon, &mut receivers).await;
+    // One shipper per region: a slow or dead region holds up only itself.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shippers = Vec::new();
+    for i in 0..daemon.protection.regions.regions.len() {
+        let p = daemon.protection.clone();
+        let mut stop = stop_rx.clone();
+        let every = args.ship_interval_duration();
+        shippers.push(tokio::spawn(async move {
+            loop {
+                let region = &p.regions.regions[i];
+                let _ = p.ship_region(region, None).await;
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }));
+    }
     let app = crate::api::router(daemon.clone());
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
@@ -136,6 +173,8 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
         .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("install the SIGTERM handler")?;
+    let mut last_gc = Instant::now();
+    housekeeping(&daemon).await;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
@@ -146,15 +185,48 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
             break;
         }
         round(&daemon, &policy, &mut receivers).await;
+        if last_gc.elapsed() >= Duration::from_secs(30) {
+            last_gc = Instant::now();
+            housekeeping(&daemon).await;
+        }
     }
     eprintln!("stopping: final WAL ingest and clean shutdown of computes...");
     server.abort();
+    let _ = stop_tx.send(true);
+    for s in shippers {
+        let _ = s.await;
+    }
     for r in receivers.drain(..) {
         r.stop();
     }
     shutdown(&daemon).await;
     eprintln!("stopped cleanly");
     Ok(())
+}
+
+/// Deletion queue and scheduled shreds.
+async fn housekeeping(d: &Daemon) {
+    let p = &d.protection;
+    let mut errors = Vec::new();
+    match p.run_due_shreds().await {
+        Ok(done) => {
+            for c in done {
+                eprintln!("shredded cluster '{c}'");
+            }
+        }
+        Err(e) => errors.push(format!("shred: {e}")),
+    }
+    if let Err(e) = p.queue_garbage().await {
+        errors.push(format!("deletion queue: {e}"));
+    }
+    match p.process_deletions().await {
+        Ok(r) => errors.extend(r.failed),
+        Err(e) => errors.push(format!("deletion queue: {e}")),
+    }
+    let mut st = d.status.lock().unwrap_or_else(|e| e.into_inner());
+    for e in errors {
+        st.error(e);
+    }
 }
 
 async fn demo(engine: &Engine) -> Result<()> {

@@ -8,6 +8,7 @@ mod bar;
 mod commands;
 mod daemon;
 mod output;
+mod protect;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,6 +88,18 @@ pub enum Command {
     /// Verify that the catalog and the layer files agree (hashes, WAL continuity).
     #[command(after_help = "Examples:\n  cairn check\n  cairn check --full --cluster shop")]
     Check(commands::CheckArgs),
+    /// Take and ship a backup now; list recovery points per region.
+    #[command(subcommand)]
+    Backup(protect::BackupCmd),
+    /// Manage the keys: export, escrow recipients, rotation, crypto-shredding.
+    #[command(subcommand)]
+    Key(protect::KeyCmd),
+    /// Object-store regions: list, check (missing or corrupt objects), repair.
+    #[command(subcommand)]
+    Regions(protect::RegionsCmd),
+    /// Rebuild the catalog of an empty appliance from one region.
+    #[command(subcommand)]
+    Catalog(protect::CatalogCmd),
 }
 
 fn main() -> ExitCode {

@@ -75,14 +75,6 @@ impl Protection {
     ) -> std::result::Result<(), String> {
         let pk = payload_key(k);
         let bytes = region.get(&pk).await.map_err(|e| e.to_string())?;
-        let sha = hex::encode(Sha256::digest(&bytes));
-        if sha != expected_sha {
-            return Err(format!(
-                "content hash {} differs from the recorded {} (modified, truncated or replaced)",
-                &sha[..16],
-                &expected_sha[..16.min(expected_sha.len())]
-            ));
-        }
         let kk = object_key_name(&k.cluster_id, &k.object);
         let kb = region
             .get(&kk)
@@ -91,6 +83,7 @@ impl Protection {
         let what = format!("region '{}', {}", region.name, kk);
         let ko = KeyObject::decode(&kb, &what).map_err(|e| e.to_string())?;
         let dek = ko.unwrap(identities, &what).map_err(|e| e.to_string())?;
+        // Decrypt first: the authentication failure says what happened to the object.
         let what = format!("region '{}', {}", region.name, pk);
         let plain = open_all(&dek, &bytes, &ko.object_id, &what).map_err(|e| e.to_string())?;
         if !k.object.starts_with("secrets-") {
@@ -101,6 +94,14 @@ impl Protection {
                     &id[..16]
                 ));
             }
+        }
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if sha != expected_sha {
+            return Err(format!(
+                "content hash {} differs from the recorded {}",
+                &sha[..16],
+                &expected_sha[..16.min(expected_sha.len())]
+            ));
         }
         Ok(())
     }
@@ -150,20 +151,28 @@ impl Protection {
                 let pk = payload_key(k);
                 match listing.get(&pk) {
                     None => report.problems.push(problem(&pk, "missing".into())),
-                    Some(size) if !obj.starts_with("secrets-") && *size != k.object_size => {
-                        report.problems.push(problem(
-                            &pk,
-                            format!(
-                                "{size} bytes instead of {} (truncated or replaced)",
-                                k.object_size
-                            ),
-                        ))
-                    }
-                    Some(_) => {
-                        if full {
-                            if let Err(reason) = self.verify_object(region, k, sha, &ids).await {
-                                report.problems.push(problem(&pk, reason));
-                            }
+                    Some(size) => {
+                        let wrong_size = !obj.starts_with("secrets-") && *size != k.object_size;
+                        let reason = if full {
+                            // Reading it back says precisely what happened to it.
+                            self.verify_object(region, k, sha, &ids).await.err()
+                        } else {
+                            None
+                        };
+                        match (reason, wrong_size) {
+                            (Some(r), true) => report.problems.push(problem(
+                                &pk,
+                                format!("{r} ({size} bytes instead of {})", k.object_size),
+                            )),
+                            (Some(r), false) => report.problems.push(problem(&pk, r)),
+                            (None, true) => report.problems.push(problem(
+                                &pk,
+                                format!(
+                                    "{size} bytes instead of {} (truncated or replaced)",
+                                    k.object_size
+                                ),
+                            )),
+                            (None, false) => {}
                         }
                     }
                 }

@@ -414,10 +414,15 @@ impl Protection {
             )
             .await?;
         }
+        // Keep every old recipient — the previous appliance's key too, as an escrow — so that
+        // re-wrapping for this appliance never locks out a key that could open the data.
         for r in &recipients {
-            if r.role != "appliance" {
-                st.add_recipient(r).await?;
+            let mut r = r.clone();
+            if r.role == "appliance" {
+                r.role = "escrow".into();
+                r.label = format!("previous appliance {}", r.id());
             }
+            st.add_recipient(&r).await?;
         }
         let generation = indexes.iter().map(|i| i.generation).max().unwrap_or(0) + 1;
         let mut all_trusted = self.trusted.clone();

@@ -493,7 +493,18 @@ impl Protection {
             .regions
             .iter()
             .map(|r| async move { (r.name.clone(), self.ship_region(r, filter).await) });
-        futures::future::join_all(futs).await
+        let mut results = futures::future::join_all(futs).await;
+        // A region that finished first wrote its indexes before the others made its layers
+        // durable in min_copies regions: now they are, so its indexes can name them.
+        for (r, (name, res)) in self.regions.regions.iter().zip(results.iter_mut()) {
+            debug_assert_eq!(&r.name, name);
+            if res.is_ok() {
+                if let Err(e) = self.write_indexes(r, filter).await {
+                    *res = Err(e);
+                }
+            }
+        }
+        results
     }
 
     /// (object -> regions holding it) from the catalog.

@@ -2,6 +2,8 @@
 //! binary, real PostgreSQL servers.
 #![allow(dead_code)]
 
+pub mod garage;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -113,6 +115,51 @@ impl Env {
             .as_array()
             .expect("array")
             .clone()
+    }
+
+    /// Writes HOME/regions.toml (mode 0600).
+    pub fn write_regions(&self, toml: &str) {
+        std::fs::create_dir_all(&self.home).unwrap();
+        let p = self.home.join("regions.toml");
+        std::fs::write(&p, toml).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// A `[[region]]` entry for a local directory below the test's directory.
+    pub fn file_region(&self, name: &str) -> String {
+        format!(
+            "[[region]]\nname = \"{name}\"\nurl = \"file://{}\"\n",
+            self.dir.path().join("regions").join(name).display()
+        )
+    }
+
+    /// The root of a file region's objects.
+    pub fn region_root(&self, name: &str) -> PathBuf {
+        let configured = self.dir.path().join("regions").join(name).join("cairn/v1");
+        if configured.exists() {
+            configured
+        } else {
+            self.home.join("regions").join(name).join("cairn/v1")
+        }
+    }
+
+    /// Every object file of a file region, relative to its root, sorted.
+    pub fn region_objects(&self, name: &str) -> Vec<String> {
+        fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, root, out);
+                } else if !e.file_name().to_string_lossy().starts_with('.') {
+                    out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                }
+            }
+        }
+        let root = self.region_root(name);
+        let mut out = Vec::new();
+        walk(&root, &root, &mut out);
+        out.sort();
+        out
     }
 
     /// Stops every compute this test left running.

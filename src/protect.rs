@@ -1,0 +1,700 @@
+//! Commands of the protection layer: `key`, `regions`, `backup`, `catalog rebuild`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use cairn_backup::keys::{Generated, Identity};
+use cairn_backup::region::parse_duration;
+use cairn_backup::Protection;
+use cairn_engine::catalog::ClusterRow;
+use cairn_engine::engine::{fmt_time, layer_map_of};
+use cairn_engine::progress::Progress;
+use cairn_engine::Engine;
+use clap::Subcommand;
+
+use crate::bar::with_progress;
+use crate::commands::{open_engine, ClusterOpt};
+use crate::output::{bytes, print_json, table};
+use crate::Global;
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Print the appliance's public key (its age recipient) and signing key id.
+    #[command(
+        after_help = "Examples:\n  cairn key export-public\n  cairn key export-public --json"
+    )]
+    ExportPublic,
+    /// Show the keyring: every recipient data keys are wrapped for.
+    #[command(after_help = "Examples:\n  cairn key list")]
+    List,
+    /// Write a new age identity file (mode 0600) for an escrow key holder; prints its recipient.
+    #[command(
+        after_help = "Examples:\n  cairn key new-identity --out /secure/escrow.age\n  \
+        cairn key add-recipient \"$(grep -o 'age1.*' /secure/escrow.age | head -1)\""
+    )]
+    NewIdentity {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Wrap every data key for one more age recipient (an escrow key). Payloads are unchanged.
+    #[command(
+        after_help = "Examples:\n  cairn key add-recipient age1qyqs... --label \"vault escrow\""
+    )]
+    AddRecipient {
+        recipient: String,
+        #[arg(long, default_value = "escrow")]
+        label: String,
+    },
+    /// Stop wrapping data keys for a recipient (by age1... or key id). Payloads are unchanged.
+    #[command(after_help = "Examples:\n  cairn key remove-recipient 1a2b3c4d5e6f7a8b")]
+    RemoveRecipient { recipient: String },
+    /// Replace the appliance identity; every data key is re-wrapped, payloads stay byte for byte.
+    #[command(
+        after_help = "Examples:\n  cairn key rotate\n\nThe old identity is kept in HOME/keys as \
+        appliance-<time>.retired; delete it once you are sure."
+    )]
+    Rotate,
+    /// Crypto-shred a cluster: after a grace period its key objects are destroyed in every region.
+    #[command(after_help = "Examples:\n  cairn key shred old-shop --grace 7d\n  \
+        cairn key shred old-shop --cancel\n  cairn key shred scratch --grace 0s --yes")]
+    Shred {
+        cluster: String,
+        /// Time before the shred happens (s, m, h, d); it can be cancelled until then.
+        #[arg(long, default_value = "7d")]
+        grace: String,
+        /// Cancel a scheduled shred.
+        #[arg(long)]
+        cancel: bool,
+        /// Confirm a shred with no grace period (it happens now).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegionsCmd {
+    /// List the configured regions (HOME/regions.toml) and what they hold.
+    #[command(after_help = "Examples:\n  cairn regions list")]
+    List,
+    /// Find missing or corrupt objects in each region (HEAD/list; --full reads and decrypts all).
+    #[command(
+        after_help = "Examples:\n  cairn regions check\n  cairn regions check --full --region s3-eu\n  \
+        cairn regions check --full --identity /secure/escrow.age"
+    )]
+    Check {
+        /// Read every object back: ciphertext hash, key unwrap, every chunk, plaintext hash.
+        #[arg(long)]
+        full: bool,
+        #[arg(long)]
+        region: Option<String>,
+        /// Open data keys with this age identity instead of the appliance's.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Queue objects the catalog no longer has and delete those that are due (`cairn up` does this
+    /// every 30 s).
+    #[command(
+        after_help = "Examples:\n  cairn regions gc\n\nObjects wait `deletion_delay` (regions.toml) \
+        and are deleted only when no index in their region names them."
+    )]
+    Gc,
+    /// Copy good objects from a healthy region over missing or corrupt ones.
+    #[command(
+        after_help = "Examples:\n  cairn regions repair\n  cairn regions repair --region s3-eu"
+    )]
+    Repair {
+        #[arg(long)]
+        region: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Take an image layer now and ship everything until it is durable in min_copies regions.
+    #[command(
+        after_help = "Examples:\n  cairn backup now\n  cairn backup now --cluster shop --no-image"
+    )]
+    Now {
+        #[command(flatten)]
+        cluster: ClusterOpt,
+        /// Ship what exists (and the WAL of running computes) without taking a new image first.
+        #[arg(long)]
+        no_image: bool,
+    },
+    /// Recovery points per branch and region: what each region can restore.
+    #[command(after_help = "Examples:\n  cairn backup list\n  cairn backup list --json")]
+    List {
+        #[command(flatten)]
+        cluster: ClusterOpt,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCmd {
+    /// Rebuild an empty appliance's catalog (and layers) from one region and an identity file.
+    #[command(
+        after_help = "Examples:\n  cairn catalog rebuild --from-region region-b --identity /secure/appliance.age\n\n\
+        Configure the region in HOME/regions.toml first (same name, URL and credentials)."
+    )]
+    Rebuild {
+        #[arg(long, value_name = "REGION")]
+        from_region: String,
+        /// An age identity that opens the data keys (the old appliance's, or an escrow key).
+        #[arg(long, value_name = "FILE")]
+        identity: PathBuf,
+        /// Key id of the signing key the region's indexes must carry (default: the only one found).
+        #[arg(long, value_name = "KEY_ID")]
+        trust_signer: Option<String>,
+    },
+}
+
+/// Tells the operator about keys created on first use.
+pub fn announce(g: &Generated) {
+    if let Some(p) = &g.identity {
+        eprintln!(
+            "generated the appliance identity {}: back it up now, somewhere else; without it \
+             (or an escrow key) no backup can be decrypted",
+            p.display()
+        );
+    }
+    if let Some(p) = &g.signing {
+        eprintln!(
+            "generated the index signing key {}: back it up with the identity",
+            p.display()
+        );
+    }
+}
+
+pub async fn open(g: &Global) -> Result<(Arc<Engine>, Protection)> {
+    let engine = Arc::new(open_engine(g).await?);
+    let (p, generated) = Protection::open(engine.clone())
+        .await
+        .context("cannot open the protection layer")?;
+    announce(&generated);
+    Ok((engine, p))
+}
+
+pub async fn key(g: &Global, cmd: KeyCmd) -> Result<()> {
+    if let KeyCmd::NewIdentity { out } = &cmd {
+        if out.exists() {
+            bail!("{} already exists; pick another file", out.display());
+        }
+        let id = age::x25519::Identity::generate();
+        let text = format!(
+            "# cairn escrow identity, created {}\n# public key: {}\n{}\n",
+            chrono::Utc::now().to_rfc3339(),
+            id.to_public(),
+            age::secrecy::ExposeSecret::expose_secret(&id.to_string())
+        );
+        cairn_engine::fsutil::write_atomic(out, text.as_bytes(), 0o600)
+            .with_context(|| format!("write {}", out.display()))?;
+        println!("{}", id.to_public());
+        return Ok(());
+    }
+    let (_, mut p) = open(g).await?;
+    match cmd {
+        KeyCmd::ExportPublic => {
+            let v = serde_json::json!({
+                "recipient": p.identity().recipient,
+                "key_id": p.identity().id(),
+                "signing_key_id": p.signer().id(),
+                "signing_public_key": hex::encode(p.signer().public()),
+            });
+            if g.json {
+                return print_json(&v);
+            }
+            println!("{}", p.identity().recipient);
+            eprintln!(
+                "key id {}, signing key id {} ({})",
+                p.identity().id(),
+                p.signer().id(),
+                hex::encode(p.signer().public())
+            );
+        }
+        KeyCmd::List => {
+            let r = p.state().recipients().await?;
+            if g.json {
+                return print_json(&r);
+            }
+            table(
+                &["KEY ID", "ROLE", "LABEL", "RECIPIENT"],
+                r.iter()
+                    .map(|e| vec![e.id(), e.role.clone(), e.label.clone(), e.recipient.clone()])
+                    .collect(),
+            );
+        }
+        KeyCmd::AddRecipient { recipient, label } => {
+            let r = p.add_recipient(&recipient, &label).await?;
+            report_rewrap(g, "added the recipient", &r)?;
+        }
+        KeyCmd::RemoveRecipient { recipient } => {
+            let r = p.remove_recipient(&recipient).await?;
+            report_rewrap(g, "removed the recipient", &r)?;
+        }
+        KeyCmd::Rotate => {
+            let (old, new, r) = p.rotate().await?;
+            report_rewrap(g, &format!("rotated the appliance key {old} -> {new}"), &r)?;
+        }
+        KeyCmd::Shred {
+            cluster,
+            grace,
+            cancel,
+            yes,
+        } => {
+            if cancel {
+                p.cancel_shred(&cluster).await?;
+                println!("cancelled the shred of cluster '{cluster}'");
+                return Ok(());
+            }
+            let grace = parse_duration(&grace).map_err(anyhow::Error::msg)?;
+            if grace.is_zero() && !yes {
+                bail!(
+                    "a shred without grace destroys cluster '{cluster}' and makes its backups \
+                     unreadable now; add --yes to confirm"
+                );
+            }
+            let s = p.schedule_shred(&cluster, grace.as_micros() as i64).await?;
+            if grace.is_zero() {
+                let done = p.run_due_shreds().await?;
+                if done.contains(&cluster) {
+                    println!(
+                        "shredded cluster '{cluster}': its key objects are gone from every region"
+                    );
+                } else {
+                    bail!("the shred of '{cluster}' could not reach every region yet; `cairn up` retries it");
+                }
+            } else {
+                println!(
+                    "cluster '{cluster}' will be shredded at {} (cancel with `cairn key shred {cluster} --cancel`)",
+                    fmt_time(s.due_at_us)
+                );
+            }
+        }
+        KeyCmd::NewIdentity { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn report_rewrap(g: &Global, what: &str, r: &cairn_backup::keyring::RewrapReport) -> Result<()> {
+    if g.json {
+        return print_json(r);
+    }
+    println!(
+        "{what}: {} data key(s) re-wrapped, {} key object(s) rewritten in the regions; payload \
+         objects unchanged",
+        r.keys, r.key_objects_written
+    );
+    if !r.deferred.is_empty() {
+        println!(
+            "regions not reachable now: {} (updated when they are back)",
+            r.deferred.join(", ")
+        );
+    }
+    Ok(())
+}
+
+pub async fn regions(g: &Global, cmd: RegionsCmd) -> Result<()> {
+    let (_, p) = open(g).await?;
+    match cmd {
+        RegionsCmd::List => {
+            let ships = p.state().shipments().await?;
+            let rows: Vec<serde_json::Value> = p
+                .regions
+                .regions
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "name": r.name,
+                        "url": r.url,
+                        "tags": r.tags,
+                        "objects": ships.iter().filter(|(_, x, _)| *x == r.name).count(),
+                    })
+                })
+                .collect();
+            if g.json {
+                return print_json(&serde_json::json!({
+                    "min_copies": p.regions.min_copies, "regions": rows
+                }));
+            }
+            table(
+                &["REGION", "URL", "OBJECTS", "TAGS"],
+                rows.iter()
+                    .map(|v| {
+                        vec![
+                            v["name"].as_str().unwrap_or_default().into(),
+                            v["url"].as_str().unwrap_or_default().into(),
+                            v["objects"].to_string(),
+                            v["tags"].to_string(),
+                        ]
+                    })
+                    .collect(),
+            );
+            println!("min_copies = {}", p.regions.min_copies);
+        }
+        RegionsCmd::Check {
+            full,
+            region,
+            identity,
+        } => {
+            let id = identity.as_deref().map(Identity::load).transpose()?;
+            let r = p
+                .check_regions(full, region.as_deref(), id.as_ref())
+                .await?;
+            if g.json {
+                print_json(&r)?;
+            } else {
+                for x in &r.problems {
+                    println!("PROBLEM {x}");
+                }
+                println!(
+                    "checked {} object(s) and {} index(es){}: {}",
+                    r.objects,
+                    r.indexes,
+                    if full { ", reading every byte" } else { "" },
+                    if r.problems.is_empty() {
+                        "all present and intact".to_string()
+                    } else {
+                        format!(
+                            "{} problem(s); `cairn regions repair` fixes them",
+                            r.problems.len()
+                        )
+                    }
+                );
+            }
+            if !r.problems.is_empty() {
+                bail!("{} problem(s) found in the regions", r.problems.len());
+            }
+        }
+        RegionsCmd::Gc => {
+            let queued = p.queue_garbage().await?;
+            let r = p.process_deletions().await?;
+            if g.json {
+                return print_json(&serde_json::json!({"queued": queued, "result": r}));
+            }
+            println!(
+                "queued {queued} object(s); deleted {}, kept {} still named by an index",
+                r.deleted, r.kept_referenced
+            );
+            if !r.failed.is_empty() {
+                bail!(
+                    "{} deletion(s) failed: {}",
+                    r.failed.len(),
+                    r.failed.join("; ")
+                );
+            }
+        }
+        RegionsCmd::Repair { region } => {
+            let r = p.check_regions(true, region.as_deref(), None).await?;
+            let fixed = p.repair_regions(&r).await?;
+            if g.json {
+                return print_json(&fixed);
+            }
+            for c in &fixed.copied {
+                println!("repaired {c}");
+            }
+            for c in &fixed.reshipped {
+                println!("shipped again {c}");
+            }
+            for c in &fixed.unrepaired {
+                println!("NOT REPAIRED {c}");
+            }
+            println!(
+                "{} problem(s) found, {} repaired",
+                r.problems.len(),
+                fixed.copied.len() + fixed.reshipped.len()
+            );
+            if !fixed.unrepaired.is_empty() {
+                bail!(
+                    "{} problem(s) could not be repaired",
+                    fixed.unrepaired.len()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Layers of `c` held by fewer than `min_copies` regions.
+async fn under_replicated(p: &Protection, c: &ClusterRow) -> Result<Vec<String>> {
+    let copies = p.copies().await?;
+    Ok(p.engine
+        .catalog
+        .layers(c.id)
+        .await?
+        .into_iter()
+        .map(|l| l.id.to_string())
+        .filter(|id| copies.get(id).map_or(0, |s| s.len()) < p.regions.min_copies as usize)
+        .collect())
+}
+
+pub async fn backup(g: &Global, cmd: BackupCmd) -> Result<()> {
+    let (engine, p) = open(g).await?;
+    match cmd {
+        BackupCmd::Now { cluster, no_image } => {
+            let clusters = match &cluster.cluster {
+                Some(n) => vec![engine.resolve_cluster(Some(n)).await?],
+                None => engine.catalog.clusters().await?,
+            };
+            if clusters.is_empty() {
+                bail!("there is no cluster to back up; create one with `cairn cluster create`");
+            }
+            for c in &clusters {
+                if no_image {
+                    // Everything committed so far goes into this backup.
+                    for x in engine.compute_list().await? {
+                        if x.cluster == c.name && x.state == "running" {
+                            engine.compute_sync(c, x.timeline).await?;
+                        }
+                    }
+                } else {
+                    image_now(&engine, c, !g.json).await?;
+                }
+                let progress = Arc::new(Progress::new());
+                let results = with_progress(&progress, !g.json, async {
+                    let ship = p.ship_all(Some(c.id));
+                    tokio::pin!(ship);
+                    loop {
+                        tokio::select! {
+                            r = &mut ship => break r,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                                let st = p.status();
+                                let total: u64 = st.iter().map(|s| s.pending_bytes + s.shipped_bytes).sum();
+                                let done: u64 = st.iter().map(|s| s.shipped_bytes).sum();
+                                progress.phase("shipping", total);
+                                progress.done.store(done, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+                .await;
+                let missing = under_replicated(&p, c).await?;
+                let errors: Vec<String> = results
+                    .iter()
+                    .filter_map(|(r, x)| x.as_ref().err().map(|e| format!("{r}: {e}")))
+                    .collect();
+                let summary = serde_json::json!({
+                    "cluster": c.name,
+                    "durable": missing.is_empty(),
+                    "under_replicated_layers": missing.len(),
+                    "regions": results.iter().map(|(r, x)| serde_json::json!({
+                        "region": r, "shipped": x.as_ref().ok(), "error": x.as_ref().err().map(|e| e.to_string())
+                    })).collect::<Vec<_>>(),
+                });
+                if g.json {
+                    print_json(&summary)?;
+                } else {
+                    for (r, x) in &results {
+                        match x {
+                            Ok(n) => println!("region {r}: {n} object(s) shipped, up to date"),
+                            Err(e) => println!("region {r}: FAILED: {e}"),
+                        }
+                    }
+                }
+                if !missing.is_empty() {
+                    bail!(
+                        "backup of cluster '{}' is DEGRADED: {} layer(s) are in fewer than {} \
+                         region(s) ({}); `cairn up` keeps retrying",
+                        c.name,
+                        missing.len(),
+                        p.regions.min_copies,
+                        errors.join("; ")
+                    );
+                }
+                if !g.json {
+                    println!(
+                        "cluster '{}' is durable in at least {} regions",
+                        c.name, p.regions.min_copies
+                    );
+                }
+            }
+        }
+        BackupCmd::List { cluster } => {
+            let clusters = match &cluster.cluster {
+                Some(n) => vec![engine.resolve_cluster(Some(n)).await?],
+                None => engine.catalog.clusters().await?,
+            };
+            let list = recovery_points(&p, &clusters).await?;
+            if g.json {
+                return print_json(&list);
+            }
+            let mut headers = vec!["CLUSTER", "BRANCH", "HEAD", "STATUS"];
+            let names = p.regions.names();
+            for n in &names {
+                headers.push(n.as_str());
+            }
+            table(
+                &headers,
+                list.iter()
+                    .map(|b| {
+                        let mut row = vec![
+                            b["cluster"].as_str().unwrap_or_default().to_string(),
+                            b["branch"].as_str().unwrap_or_default().to_string(),
+                            b["head"].as_str().unwrap_or_default().to_string(),
+                            b["status"].as_str().unwrap_or_default().to_string(),
+                        ];
+                        for n in &names {
+                            row.push(
+                                b["regions"][n]["restorable_to"]
+                                    .as_str()
+                                    .map(|s| s.to_string())
+                                    .unwrap_or_else(|| "-".into()),
+                            );
+                        }
+                        row
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Takes an image of every branch with a running compute; for a managed cluster without one,
+/// starts main's compute for the image and stops it again.
+async fn image_now(engine: &Engine, c: &ClusterRow, show: bool) -> Result<()> {
+    let computes = engine.compute_list().await?;
+    let running: Vec<_> = computes
+        .iter()
+        .filter(|x| x.cluster == c.name && x.state == "running")
+        .collect();
+    let progress = Arc::new(Progress::new());
+    if running.is_empty() {
+        if c.kind == cairn_engine::catalog::ClusterKind::Adopted {
+            eprintln!(
+                "cluster '{}' is adopted: shipping its latest image and WAL",
+                c.name
+            );
+            return Ok(());
+        }
+        with_progress(
+            &progress,
+            show,
+            engine.compute_start(c, "main", None, &progress),
+        )
+        .await?;
+        let r = with_progress(&progress, show, engine.image_create(c, "main", &progress)).await;
+        engine.compute_stop(c, "main").await?;
+        r?;
+        return Ok(());
+    }
+    for x in running {
+        with_progress(
+            &progress,
+            show,
+            engine.image_create(c, &x.branch, &progress),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Per branch: head, and per region the latest point restorable from that region alone.
+pub async fn recovery_points(
+    p: &Protection,
+    clusters: &[ClusterRow],
+) -> Result<Vec<serde_json::Value>> {
+    let copies = p.copies().await?;
+    let mut out = Vec::new();
+    for c in clusters {
+        let tls = p.engine.catalog.timelines(c.id).await?;
+        let layers = p.engine.catalog.layers(c.id).await?;
+        let maps: HashMap<String, cairn_engine::layer_map::LayerMap> = p
+            .regions
+            .names()
+            .into_iter()
+            .map(|r| {
+                let held: Vec<_> = layers
+                    .iter()
+                    .filter(|l| {
+                        copies
+                            .get(&l.id.to_string())
+                            .is_some_and(|s| s.contains(&r))
+                    })
+                    .cloned()
+                    .collect();
+                (r, layer_map_of(&tls, &held))
+            })
+            .collect();
+        let degraded: HashSet<String> = layers
+            .iter()
+            .map(|l| l.id.to_string())
+            .filter(|id| copies.get(id).map_or(0, |s| s.len()) < p.regions.min_copies as usize)
+            .collect();
+        for b in p.engine.catalog.branches(c.id).await? {
+            let Some(t) = tls.iter().find(|t| t.id == b.timeline_id) else {
+                continue;
+            };
+            let mut regions = serde_json::Map::new();
+            for (name, m) in &maps {
+                let w = m.reconstructible_windows(t.id);
+                regions.insert(
+                    name.clone(),
+                    serde_json::json!({
+                        "windows": w.iter().map(|(a, b)| [a.to_string(), b.to_string()]).collect::<Vec<_>>(),
+                        "restorable_to": w.last().map(|x| x.1.to_string()),
+                    }),
+                );
+            }
+            let own_degraded = layers
+                .iter()
+                .any(|l| l.timeline_id == t.id && degraded.contains(&l.id.to_string()));
+            out.push(serde_json::json!({
+                "cluster": c.name,
+                "branch": b.name,
+                "head": t.head.to_string(),
+                "status": if own_degraded { "degraded" } else { "ok" },
+                "regions": regions,
+                "stored": bytes(layers.iter().filter(|l| l.timeline_id == t.id).map(|l| l.file_size).sum()),
+            }));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn catalog(g: &Global, cmd: CatalogCmd) -> Result<()> {
+    let CatalogCmd::Rebuild {
+        from_region,
+        identity,
+        trust_signer,
+    } = cmd;
+    let id = Identity::load(&identity)?;
+    let (engine, p) = open(g).await?;
+    // Keep the given identity among the appliance's (as a retired one), so that the data keys
+    // it opens stay openable until they are re-wrapped.
+    let keys = cairn_backup::keys::KeyFiles::new(&engine.home.root);
+    if keys.identity()?.recipient != id.recipient {
+        let text =
+            std::fs::read(&identity).with_context(|| format!("read {}", identity.display()))?;
+        let dest = keys
+            .dir
+            .join(format!("appliance-imported-{}.retired", id.id()));
+        cairn_engine::fsutil::write_atomic(&dest, &text, 0o600)
+            .with_context(|| format!("write {}", dest.display()))?;
+    }
+    let r = p
+        .rebuild(&from_region, &id, trust_signer.as_deref())
+        .await?;
+    drop(p);
+    // Wrap every data key for this appliance's own identity too.
+    let (_, p) = open(g).await?;
+    let w = p.rewrap_all().await?;
+    if g.json {
+        return print_json(&serde_json::json!({"rebuild": r, "rewrap": w}));
+    }
+    println!(
+        "rebuilt {} cluster(s) ({}), {} branch(es), {} layer(s), {} from region '{from_region}'",
+        r.clusters.len(),
+        r.clusters.join(", "),
+        r.branches,
+        r.layers,
+        bytes(r.bytes)
+    );
+    println!(
+        "trusted signer {}; this appliance writes generation {} from now on",
+        r.signer, r.generation
+    );
+    Ok(())
+}

@@ -1,0 +1,498 @@
+//! The protection layer end to end, on file regions: shipping, tampering detection and repair,
+//! wrong identities, key rotation, disaster recovery from one region, deletion queue, shredding
+//! and kills during shipping.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+fn two_regions(env: &Env, extra: &str) -> String {
+    let t = format!(
+        "min_copies = 2\ndeletion_delay = \"0s\"\n{extra}\n{}\n{}",
+        env.file_region("region-a"),
+        env.file_region("region-b")
+    );
+    env.write_regions(&t);
+    t
+}
+
+/// SHA-256 of every payload object (layers, secrets) in a file region.
+fn payload_hashes(env: &Env, region: &str) -> BTreeMap<String, String> {
+    env.region_objects(region)
+        .into_iter()
+        .filter(|k| k.contains("/layers/") || (k.ends_with("/secrets") && !k.contains("/keys/")))
+        .map(|k| {
+            let b = std::fs::read(env.region_root(region).join(&k)).unwrap();
+            (k, hex::encode(Sha256::digest(b)))
+        })
+        .collect()
+}
+
+/// A cluster with data on main, backed up to both regions.
+async fn backed_up_cluster(env: &Env) -> String {
+    env.ok(&["cluster", "create", "shop"]);
+    let c = connect(&env.start("main")).await;
+    c.batch_execute(
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    let sum = table_checksum(&c, "t").await;
+    drop(c);
+    env.ok(&["backup", "now"]);
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backups_are_encrypted_in_two_regions_and_one_region_plus_a_key_restores() {
+    let env = Env::new();
+    two_regions(&env, "");
+    let sum = backed_up_cluster(&env).await;
+    let list = env.json(&["backup", "list"]);
+    assert_eq!(list[0]["status"], "ok");
+    let head = list[0]["head"].as_str().unwrap().to_string();
+    assert_eq!(
+        list[0]["regions"]["region-a"]["restorable_to"],
+        head.as_str()
+    );
+    assert_eq!(
+        list[0]["regions"]["region-b"]["restorable_to"],
+        head.as_str()
+    );
+    // Nothing in a region is readable: no plaintext of the table, no PostgreSQL magic.
+    for key in env.region_objects("region-a") {
+        let b = std::fs::read(env.region_root("region-a").join(&key)).unwrap();
+        let text = String::from_utf8_lossy(&b);
+        assert!(
+            !text.contains("c4ca4238a0b923820dcc509a6f75849b"),
+            "md5('1') readable in {key}"
+        );
+        assert!(!text.contains("PostgreSQL"), "plaintext in {key}");
+        if key.contains("/layers/") {
+            assert!(b.starts_with(b"CAIRNOBJ"), "{key} is an envelope object");
+        }
+    }
+    assert_eq!(
+        payload_hashes(&env, "region-a"),
+        payload_hashes(&env, "region-b")
+    );
+    env.ok(&["regions", "check", "--full"]);
+    env.stop_all();
+
+    // Disaster: a new, empty appliance with only region-b and the identity file.
+    let identity = env.home.join("keys/appliance.age");
+    let dr = Env::new();
+    dr.write_regions(&format!(
+        "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
+        env.dir.path().join("regions/region-b").display()
+    ));
+    let out = dr.ok(&[
+        "catalog",
+        "rebuild",
+        "--from-region",
+        "region-b",
+        "--identity",
+        identity.to_str().unwrap(),
+    ]);
+    assert!(out.contains("rebuilt 1 cluster(s) (shop)"), "{out}");
+    let c = connect(&dr.start("main")).await;
+    assert_eq!(
+        table_checksum(&c, "t").await,
+        sum,
+        "the restored branch has the data"
+    );
+    drop(c);
+    dr.stop_all();
+    dr.ok(&["check", "--full"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampering_is_detected_with_region_object_and_reason_and_repaired() {
+    let env = Env::new();
+    two_regions(&env, "");
+    backed_up_cluster(&env).await;
+    let root = env.region_root("region-a");
+    let objects = env.region_objects("region-a");
+    let mut layers: Vec<(String, u64)> = objects
+        .iter()
+        .filter(|k| k.contains("/layers/"))
+        .map(|k| (k.clone(), std::fs::metadata(root.join(k)).unwrap().len()))
+        .collect();
+    layers.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let big = layers[0].0.clone(); // the image: more than one 1 MiB chunk
+    assert!(
+        layers[0].1 > (1 << 20) + 100,
+        "need a multi-chunk object, got {}",
+        layers[0].1
+    );
+    let small = layers.last().unwrap().0.clone();
+    let index = objects
+        .iter()
+        .find(|k| k.contains("/index-"))
+        .unwrap()
+        .clone();
+    let old_index = std::fs::read(root.join(&index)).unwrap();
+
+    // A newer index, so that the old one can be replayed.
+    let c = connect(&env.start("main")).await;
+    c.batch_execute("INSERT INTO t VALUES (-1, 'newer')")
+        .await
+        .unwrap();
+    drop(c);
+    env.ok(&["backup", "now", "--no-image"]);
+
+    let check = |expect: &str, object: &str| {
+        let out = env.run(&["regions", "check", "--full", "--region", "region-a"]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "expected {expect}: {text}");
+        let line = text
+            .lines()
+            .find(|l| l.contains("PROBLEM") && l.contains(object))
+            .unwrap_or_else(|| panic!("no problem reported for {object}: {text}"));
+        assert!(line.contains("region 'region-a'"), "{line}");
+        assert!(line.contains(expect), "expected '{expect}': {line}");
+    };
+    let original = std::fs::read(root.join(&big)).unwrap();
+    let restore = || std::fs::write(root.join(&big), &original).unwrap();
+    let write = |bytes: &[u8]| std::fs::write(root.join(&big), bytes).unwrap();
+
+    let mut b = original.clone();
+    b[100_000] ^= 0x01;
+    write(&b);
+    check("chunk 0 fails authentication", &big);
+    write(&original[..original.len() - 1000]);
+    check("fails authentication as the final chunk", &big);
+    let mut b = original.clone();
+    b.extend_from_slice(&[0u8; 5000]);
+    write(&b);
+    check("fails authentication", &big);
+    let chunk = (1 << 20) + 16;
+    let mut b = original.clone();
+    let (x, y) = (64, 64 + chunk);
+    let first = b[x..x + chunk].to_vec();
+    let second = b[y..y + chunk.min(b.len() - y)].to_vec();
+    if second.len() == chunk {
+        b[x..x + chunk].copy_from_slice(&second);
+        b[y..y + chunk].copy_from_slice(&first);
+        write(&b);
+        check("chunk 0 fails authentication", &big);
+    }
+    restore();
+    // Swap two objects: the small layer's bytes under the big one's name.
+    std::fs::copy(root.join(&small), root.join(&big)).unwrap();
+    check("objects swapped", &big);
+    restore();
+    // Replay the old index.
+    let current = std::fs::read(root.join(&index)).unwrap();
+    std::fs::write(root.join(&index), &old_index).unwrap();
+    check("replayed", &index);
+    std::fs::write(root.join(&index), &current).unwrap();
+    // Sign with another key.
+    let (other, _) = cairn_backup::keys::Signer::generate();
+    let (idx, _) = cairn_backup::index::decode_verified(
+        &current,
+        &index,
+        "region-a",
+        &cairn_backup::index::Trust {
+            signers: &[current[10..42].try_into().unwrap()],
+            seen: None,
+        },
+    )
+    .unwrap();
+    std::fs::write(root.join(&index), idx.encode_signed(&other)).unwrap();
+    check("not a trusted appliance signing key", &index);
+    // Unsigned.
+    std::fs::write(root.join(&index), serde_json::to_vec(&idx).unwrap()).unwrap();
+    check("unsigned", &index);
+
+    // Damage in several places at once; repair restores every object from region-b.
+    let mut b = original.clone();
+    let at = 2_000_000.min(b.len() - 1);
+    b[at] ^= 0x80;
+    write(&b);
+    std::fs::remove_file(root.join(&small)).unwrap();
+    let out = env.ok(&["regions", "repair"]);
+    assert!(out.contains("from 'region-b' to 'region-a'"), "{out}");
+    env.ok(&["regions", "check", "--full"]);
+    assert_eq!(std::fs::read(root.join(&big)).unwrap(), original);
+    env.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_or_missing_identity_names_the_keys_that_would_work() {
+    let env = Env::new();
+    two_regions(&env, "");
+    backed_up_cluster(&env).await;
+    env.stop_all();
+    let stranger = env.dir.path().join("stranger.age");
+    env.ok(&["key", "new-identity", "--out", stranger.to_str().unwrap()]);
+    let own_id = env.json(&["key", "export-public"])["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = env.run(&[
+        "regions",
+        "check",
+        "--full",
+        "--region",
+        "region-a",
+        "--identity",
+        stranger.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("cannot be opened with key"), "{text}");
+    assert!(
+        text.contains(&own_id),
+        "names the key that can open it: {text}"
+    );
+
+    let dr = Env::new();
+    dr.write_regions(&format!(
+        "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
+        env.dir.path().join("regions/region-a").display()
+    ));
+    let err = dr.fail(&[
+        "catalog",
+        "rebuild",
+        "--from-region",
+        "region-a",
+        "--identity",
+        stranger.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("cannot be opened with key") && err.contains(&own_id),
+        "{err}"
+    );
+    assert_eq!(
+        dr.json(&["cluster", "list"]),
+        serde_json::json!([]),
+        "nothing half-rebuilt"
+    );
+    let err = dr.fail(&[
+        "catalog",
+        "rebuild",
+        "--from-region",
+        "region-a",
+        "--identity",
+        "/nonexistent/id.age",
+    ]);
+    assert!(err.contains("/nonexistent/id.age"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_and_escrow_rewrap_keys_without_touching_payloads() {
+    let env = Env::new();
+    two_regions(&env, "");
+    backed_up_cluster(&env).await;
+    env.stop_all();
+    let before_a = payload_hashes(&env, "region-a");
+    let before_b = payload_hashes(&env, "region-b");
+    assert!(before_a.len() >= 3);
+    let old_identity = env.dir.path().join("old-appliance.age");
+    std::fs::copy(env.home.join("keys/appliance.age"), &old_identity).unwrap();
+
+    let escrow = env.dir.path().join("escrow.age");
+    let recipient = env.ok(&["key", "new-identity", "--out", escrow.to_str().unwrap()]);
+    let out = env.ok(&["key", "add-recipient", recipient.trim(), "--label", "vault"]);
+    assert!(out.contains("payload objects unchanged"), "{out}");
+    let out = env.ok(&["key", "rotate"]);
+    assert!(out.contains("rotated the appliance key"), "{out}");
+
+    assert_eq!(
+        payload_hashes(&env, "region-a"),
+        before_a,
+        "payloads byte for byte unchanged"
+    );
+    assert_eq!(payload_hashes(&env, "region-b"), before_b);
+    let keyring = env.json(&["key", "list"]);
+    assert_eq!(keyring.as_array().unwrap().len(), 2, "{keyring}");
+    // The new appliance key and the escrow key both open everything, in both regions.
+    env.ok(&["regions", "check", "--full"]);
+    env.ok(&[
+        "regions",
+        "check",
+        "--full",
+        "--identity",
+        escrow.to_str().unwrap(),
+    ]);
+    // The old appliance key is no longer listed: it opens nothing any more.
+    let out = env.run(&[
+        "regions",
+        "check",
+        "--full",
+        "--region",
+        "region-b",
+        "--identity",
+        old_identity.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot be opened with key"));
+    // Removing the escrow key: it stops opening anything too.
+    env.ok(&["key", "remove-recipient", recipient.trim()]);
+    let out = env.run(&[
+        "regions",
+        "check",
+        "--full",
+        "--region",
+        "region-a",
+        "--identity",
+        escrow.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = env.fail(&[
+        "key",
+        "remove-recipient",
+        &env.json(&["key", "export-public"])["recipient"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    ]);
+    assert!(err.contains("cannot be removed"), "{err}");
+    assert_eq!(payload_hashes(&env, "region-a"), before_a);
+    env.ok(&["regions", "check", "--full"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleted_branches_leave_the_regions_through_the_deletion_queue() {
+    let env = Env::new();
+    two_regions(&env, "");
+    backed_up_cluster(&env).await;
+    env.ok(&["branch", "create", "dev", "--from", "main"]);
+    let c = connect(&env.start("dev")).await;
+    c.batch_execute("CREATE TABLE d AS SELECT generate_series(1, 5000) g")
+        .await
+        .unwrap();
+    drop(c);
+    env.ok(&["compute", "stop", "dev"]);
+    env.ok(&["backup", "now", "--no-image"]);
+    let dev_tl = env.branch("dev")["timeline"].as_str().unwrap().to_string();
+    let before = env.region_objects("region-a");
+    assert!(
+        before.iter().any(|k| k.contains(&dev_tl)),
+        "dev's index is in the region"
+    );
+    env.ok(&["branch", "delete", "dev"]);
+    env.ok(&["regions", "gc"]);
+    let after = env.region_objects("region-a");
+    assert!(
+        !after.iter().any(|k| k.contains(&dev_tl)),
+        "dev's index is gone"
+    );
+    assert!(after.len() < before.len(), "dev's layers are gone");
+    env.ok(&["regions", "check", "--full"]);
+    env.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shredding_is_scheduled_cancellable_and_final() {
+    let env = Env::new();
+    two_regions(&env, "");
+    backed_up_cluster(&env).await;
+    env.stop_all();
+    let out = env.ok(&["key", "shred", "shop", "--grace", "7d"]);
+    assert!(out.contains("will be shredded"), "{out}");
+    env.ok(&["key", "shred", "shop", "--cancel"]);
+    let err = env.fail(&["key", "shred", "shop", "--grace", "0s"]);
+    assert!(err.contains("--yes"), "{err}");
+    env.ok(&["key", "shred", "shop", "--grace", "0s", "--yes"]);
+    assert_eq!(env.json(&["cluster", "list"]), serde_json::json!([]));
+    for r in ["region-a", "region-b"] {
+        assert!(
+            !env.region_objects(r).iter().any(|k| k.contains("/keys/")),
+            "no key object is left in {r}"
+        );
+    }
+    // With the key objects gone, even the right identity cannot restore from a region.
+    let dr = Env::new();
+    dr.write_regions(&format!(
+        "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
+        env.dir.path().join("regions/region-a").display()
+    ));
+    let identity = env.home.join("keys/appliance.age");
+    let out = dr.run(&[
+        "catalog",
+        "rebuild",
+        "--from-region",
+        "region-a",
+        "--identity",
+        identity.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kills_during_shipping_leave_every_index_naming_only_present_objects() {
+    let env = Env::new();
+    // Small parts so that the image goes up in several parts and a kill can land mid-upload.
+    two_regions(&env, "part_size = \"5MiB\"");
+    env.ok(&["cluster", "create", "shop"]);
+    let c = connect(&env.start("main")).await;
+    c.batch_execute(
+        "CREATE TABLE r AS SELECT g, decode(string_agg(md5(random()::text || g), ''), 'hex') AS b
+           FROM generate_series(1, 3000) g, generate_series(1, 250) x GROUP BY g",
+    )
+    .await
+    .unwrap();
+    let sum = table_checksum(&c, "r").await;
+    drop(c);
+    env.ok(&["image", "create", "main"]);
+    for fp in [
+        "ship-mid-upload",
+        "ship-before-key-object",
+        "ship-mid-upload@2",
+    ] {
+        let out = env
+            .command(&["backup", "now", "--no-image"])
+            .env("CAIRN_FAILPOINT", fp)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{fp}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Whatever was interrupted, every index names only objects that are present.
+        env.ok(&["regions", "check"]);
+    }
+    for _ in 0..3 {
+        let mut child = env
+            .command(&["backup", "now", "--no-image"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rand::random_range(0..300)));
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let _ = child.wait();
+        env.ok(&["regions", "check"]);
+    }
+    env.ok(&["backup", "now", "--no-image"]);
+    env.ok(&["regions", "check", "--full"]);
+    env.stop_all();
+    let dr = Env::new();
+    dr.write_regions(&format!(
+        "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
+        env.dir.path().join("regions/region-a").display()
+    ));
+    let identity = env.home.join("keys/appliance.age");
+    dr.ok(&[
+        "catalog",
+        "rebuild",
+        "--from-region",
+        "region-a",
+        "--identity",
+        identity.to_str().unwrap(),
+    ]);
+    let c = connect(&dr.start("main")).await;
+    assert_eq!(table_checksum(&c, "r").await, sum);
+    drop(c);
+    dr.stop_all();
+}
