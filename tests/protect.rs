@@ -345,14 +345,11 @@ async fn rotation_and_escrow_rewrap_keys_without_touching_payloads() {
         escrow.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    let err = env.fail(&[
-        "key",
-        "remove-recipient",
-        &env.json(&["key", "export-public"])["recipient"]
-            .as_str()
-            .unwrap()
-            .to_string(),
-    ]);
+    let own = env.json(&["key", "export-public"])["recipient"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let err = env.fail(&["key", "remove-recipient", &own]);
     assert!(err.contains("cannot be removed"), "{err}");
     assert_eq!(payload_hashes(&env, "region-a"), before_a);
     env.ok(&["regions", "check", "--full"]);
