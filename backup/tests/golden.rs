@@ -1,0 +1,114 @@
+//! Golden vectors of the protection formats, version 1: an envelope object, its key object and
+//! a signed index, written once and checked in under `tests/golden/v1/`, with the (test-only)
+//! age identity and signing key that open and verify them. They must decode to the same values
+//! forever; a format change bumps a version and keeps reading these.
+//! Regenerate only when adding a new version: `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-backup --test golden`.
+
+use std::path::PathBuf;
+
+use cairn_backup::crypto::keyobj::KeyObject;
+use cairn_backup::crypto::stream::{open_all, seal_all, Compression, Header, ObjectKind};
+use cairn_backup::index::{decode_verified, index_key, TimelineIndex, Trust};
+use cairn_backup::keys::{Identity, RecipientEntry, Signer};
+use sha2::{Digest, Sha256};
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1")
+}
+
+fn plaintext() -> Vec<u8> {
+    // Three chunks of 64 bytes and a short last one.
+    (0..200u32).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+fn index_json() -> &'static str {
+    r#"{"format":1,"generation":3,"sequence":7,"written_at_us":1795431976000000,
+"cluster":{"id":"87d5f66a79bb26404ee382b2bad18677","name":"shop","kind":"managed","pg_major":15,
+"system_id":"7711329878729406627","segment_size":16777216,"tli":1,"created_at_us":1795431900000000,
+"source":null,"slot":null},
+"timeline":{"id":"3f16a41e69f334efc49ad51731c9cf8b","ancestor":null,"head":"0/5000000",
+"ancestor_prev":null,"created_at_us":1795431900000000,"branch":{"name":"main","protected":true}},
+"layers":[{"id":"8f9a8941f53c88d544d826ac8d751461360b4c690e457793f56f9d3c31ceba5d","kind":"wal",
+"start":"0/2000028","end":"0/5000000","file_size":1445,"logical_size":50331608,"stored_bytes":1445,
+"created_at_us":1795431901000000,"object_size":1525,"object_sha256":"00","key_id":"11","refs":[]}],
+"policy":{"min_copies":2,"regions":["region-a","region-b"]}}"#
+}
+
+fn write_golden() {
+    let d = dir();
+    std::fs::create_dir_all(&d).unwrap();
+    let id = age::x25519::Identity::generate();
+    std::fs::write(
+        d.join("identity.age"),
+        format!(
+            "# test-only identity for the golden vectors\n{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&id.to_string())
+        ),
+    )
+    .unwrap();
+    let (signer, pkcs8) = Signer::generate();
+    std::fs::write(d.join("signing.pkcs8"), pkcs8).unwrap();
+    let dek = [0x42u8; 32];
+    let object_id: [u8; 32] = Sha256::digest(plaintext()).into();
+    let header = Header {
+        kind: ObjectKind::Layer,
+        compression: Compression::None,
+        chunk_size: 64,
+        object_id,
+        key_id: [0x5A; 16],
+    };
+    std::fs::write(d.join("object"), seal_all(&dek, &header, &plaintext())).unwrap();
+    let recipient = RecipientEntry {
+        recipient: id.to_public().to_string(),
+        role: "appliance".into(),
+        label: "golden".into(),
+    };
+    let ko = KeyObject::wrap(&dek, object_id, [0x5A; 16], &[recipient]).unwrap();
+    std::fs::write(d.join("key"), ko.encode()).unwrap();
+    let idx: TimelineIndex = serde_json::from_str(index_json()).unwrap();
+    std::fs::write(d.join("index"), idx.encode_signed(&signer)).unwrap();
+}
+
+#[test]
+fn version_1_objects_keys_and_indexes_decode_forever() {
+    if std::env::var_os("CAIRN_WRITE_GOLDEN").is_some() {
+        write_golden();
+    }
+    let d = dir();
+    let identity = Identity::load(&d.join("identity.age")).unwrap();
+    let ko = KeyObject::decode(&std::fs::read(d.join("key")).unwrap(), "golden key").unwrap();
+    assert_eq!(ko.key_id, [0x5A; 16]);
+    assert_eq!(ko.recipients.len(), 1);
+    assert_eq!(ko.recipients[0].recipient, identity.recipient);
+    let dek = ko.unwrap(&[&identity], "golden key").unwrap();
+    assert_eq!(dek, [0x42; 32]);
+    let object = std::fs::read(d.join("object")).unwrap();
+    let expected_id: [u8; 32] = Sha256::digest(plaintext()).into();
+    assert_eq!(ko.object_id, expected_id);
+    assert_eq!(open_all(&dek, &object, &expected_id, "golden object").unwrap(), plaintext());
+    // Header bytes as documented in docs/FORMAT.md.
+    assert_eq!(&object[..8], b"CAIRNOBJ");
+    assert_eq!(u16::from_le_bytes([object[8], object[9]]), 1);
+    assert_eq!(object.len(), 64 + 200 + 4 * 16);
+
+    let signer = Signer::from_pkcs8(&std::fs::read(d.join("signing.pkcs8")).unwrap()).unwrap();
+    let bytes = std::fs::read(d.join("index")).unwrap();
+    let name = index_key(
+        "87d5f66a79bb26404ee382b2bad18677",
+        "3f16a41e69f334efc49ad51731c9cf8b",
+        3,
+    );
+    let (idx, who) = decode_verified(
+        &bytes,
+        &name,
+        "golden",
+        &Trust {
+            signers: &[signer.public()],
+            seen: Some((3, 7)),
+        },
+    )
+    .unwrap();
+    assert_eq!(who, signer.public());
+    let expected: TimelineIndex = serde_json::from_str(index_json()).unwrap();
+    assert_eq!(idx, expected);
+}
