@@ -37,7 +37,8 @@ async fn backed_up_cluster(env: &Env) -> String {
     env.ok(&["cluster", "create", "shop"]);
     let c = connect(&env.start("main")).await;
     c.batch_execute(
-        "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g",
+        "CREATE TABLE t AS SELECT g, md5(random()::text) AS h FROM generate_series(1, 60000) g;
+         INSERT INTO t VALUES (0, md5('1'));",
     )
     .await
     .unwrap();

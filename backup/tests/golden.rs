@@ -85,7 +85,10 @@ fn version_1_objects_keys_and_indexes_decode_forever() {
     let object = std::fs::read(d.join("object")).unwrap();
     let expected_id: [u8; 32] = Sha256::digest(plaintext()).into();
     assert_eq!(ko.object_id, expected_id);
-    assert_eq!(open_all(&dek, &object, &expected_id, "golden object").unwrap(), plaintext());
+    assert_eq!(
+        open_all(&dek, &object, &expected_id, "golden object").unwrap(),
+        plaintext()
+    );
     // Header bytes as documented in docs/FORMAT.md.
     assert_eq!(&object[..8], b"CAIRNOBJ");
     assert_eq!(u16::from_le_bytes([object[8], object[9]]), 1);

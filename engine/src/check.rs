@@ -45,16 +45,28 @@ impl Engine {
                 LayerKind::Image => match ImageMeta::decode(&f.meta) {
                     Ok(m) => {
                         if full {
-                            let mut seen = std::collections::HashSet::new();
+                            // Every frame of this layer, decompressed once; every piece in it
+                            // re-hashed.
+                            let mut frames: std::collections::BTreeMap<u64, Vec<_>> =
+                                std::collections::BTreeMap::new();
                             for file in &m.files {
                                 for b in file.blobs.iter().filter(|b| b.layer == 0) {
-                                    if seen.insert(b.offset) {
-                                        if let Err(e) =
-                                            f.read_blob(b.offset, b.clen, b.raw_len, &b.hash)
-                                        {
-                                            r.problems.push(e.to_string());
+                                    frames.entry(b.offset).or_default().push(*b);
+                                }
+                            }
+                            for (off, pieces) in frames {
+                                let b0 = pieces[0];
+                                match f.read_frame(off, b0.clen, b0.frame_len) {
+                                    Ok(data) => {
+                                        for b in pieces {
+                                            if let Err(e) =
+                                                b.cut(&data, &path.display().to_string())
+                                            {
+                                                r.problems.push(e);
+                                            }
                                         }
                                     }
+                                    Err(e) => r.problems.push(e.to_string()),
                                 }
                             }
                         }

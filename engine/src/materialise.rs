@@ -113,6 +113,8 @@ pub fn materialise(
                 .ctx("create file", &p)?;
             let mut w = BufWriter::with_capacity(1 << 20, out);
             let mut n = 0u64;
+            // Consecutive pieces usually share a frame: decompress each frame once.
+            let mut frame: Option<((u32, u64), Vec<u8>)> = None;
             for b in &f.blobs {
                 let src = sources.get(b.layer as usize).ok_or_else(|| {
                     Error::corrupt(
@@ -120,8 +122,15 @@ pub fn materialise(
                         "bad layer index",
                     )
                 })?;
-                let raw = src.read_blob(b.offset, b.clen, b.raw_len, &b.hash)?;
-                w.write_all(&raw).ctx("write", &p)?;
+                let key = (b.layer, b.offset);
+                if frame.as_ref().is_none_or(|(k, _)| *k != key) {
+                    frame = Some((key, src.read_frame(b.offset, b.clen, b.frame_len)?));
+                }
+                let data = &frame.as_ref().expect("just set").1;
+                let raw = b
+                    .cut(data, &format!("layer file {}", src.path.display()))
+                    .map_err(|e| Error::corrupt("image piece", e))?;
+                w.write_all(raw).ctx("write", &p)?;
                 n += raw.len() as u64;
                 progress.fetch_add(raw.len() as u64, Ordering::Relaxed);
             }

@@ -29,6 +29,8 @@ fn expected_image(blob_offsets: &[(u64, u32)]) -> ImageMeta {
         layer: 0,
         offset: blob_offsets[i].0,
         clen: blob_offsets[i].1,
+        frame_len: raw.len() as u32,
+        at: 0,
         raw_len: raw.len() as u32,
     };
     ImageMeta {
@@ -64,6 +66,8 @@ fn expected_image(blob_offsets: &[(u64, u32)]) -> ImageMeta {
                         layer: 1,
                         offset: 4096,
                         clen: 77,
+                        frame_len: 16384,
+                        at: 8192,
                         raw_len: 8192,
                     },
                 ],
@@ -222,7 +226,8 @@ fn damaged_layers_are_refused_with_the_reason() {
             .to_string();
         assert!(err.contains(reason) && err.contains(what), "{what}: {err}");
     }
-    // A flipped bit in a piece fails that piece's SHA-256, naming the layer and offset.
+    // A flipped bit in a piece fails (its frame or) that piece's SHA-256, naming the layer and
+    // offset.
     let f = LayerFile::open(&golden_dir().join("image.layer"), LayerKind::Image).unwrap();
     let meta = ImageMeta::decode(&f.meta).unwrap();
     let b = meta.files[1].blobs[0];
@@ -231,13 +236,12 @@ fn damaged_layers_are_refused_with_the_reason() {
     let p = dir.path().join("flipped");
     std::fs::write(&p, bytes).unwrap();
     let f = LayerFile::open(&p, LayerKind::Image).unwrap();
-    let err = f
-        .read_blob(b.offset, b.clen, b.raw_len, &b.hash)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = match f.read_frame(b.offset, b.clen, b.frame_len) {
+        Err(e) => e.to_string(),
+        Ok(frame) => b.cut(&frame, &p.display().to_string()).unwrap_err(),
+    };
     assert!(
-        err.contains("flipped") && err.contains(&format!("piece at offset {}", b.offset)),
+        err.contains("flipped") && err.contains(&format!("offset {}", b.offset)),
         "{err}"
     );
     // The wrong kind is refused.

@@ -35,12 +35,14 @@ const PAGES_PER_READ: usize = 128;
 /// zstd level for pieces: fast, since images are large and mostly read rarely.
 const ZSTD_LEVEL: i32 = 1;
 
-/// Where an already-stored piece lives.
+/// Where an already-stored piece lives (see [`BlobRef`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Loc {
     pub layer: u32,
     pub offset: u64,
     pub clen: u32,
+    pub frame_len: u32,
+    pub at: u32,
     pub raw_len: u32,
 }
 
@@ -76,6 +78,8 @@ impl DedupIndex {
                         layer: li,
                         offset: b.offset,
                         clen: b.clen,
+                        frame_len: b.frame_len,
+                        at: b.at,
                         raw_len: b.raw_len,
                     });
                 }
@@ -307,7 +311,9 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    /// Stores pieces (or finds them stored) and returns their references, in order. Layer
+    /// Stores pieces (or finds them stored) and returns their references, in order. The new
+    /// pieces of a batch go into one zstd frame (compressing consecutive pages together is what
+    /// makes the ratio of a streaming compressor possible with per-page deduplication). Layer
     /// index 0 is this layer, `1 + i` the i-th layer of the dedup index. Locks are taken once
     /// per batch, and compression happens outside them.
     fn put_batch(&self, pieces: &[(&[u8], [u8; 32])]) -> Result<Vec<BlobRef>> {
@@ -316,57 +322,69 @@ impl Shared<'_> {
             layer,
             offset: l.offset,
             clen: l.clen,
+            frame_len: l.frame_len,
+            at: l.at,
             raw_len: l.raw_len,
         };
         let mut out: Vec<Option<BlobRef>> = vec![None; pieces.len()];
         let mut todo = Vec::new();
         {
             let local = self.local.read().unwrap_or_else(|e| e.into_inner());
+            let mut seen = std::collections::HashSet::new();
             for (i, (_, hash)) in pieces.iter().enumerate() {
                 if let Some(l) = self.known.map.get(hash) {
                     out[i] = Some(mk(*hash, l.layer + 1, l));
                 } else if let Some(l) = local.get(hash) {
                     out[i] = Some(mk(*hash, 0, l));
-                } else {
+                } else if seen.insert(*hash) {
                     todo.push(i);
                 }
             }
         }
         if !todo.is_empty() {
-            let mut compressed = Vec::with_capacity(todo.len());
+            let mut raw = Vec::with_capacity(todo.iter().map(|&i| pieces[i].0.len()).sum());
+            let mut at = Vec::with_capacity(todo.len());
             for &i in &todo {
-                compressed.push(compress(pieces[i].0)?);
+                at.push(raw.len() as u32);
+                raw.extend_from_slice(pieces[i].0);
             }
+            let frame = compress(&raw)?;
             let mut local = self.local.write().unwrap_or_else(|e| e.into_inner());
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let (mut new, mut bytes) = (0u64, 0u64);
-            for (&i, c) in todo.iter().zip(compressed) {
-                let (raw, hash) = pieces[i];
-                if let Some(l) = local.get(&hash) {
-                    out[i] = Some(mk(hash, 0, l));
-                    continue;
-                }
-                let offset = w.append_blob(&c)?;
+            let offset = w.append_blob(&frame)?;
+            drop(w);
+            let mut new = 0u64;
+            for (&i, &pos) in todo.iter().zip(&at) {
+                let (piece, hash) = pieces[i];
                 let loc = Loc {
                     layer: 0,
                     offset,
-                    clen: c.len() as u32,
-                    raw_len: raw.len() as u32,
+                    clen: frame.len() as u32,
+                    frame_len: raw.len() as u32,
+                    at: pos,
+                    raw_len: piece.len() as u32,
                 };
-                local.insert(hash, loc);
-                out[i] = Some(mk(hash, 0, &loc));
+                // Another worker may have stored the same piece meanwhile: either copy serves.
+                local.entry(hash).or_insert(loc);
                 new += 1;
-                bytes += c.len() as u64;
             }
-            drop((w, local));
+            drop(local);
             let mut st = self.stats.lock().unwrap_or_else(|e| e.into_inner());
             st.new_pieces += new;
-            st.stored_bytes += bytes;
+            st.stored_bytes += frame.len() as u64;
         }
-        Ok(out
-            .into_iter()
-            .map(|b| b.expect("every piece resolved"))
-            .collect())
+        // Duplicates within the batch, and the pieces just stored, resolve through `local`.
+        let local = self.local.read().unwrap_or_else(|e| e.into_inner());
+        out.iter()
+            .zip(pieces)
+            .map(|(o, (_, hash))| match o {
+                Some(b) => Ok(*b),
+                None => local
+                    .get(hash)
+                    .map(|l| mk(*hash, 0, l))
+                    .ok_or_else(|| Error::corrupt("image", "a stored piece went missing")),
+            })
+            .collect()
     }
 }
 

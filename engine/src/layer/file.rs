@@ -279,6 +279,34 @@ impl LayerFile {
         Ok(raw)
     }
 
+    /// Reads and decompresses a frame that holds several pieces (each checked by its reader).
+    pub fn read_frame(&self, offset: u64, clen: u32, frame_len: u32) -> Result<Vec<u8>> {
+        let obj = || format!("layer file {}", self.path.display());
+        if offset < HEADER_LEN || offset + clen as u64 > self.size - TRAILER_LEN {
+            return Err(Error::corrupt(
+                obj(),
+                format!("frame at offset {offset} lies outside the file"),
+            ));
+        }
+        let mut c = vec![0u8; clen as usize];
+        self.file
+            .read_exact_at(&mut c, offset)
+            .ctx("read layer file", &self.path)?;
+        let raw = zstd::bulk::decompress(&c, frame_len as usize).map_err(|e| {
+            Error::corrupt(
+                obj(),
+                format!("frame at offset {offset} does not decompress: {e}"),
+            )
+        })?;
+        if raw.len() != frame_len as usize {
+            return Err(Error::corrupt(
+                obj(),
+                format!("frame at offset {offset} has the wrong length"),
+            ));
+        }
+        Ok(raw)
+    }
+
     /// Hashes the whole file and compares it with the id it is named by.
     pub fn verify_id(&self, id: LayerId) -> Result<()> {
         let mut h = Sha256::new();

@@ -3,15 +3,44 @@
 use super::codec::{Dec, DecodeError, Enc};
 use crate::ids::{LayerId, Lsn, TimelineId};
 
-/// Where one piece (a page or a chunk) is stored. `layer` indexes [`ImageMeta::refs`]; index 0
-/// is the layer that holds this metadata.
+/// Where one piece (a page or a chunk) is stored: inside a zstd frame of a layer file, which
+/// may hold several pieces. `layer` indexes [`ImageMeta::refs`]; index 0 is the layer that holds
+/// this metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobRef {
+    /// SHA-256 of the piece.
     pub hash: [u8; 32],
     pub layer: u32,
+    /// Offset and compressed length of the frame in the layer file.
     pub offset: u64,
     pub clen: u32,
+    /// Decompressed length of the frame.
+    pub frame_len: u32,
+    /// Offset of the piece in the decompressed frame.
+    pub at: u32,
+    /// Length of the piece.
     pub raw_len: u32,
+}
+
+impl BlobRef {
+    /// The piece within its decompressed frame, checked against its hash.
+    pub fn cut<'a>(&self, frame: &'a [u8], what: &str) -> Result<&'a [u8], String> {
+        let (a, b) = (self.at as usize, self.at as usize + self.raw_len as usize);
+        let piece = frame.get(a..b).ok_or_else(|| {
+            format!(
+                "{what}: piece at {}+{} lies outside its frame",
+                self.offset, self.at
+            )
+        })?;
+        use sha2::Digest;
+        if sha2::Sha256::digest(piece).as_slice() != self.hash {
+            return Err(format!(
+                "{what}: piece in the frame at offset {} (+{}) fails its SHA-256 check",
+                self.offset, self.at
+            ));
+        }
+        Ok(piece)
+    }
 }
 
 /// A file of the data directory.
@@ -102,6 +131,8 @@ impl ImageMeta {
                 e.u32(b.layer);
                 e.u64(b.offset);
                 e.u32(b.clen);
+                e.u32(b.frame_len);
+                e.u32(b.at);
                 e.u32(b.raw_len);
             }
         }
@@ -135,7 +166,7 @@ impl ImageMeta {
             let mode = d.u32("file mode")?;
             let size = d.u64("file size")?;
             let relation = d.u8("relation flag")? != 0;
-            let nb = d.count("blobs", 52)?;
+            let nb = d.count("blobs", 60)?;
             let mut blobs = Vec::with_capacity(nb);
             for _ in 0..nb {
                 let hash = d.array("blob hash")?;
@@ -151,6 +182,8 @@ impl ImageMeta {
                     layer,
                     offset: d.u64("blob offset")?,
                     clen: d.u32("blob length")?,
+                    frame_len: d.u32("frame length")?,
+                    at: d.u32("blob position")?,
                     raw_len: d.u32("blob raw length")?,
                 });
             }
@@ -230,6 +263,8 @@ mod tests {
                             layer: 0,
                             offset: 16,
                             clen: 100,
+                            frame_len: 16384,
+                            at: 0,
                             raw_len: 8192,
                         },
                         BlobRef {
@@ -237,6 +272,8 @@ mod tests {
                             layer: 1,
                             offset: 4096,
                             clen: 90,
+                            frame_len: 8192,
+                            at: 0,
                             raw_len: 8192,
                         },
                     ],
@@ -251,6 +288,8 @@ mod tests {
                         layer: 0,
                         offset: 116,
                         clen: 12,
+                        frame_len: 3,
+                        at: 0,
                         raw_len: 3,
                     }],
                 },
