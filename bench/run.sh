@@ -124,7 +124,7 @@ deduplicated; pg_basebackup streams the same cluster just before.
 | \`cairn image create\` | $CRN_MED s | $(MBS "$LOGICAL" "$CRN_MED") MB/s | read, verify every page checksum, SHA-256 every page, deduplicate, zstd, write and fsync a layer, ingest the WAL, commit |
 
 Ratio cairn / pg_basebackup: **$(ratio "$CRN_MED" "$PGB_MED")** (below 1 means cairn is faster).
-The first image stored $STORED1 bytes for $LOGICAL bytes of data (zstd level 1, per page). A
+The first image stored $STORED1 bytes for $LOGICAL bytes of data (zstd level 1, in frames of up to 128 pages). A
 second image of the unchanged cluster took $REPEAT_S s and stored $REPEAT_STORED bytes: every page
 was deduplicated.
 Runs: pg_basebackup ${PGB[*]} s; cairn ${CRN[*]} s.
