@@ -242,7 +242,7 @@ pub fn parse_time(s: &str) -> Result<i64> {
     )
 }
 
-fn point(at: &AtOpt) -> Result<PointSpec> {
+pub fn point(at: &AtOpt) -> Result<PointSpec> {
     Ok(if let Some(l) = &at.at {
         PointSpec::Lsn(l.parse::<Lsn>().map_err(anyhow::Error::msg)?)
     } else if let Some(t) = &at.at_time {
@@ -268,6 +268,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Key(c) => crate::protect::key(&g, c).await,
         Command::Regions(c) => crate::protect::regions(&g, c).await,
         Command::Catalog(c) => crate::protect::catalog(&g, c).await,
+        Command::Restore(a) => crate::restore::restore(&g, a).await,
     }
 }
 

@@ -9,6 +9,7 @@ mod commands;
 mod daemon;
 mod output;
 mod protect;
+mod restore;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,6 +101,9 @@ pub enum Command {
     /// Rebuild the catalog of an empty appliance from one region.
     #[command(subcommand)]
     Catalog(protect::CatalogCmd),
+    /// Restore any point of a branch from a region: as a new branch, or a data directory.
+    #[command(after_help = restore::AFTER_HELP)]
+    Restore(restore::RestoreArgs),
 }
 
 fn main() -> ExitCode {

@@ -60,9 +60,17 @@ pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient> {
 }
 
 /// An identity that can open data keys, with the id of its recipient.
+#[derive(Clone)]
 pub struct Identity {
     pub inner: age::x25519::Identity,
     pub recipient: String,
+}
+
+/// Shows the recipient only: the secret never reaches a log.
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identity({})", self.recipient)
+    }
 }
 
 impl Identity {

@@ -12,20 +12,18 @@
 //! on first use and reported (several different signers are refused).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::path::Path;
-
-use sha2::{Digest, Sha256};
 
 use cairn_engine::catalog::{BranchRow, ClusterKind, ClusterRow, LayerRow, TimelineRow};
 use cairn_engine::ids::{ClusterId, LayerId, Lsn, TimelineId};
-use cairn_engine::layer::image::ImageMeta;
 use cairn_engine::layer::wal::WalMeta;
 use cairn_engine::layer::{LayerFile, LayerKind};
+use cairn_engine::wal::WalEvent;
+use cairn_engine::Engine;
 
 use crate::crypto::keyobj::KeyObject;
-use crate::crypto::stream::{open_all, Header, Opener, HEADER_LEN, TAG_LEN};
+use crate::crypto::stream::open_all;
 use crate::error::{Error, Result};
+use crate::fetch::{download, Expect};
 use crate::index::{decode_verified, generation_of, TimelineIndex, Trust};
 use crate::keys::{key_id, Identity, RecipientEntry};
 use crate::region::{keys, Region};
@@ -42,85 +40,8 @@ pub struct RebuildReport {
     pub generation: u64,
 }
 
-/// A downloaded layer: its row, references, WAL events and WAL metadata.
-type Downloaded = (
-    LayerRow,
-    Vec<LayerId>,
-    Vec<cairn_engine::wal::WalEvent>,
-    Option<WalMeta>,
-);
-
 fn parse<T: std::str::FromStr<Err = String>>(s: &str, what: &str) -> Result<T> {
     s.parse().map_err(|e: String| Error::tampered(what, e))
-}
-
-/// Downloads an object, decrypting it chunk by chunk into `dest`; returns the plaintext hash.
-async fn download(
-    region: &Region,
-    key: &str,
-    dek: &[u8; 32],
-    object_id: &[u8; 32],
-    dest: &Path,
-) -> Result<[u8; 32]> {
-    let what = format!("region '{}', {key}", region.name);
-    let size = region
-        .head(key)
-        .await?
-        .ok_or_else(|| Error::tampered(&what, "missing"))?;
-    let head = region.get_range(key, 0, HEADER_LEN as u64).await?;
-    let header = Header::decode(&head, &what)?;
-    if &header.object_id != object_id {
-        return Err(Error::tampered(
-            &what,
-            "holds another object (objects swapped)",
-        ));
-    }
-    let opener = Opener::new(dek, header, &what);
-    let sealed = header.chunk_size as u64 + TAG_LEN as u64;
-    let body = size - HEADER_LEN as u64;
-    let chunks = body.div_ceil(sealed).max(1);
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    let tmp = cairn_engine::fsutil::temp_path(dir);
-    let mut out = std::fs::File::create(&tmp)
-        .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?;
-    let mut hasher = Sha256::new();
-    let per_get = 8u64;
-    let mut i = 0u64;
-    let result: Result<()> = async {
-        while i < chunks {
-            let n = per_get.min(chunks - i);
-            let from = HEADER_LEN as u64 + i * sealed;
-            let to = (from + n * sealed).min(size);
-            let data = region.get_range(key, from, to).await?;
-            for j in 0..n {
-                let idx = i + j;
-                let a = (j * sealed) as usize;
-                let b = ((j + 1) * sealed).min(data.len() as u64) as usize;
-                let mut c = data[a..b].to_vec();
-                let len = opener.open(idx, &mut c, idx + 1 == chunks)?;
-                hasher.update(&c[..len]);
-                out.write_all(&c[..len])
-                    .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-            }
-            i += n;
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    drop(out);
-    let digest: [u8; 32] = hasher.finalize().into();
-    if &digest != object_id && header.kind == crate::crypto::stream::ObjectKind::Layer {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::tampered(&what, "plaintext does not hash to its id"));
-    }
-    cairn_engine::fsutil::commit_rename(&tmp, dest)
-        .map_err(|e| Error::io(format!("write {}", dest.display()), e))?;
-    Ok(digest)
 }
 
 impl Protection {
@@ -140,76 +61,7 @@ impl Protection {
             ));
         }
         let region = self.regions.get(region_name)?;
-        // Newest index object of every timeline.
-        let mut newest: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
-        for (key, _) in region.list("clusters").await? {
-            let parts: Vec<&str> = key.split('/').collect();
-            if let ["clusters", c, "timelines", t, name] = parts.as_slice() {
-                if let Some(g) = generation_of(name) {
-                    let e = newest
-                        .entry((c.to_string(), t.to_string()))
-                        .or_insert((g, key.clone()));
-                    if g > e.0 {
-                        *e = (g, key.clone());
-                    }
-                }
-            }
-        }
-        if newest.is_empty() {
-            return Err(Error::Refused(format!(
-                "region '{region_name}' holds no cairn index: nothing to rebuild from (is it the \
-                 right region and prefix?)"
-            )));
-        }
-        // Trust: a pinned signer, or the single signer found.
-        let mut raw = Vec::new();
-        for (_, key) in newest.values() {
-            raw.push((key.clone(), region.get(key).await?));
-        }
-        let signers: HashSet<[u8; 32]> = raw
-            .iter()
-            .filter_map(|(_, b)| b.get(10..42).and_then(|s| s.try_into().ok()))
-            .collect();
-        let trusted: Vec<[u8; 32]> =
-            match trust_signer {
-                Some(pin) => {
-                    let pin = pin.trim();
-                    let found: Vec<[u8; 32]> = signers
-                        .iter()
-                        .filter(|s| key_id(&s[..]) == pin || hex::encode(s) == pin)
-                        .copied()
-                        .collect();
-                    if found.is_empty() {
-                        return Err(Error::Refused(format!(
-                        "no index in region '{region_name}' is signed by {pin}; its indexes are \
-                         signed by: {}",
-                        signers.iter().map(|s| key_id(&s[..])).collect::<Vec<_>>().join(", ")
-                    )));
-                    }
-                    found
-                }
-                None if signers.len() == 1 => signers.iter().copied().collect(),
-                None => {
-                    return Err(Error::Refused(format!(
-                    "region '{region_name}' holds indexes signed by several keys ({}); name the \
-                     old appliance's signing key with --trust-signer",
-                    signers.iter().map(|s| key_id(&s[..])).collect::<Vec<_>>().join(", ")
-                )))
-                }
-            };
-        let mut indexes: Vec<TimelineIndex> = Vec::new();
-        for (key, bytes) in &raw {
-            let (idx, _) = decode_verified(
-                bytes,
-                key,
-                region_name,
-                &Trust {
-                    signers: &trusted,
-                    seen: None,
-                },
-            )?;
-            indexes.push(idx);
-        }
+        let (indexes, trusted) = read_indexes(region, &[], trust_signer).await?;
         let identities = [identity];
         let mut report = RebuildReport {
             signer: trusted
@@ -219,33 +71,8 @@ impl Protection {
                 .join(", "),
             ..Default::default()
         };
-        // Clusters.
-        let mut clusters: BTreeMap<String, ClusterRow> = BTreeMap::new();
-        for idx in &indexes {
-            let c = &idx.cluster;
-            let what = format!("index of cluster {}", c.name);
-            clusters.entry(c.id.clone()).or_insert(ClusterRow {
-                id: parse(&c.id, &what)?,
-                name: c.name.clone(),
-                kind: if c.kind == "adopted" {
-                    ClusterKind::Adopted
-                } else {
-                    ClusterKind::Managed
-                },
-                pg_major: c.pg_major,
-                system_id: c
-                    .system_id
-                    .parse()
-                    .map_err(|_| Error::tampered(&what, "bad system id"))?,
-                segment_size: c.segment_size,
-                tli: c.tli,
-                source: c.source.clone(),
-                slot: c.slot.clone(),
-                created_at_us: c.created_at_us,
-            });
-        }
-        // Layers: download, verify, decode.
-        let mut layer_rows: Vec<Downloaded> = Vec::new();
+        // Layers: download, verify, keep the WAL layers' metadata.
+        let mut metas: HashMap<LayerId, WalMeta> = HashMap::new();
         let mut key_rows: Vec<ObjectKeyRow> = Vec::new();
         let mut recipients: Vec<RecipientEntry> = Vec::new();
         for idx in &indexes {
@@ -269,41 +96,20 @@ impl Protection {
                     region,
                     &keys::layer(&idx.cluster.id, &l.id),
                     &dek,
-                    &lid.0,
+                    Expect {
+                        object_id: &lid.0,
+                        sealed: Some((l.object_size, &l.object_sha256)),
+                    },
                     &dest,
+                    None,
                 )
                 .await?;
                 report.bytes += l.file_size;
                 let f = LayerFile::open(&dest, kind)?;
-                let (refs, events, wal) = match kind {
-                    LayerKind::Image => {
-                        let m =
-                            ImageMeta::decode(&f.meta).map_err(|e| Error::tampered(&what, e.0))?;
-                        (m.referenced_layers().copied().collect(), vec![], None)
-                    }
-                    LayerKind::Wal => {
-                        let m =
-                            WalMeta::decode(&f.meta).map_err(|e| Error::tampered(&what, e.0))?;
-                        (vec![], m.events.clone(), Some(m))
-                    }
-                };
-                layer_rows.push((
-                    LayerRow {
-                        id: lid,
-                        cluster_id: cid,
-                        timeline_id: tid,
-                        kind,
-                        start: parse(&l.start, &what)?,
-                        end: parse(&l.end, &what)?,
-                        file_size: l.file_size,
-                        logical_size: l.logical_size,
-                        stored_bytes: l.stored_bytes,
-                        created_at_us: l.created_at_us,
-                    },
-                    refs,
-                    events,
-                    wal,
-                ));
+                if kind == LayerKind::Wal {
+                    let m = WalMeta::decode(&f.meta).map_err(|e| Error::tampered(&what, e.0))?;
+                    metas.insert(lid, m);
+                }
                 key_rows.push(ObjectKeyRow {
                     object: l.id.clone(),
                     cluster_id: idx.cluster.id.clone(),
@@ -315,94 +121,10 @@ impl Protection {
                 report.layers += 1;
             }
         }
-        // Timelines, ancestors first.
-        let mut tl_rows: HashMap<String, TimelineRow> = HashMap::new();
-        for idx in &indexes {
-            let t = &idx.timeline;
-            let what = format!("index of timeline {}", t.id);
-            let id: TimelineId = parse(&t.id, &what)?;
-            let wal_last = layer_rows
-                .iter()
-                .filter_map(|(l, _, _, m)| (l.timeline_id == id).then_some(m.as_ref()).flatten())
-                .max_by_key(|m| m.end);
-            let ancestor = match &t.ancestor {
-                Some((a, l)) => Some((parse::<TimelineId>(a, &what)?, parse::<Lsn>(l, &what)?)),
-                None => None,
-            };
-            let ancestor_prev = t
-                .ancestor_prev
-                .as_deref()
-                .map(|p| parse::<Lsn>(p, &what))
-                .transpose()?;
-            let (head, head_prev) = match wal_last {
-                Some(m) => (m.end, Some(m.last_record)),
-                None => (ancestor.map_or(Lsn(0), |a| a.1), ancestor_prev),
-            };
-            tl_rows.insert(
-                t.id.clone(),
-                TimelineRow {
-                    id,
-                    cluster_id: parse(&idx.cluster.id, &what)?,
-                    ancestor,
-                    ancestor_prev,
-                    head,
-                    head_prev,
-                    created_at_us: t.created_at_us,
-                },
-            );
-        }
-        let mut ordered: Vec<TimelineRow> = Vec::new();
-        let mut placed: HashSet<TimelineId> = HashSet::new();
-        while ordered.len() < tl_rows.len() {
-            let before = ordered.len();
-            let mut next: Vec<&TimelineRow> = tl_rows
-                .values()
-                .filter(|t| !placed.contains(&t.id))
-                .filter(|t| {
-                    t.ancestor.is_none_or(|(a, _)| {
-                        placed.contains(&a) || !tl_rows.contains_key(&a.to_string())
-                    })
-                })
-                .collect();
-            next.sort_by_key(|t| t.created_at_us);
-            for t in next {
-                placed.insert(t.id);
-                ordered.push(t.clone());
-            }
-            if ordered.len() == before {
-                return Err(Error::tampered(
-                    region_name,
-                    "timeline ancestry in the indexes has a loop",
-                ));
-            }
-        }
-        // One transaction for the whole catalog.
-        let mut tx = engine.catalog.begin().await?;
-        for c in clusters.values() {
-            tx.insert_cluster(c).await?;
-            report.clusters.push(c.name.clone());
-        }
-        for t in &ordered {
-            tx.insert_timeline(t).await?;
-        }
-        for idx in &indexes {
-            if let Some(b) = &idx.timeline.branch {
-                tx.insert_branch(&BranchRow {
-                    cluster_id: parse(&idx.cluster.id, "index")?,
-                    name: b.name.clone(),
-                    timeline_id: parse(&idx.timeline.id, "index")?,
-                    protected: b.protected,
-                    created_at_us: idx.timeline.created_at_us,
-                })
-                .await?;
-                report.branches += 1;
-            }
-        }
-        layer_rows.sort_by_key(|(l, _, _, _)| (l.kind == LayerKind::Image, l.created_at_us));
-        for (l, refs, events, _) in &layer_rows {
-            tx.insert_layer(l, refs, events).await?;
-        }
-        tx.commit().await?;
+        let rows = catalog_rows(&indexes, &metas, region_name)?;
+        rows.insert(engine).await?;
+        report.clusters = rows.clusters.iter().map(|c| c.name.clone()).collect();
+        report.branches = rows.branches.len();
         // Protection state: data keys, shipments here, keyring, generation, trust.
         let st = self.state();
         for k in &key_rows {
@@ -434,7 +156,7 @@ impl Protection {
         st.set_appliance(generation, &all_trusted).await?;
         report.generation = generation;
         // Secrets.
-        for c in clusters.values() {
+        for c in &rows.clusters {
             let cid = c.id.to_string();
             let (Ok(kb), Ok(sb)) = (
                 region.get(&keys::secrets_key(&cid)).await,
@@ -458,4 +180,282 @@ impl Protection {
         }
         Ok(report)
     }
+}
+
+/// Catalog rows that describe what a set of verified indexes holds.
+#[derive(Debug, Default)]
+pub struct CatalogRows {
+    pub clusters: Vec<ClusterRow>,
+    /// Ancestors before their descendants.
+    pub timelines: Vec<TimelineRow>,
+    pub branches: Vec<BranchRow>,
+    /// Each layer with the layers it references and its WAL events; WAL layers first.
+    pub layers: Vec<(LayerRow, Vec<LayerId>, Vec<WalEvent>)>,
+}
+
+impl CatalogRows {
+    /// Inserts every row in one catalog transaction.
+    pub async fn insert(&self, engine: &Engine) -> Result<()> {
+        let mut tx = engine.catalog.begin().await?;
+        for c in &self.clusters {
+            tx.insert_cluster(c).await?;
+        }
+        for t in &self.timelines {
+            tx.insert_timeline(t).await?;
+        }
+        for b in &self.branches {
+            tx.insert_branch(b).await?;
+        }
+        for (l, refs, events) in &self.layers {
+            tx.insert_layer(l, refs, events).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Derives catalog rows from verified indexes and the metadata of their WAL layers (heads and
+/// WAL events come from there). A WAL layer whose metadata is missing from `metas` is left
+/// out of the rows; `region` names the source in errors.
+pub fn catalog_rows(
+    indexes: &[TimelineIndex],
+    metas: &HashMap<LayerId, WalMeta>,
+    region: &str,
+) -> Result<CatalogRows> {
+    let mut rows = CatalogRows::default();
+    let mut clusters: BTreeMap<String, ClusterRow> = BTreeMap::new();
+    for idx in indexes {
+        let c = &idx.cluster;
+        let what = format!("index of cluster {}", c.name);
+        if clusters.contains_key(&c.id) {
+            continue;
+        }
+        clusters.insert(
+            c.id.clone(),
+            ClusterRow {
+                id: parse(&c.id, &what)?,
+                name: c.name.clone(),
+                kind: if c.kind == "adopted" {
+                    ClusterKind::Adopted
+                } else {
+                    ClusterKind::Managed
+                },
+                pg_major: c.pg_major,
+                system_id: c
+                    .system_id
+                    .parse()
+                    .map_err(|_| Error::tampered(&what, "bad system id"))?,
+                segment_size: c.segment_size,
+                tli: c.tli,
+                source: c.source.clone(),
+                slot: c.slot.clone(),
+                created_at_us: c.created_at_us,
+            },
+        );
+    }
+    rows.clusters = clusters.into_values().collect();
+    for idx in indexes {
+        let cid: ClusterId = parse(&idx.cluster.id, "index")?;
+        let tid: TimelineId = parse(&idx.timeline.id, "index")?;
+        for l in &idx.layers {
+            let what = format!("region '{region}', layer {}", l.id);
+            let lid: LayerId = parse(&l.id, &what)?;
+            let kind =
+                LayerKind::parse(&l.kind).ok_or_else(|| Error::tampered(&what, "unknown kind"))?;
+            let events = match kind {
+                LayerKind::Wal => match metas.get(&lid) {
+                    Some(m) => m.events.clone(),
+                    None => continue,
+                },
+                LayerKind::Image => vec![],
+            };
+            let refs = l
+                .refs
+                .iter()
+                .map(|r| parse::<LayerId>(r, &what))
+                .collect::<Result<Vec<_>>>()?;
+            rows.layers.push((
+                LayerRow {
+                    id: lid,
+                    cluster_id: cid,
+                    timeline_id: tid,
+                    kind,
+                    start: parse(&l.start, &what)?,
+                    end: parse(&l.end, &what)?,
+                    file_size: l.file_size,
+                    logical_size: l.logical_size,
+                    stored_bytes: l.stored_bytes,
+                    created_at_us: l.created_at_us,
+                },
+                refs,
+                events,
+            ));
+        }
+    }
+    // Timelines: heads from their WAL layers, ancestors first.
+    let mut tl_rows: HashMap<String, TimelineRow> = HashMap::new();
+    for idx in indexes {
+        let t = &idx.timeline;
+        let what = format!("index of timeline {}", t.id);
+        let id: TimelineId = parse(&t.id, &what)?;
+        let wal_last = rows
+            .layers
+            .iter()
+            .filter(|(l, _, _)| l.timeline_id == id && l.kind == LayerKind::Wal)
+            .filter_map(|(l, _, _)| metas.get(&l.id))
+            .max_by_key(|m| m.end);
+        let ancestor = match &t.ancestor {
+            Some((a, l)) => Some((parse::<TimelineId>(a, &what)?, parse::<Lsn>(l, &what)?)),
+            None => None,
+        };
+        let ancestor_prev = t
+            .ancestor_prev
+            .as_deref()
+            .map(|p| parse::<Lsn>(p, &what))
+            .transpose()?;
+        let (head, head_prev) = match wal_last {
+            Some(m) => (m.end, Some(m.last_record)),
+            None => (ancestor.map_or(Lsn(0), |a| a.1), ancestor_prev),
+        };
+        tl_rows.insert(
+            t.id.clone(),
+            TimelineRow {
+                id,
+                cluster_id: parse(&idx.cluster.id, &what)?,
+                ancestor,
+                ancestor_prev,
+                head,
+                head_prev,
+                created_at_us: t.created_at_us,
+            },
+        );
+        if let Some(b) = &t.branch {
+            rows.branches.push(BranchRow {
+                cluster_id: parse(&idx.cluster.id, &what)?,
+                name: b.name.clone(),
+                timeline_id: id,
+                protected: b.protected,
+                created_at_us: t.created_at_us,
+            });
+        }
+    }
+    let mut placed: HashSet<TimelineId> = HashSet::new();
+    while rows.timelines.len() < tl_rows.len() {
+        let before = rows.timelines.len();
+        let mut next: Vec<&TimelineRow> = tl_rows
+            .values()
+            .filter(|t| !placed.contains(&t.id))
+            .filter(|t| {
+                t.ancestor.is_none_or(|(a, _)| {
+                    placed.contains(&a) || !tl_rows.contains_key(&a.to_string())
+                })
+            })
+            .collect();
+        next.sort_by_key(|t| t.created_at_us);
+        for t in next {
+            placed.insert(t.id);
+            rows.timelines.push(t.clone());
+        }
+        if rows.timelines.len() == before {
+            return Err(Error::tampered(
+                region,
+                "timeline ancestry in the indexes has a loop",
+            ));
+        }
+    }
+    rows.layers
+        .sort_by_key(|(l, _, _)| (l.kind == LayerKind::Image, l.created_at_us));
+    Ok(rows)
+}
+
+/// Reads and verifies the newest index of every timeline a region holds. Signers are trusted
+/// in this order: the one `pin` names (key id or hex); else those of `known` found in the
+/// region; else the single signer found, on first use. Several unknown signers are refused.
+/// Returns the indexes and the signers trusted.
+pub async fn read_indexes(
+    region: &Region,
+    known: &[[u8; 32]],
+    pin: Option<&str>,
+) -> Result<(Vec<TimelineIndex>, Vec<[u8; 32]>)> {
+    let region_name = &region.name;
+    let mut newest: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
+    for (key, _) in region.list("clusters").await? {
+        let parts: Vec<&str> = key.split('/').collect();
+        if let ["clusters", c, "timelines", t, name] = parts.as_slice() {
+            if let Some(g) = generation_of(name) {
+                let e = newest
+                    .entry((c.to_string(), t.to_string()))
+                    .or_insert((g, key.clone()));
+                if g > e.0 {
+                    *e = (g, key.clone());
+                }
+            }
+        }
+    }
+    if newest.is_empty() {
+        return Err(Error::Refused(format!(
+            "region '{region_name}' holds no cairn index: nothing to restore from (is it the \
+             right region and prefix?)"
+        )));
+    }
+    let mut raw = Vec::new();
+    for (_, key) in newest.values() {
+        raw.push((key.clone(), region.get(key).await?));
+    }
+    let signers: HashSet<[u8; 32]> = raw
+        .iter()
+        .filter_map(|(_, b)| b.get(10..42).and_then(|s| s.try_into().ok()))
+        .collect();
+    let list = |s: &HashSet<[u8; 32]>| {
+        s.iter()
+            .map(|k| key_id(&k[..]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let known_here: Vec<[u8; 32]> = signers
+        .iter()
+        .filter(|s| known.contains(s))
+        .copied()
+        .collect();
+    let trusted: Vec<[u8; 32]> = match pin {
+        Some(pin) => {
+            let pin = pin.trim();
+            let found: Vec<[u8; 32]> = signers
+                .iter()
+                .filter(|s| key_id(&s[..]) == pin || hex::encode(s) == pin)
+                .copied()
+                .collect();
+            if found.is_empty() {
+                return Err(Error::Refused(format!(
+                    "no index in region '{region_name}' is signed by {pin}; its indexes are \
+                     signed by: {}",
+                    list(&signers)
+                )));
+            }
+            found
+        }
+        None if !known_here.is_empty() => known_here,
+        None if signers.len() == 1 => signers.iter().copied().collect(),
+        None => {
+            return Err(Error::Refused(format!(
+                "region '{region_name}' holds indexes signed by several keys ({}); name the \
+                 old appliance's signing key with --trust-signer",
+                list(&signers)
+            )))
+        }
+    };
+    let mut indexes: Vec<TimelineIndex> = Vec::new();
+    for (key, bytes) in &raw {
+        let (idx, _) = decode_verified(
+            bytes,
+            key,
+            region_name,
+            &Trust {
+                signers: &trusted,
+                seen: None,
+            },
+        )?;
+        indexes.push(idx);
+    }
+    Ok((indexes, trusted))
 }

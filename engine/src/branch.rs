@@ -81,8 +81,24 @@ impl Engine {
         tl: &TimelineRow,
         spec: &PointSpec,
     ) -> Result<(Lsn, Option<Lsn>)> {
+        if *spec == PointSpec::Head {
+            return Ok((tl.head, tl.head_prev));
+        }
+        let x = self.resolve_raw(cluster, tl, spec).await?;
+        self.record_boundary(cluster, tl, x).await
+    }
+
+    /// Turns a user's point into an LSN of `tl`'s history from the catalog alone (no layer
+    /// file is read): times and restore points become record boundaries, an LSN is returned
+    /// as given. [`Engine::record_boundary`] rounds it down to a boundary.
+    pub async fn resolve_raw(
+        &self,
+        cluster: &ClusterRow,
+        tl: &TimelineRow,
+        spec: &PointSpec,
+    ) -> Result<Lsn> {
         match spec {
-            PointSpec::Head => Ok((tl.head, tl.head_prev)),
+            PointSpec::Head => Ok(tl.head),
             PointSpec::Lsn(l) => {
                 if *l > tl.head {
                     let map = self.layer_map(cluster).await?;
@@ -96,7 +112,7 @@ impl Engine {
                         },
                     ));
                 }
-                self.record_boundary(cluster, tl, *l).await
+                Ok(*l)
             }
             PointSpec::Time(t) => {
                 if *t > now_us() {
@@ -121,10 +137,10 @@ impl Engine {
                         .first_txn_after(seg.timeline, seg.from, seg.to, *t)
                         .await?
                     {
-                        return self.record_boundary(cluster, tl, ev.before).await;
+                        return Ok(ev.before);
                     }
                 }
-                Ok((tl.head, tl.head_prev))
+                Ok(tl.head)
             }
             PointSpec::RestorePoint(name) => {
                 let hist = self.history(tl, tl.head).await?;
@@ -134,7 +150,7 @@ impl Engine {
                         .events(seg.timeline, seg.from, seg.to, Some(name))
                         .await?;
                     if let Some(ev) = found.last() {
-                        return self.record_boundary(cluster, tl, ev.end).await;
+                        return Ok(ev.end);
                     }
                 }
                 Err(Error::not_found(
@@ -256,10 +272,60 @@ impl Engine {
                 e,
             )
         })?;
+        self.insert_branch_at(cluster, name, parent.id, x, prev)
+            .await?;
+        tracing::info!(branch = name, from, lsn = %x, "branch created");
+        self.branch_info(cluster, name).await
+    }
+
+    /// Creates branch `name` on timeline `parent` at the record boundary `x` (the record ending
+    /// there starts at `prev`), when the caller has already established that the point is
+    /// reconstructible — from a region, for a restore.
+    pub async fn branch_create_at(
+        &self,
+        cluster: &ClusterRow,
+        name: &str,
+        parent: TimelineId,
+        x: Lsn,
+        prev: Option<Lsn>,
+    ) -> Result<BranchInfo> {
+        validate_name("branch", name)?;
+        let _g = self
+            .home
+            .lock_cluster(cluster.id, &format!("cluster '{}'", cluster.name))?;
+        if self.catalog.branch(cluster.id, name).await?.is_some() {
+            return Err(Error::Refused(format!(
+                "branch '{name}' already exists in cluster '{}'",
+                cluster.name
+            )));
+        }
+        let p = self.catalog.timeline(parent).await?;
+        if p.cluster_id != cluster.id || x > p.head {
+            return Err(Error::Refused(format!(
+                "timeline {parent} of cluster '{}' does not reach {x} in this appliance's \
+                 catalog (its head is {}); run `cairn catalog rebuild` on an empty appliance, or \
+                 restore with --to-datadir",
+                cluster.name, p.head
+            )));
+        }
+        self.insert_branch_at(cluster, name, parent, x, prev)
+            .await?;
+        tracing::info!(branch = name, lsn = %x, "branch created at a restored point");
+        self.branch_info(cluster, name).await
+    }
+
+    async fn insert_branch_at(
+        &self,
+        cluster: &ClusterRow,
+        name: &str,
+        parent: TimelineId,
+        x: Lsn,
+        prev: Option<Lsn>,
+    ) -> Result<()> {
         let tl = TimelineRow {
             id: TimelineId::generate(),
             cluster_id: cluster.id,
-            ancestor: Some((parent.id, x)),
+            ancestor: Some((parent, x)),
             ancestor_prev: prev,
             head: x,
             head_prev: prev,
@@ -275,9 +341,7 @@ impl Engine {
             created_at_us: now_us(),
         })
         .await?;
-        tx.commit().await?;
-        tracing::info!(branch = name, from, lsn = %x, "branch created");
-        self.branch_info(cluster, name).await
+        tx.commit().await
     }
 
     /// Describes one branch.

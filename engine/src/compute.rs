@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow, Tx};
 use crate::engine::{remove_tree, Engine};
 use crate::error::{Error, Result};
-use crate::ids::{ClusterId, Lsn, TimelineId};
+use crate::ids::{ClusterId, LayerId, Lsn, TimelineId};
 use crate::ingest::image::{self, BuiltImage, DedupIndex, ImageInput};
 use crate::ingest::wal::{self as wal_ingest, BuiltWal, WalStream};
 use crate::layer::file::LayerKind;
@@ -60,6 +60,17 @@ pub struct ComputeInfo {
     pub head: Lsn,
     pub already_running: bool,
     pub materialise: Option<MaterialiseStats>,
+    /// Seconds from starting PostgreSQL to its end of recovery and first connection.
+    pub start_seconds: Option<f64>,
+}
+
+/// A branch head's reconstruction prepared outside the local layers (e.g. fetched from a region).
+#[derive(Debug, Clone)]
+pub struct PreparedSource {
+    pub plan: crate::layer_map::Plan,
+    pub layers: std::collections::HashMap<LayerId, std::path::PathBuf>,
+    /// Bytes the data directory will hold (for progress).
+    pub logical_size: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -329,6 +340,21 @@ impl Engine {
         port: Option<u16>,
         progress: &Arc<Progress>,
     ) -> Result<ComputeInfo> {
+        self.compute_start_from(cluster, branch, port, progress, None)
+            .await
+    }
+
+    /// Starts a compute on a branch, materialising its head from `source` (a plan and layer
+    /// files fetched from elsewhere, e.g. a region) instead of the local layers when given.
+    /// The plan must reconstruct the branch head.
+    pub async fn compute_start_from(
+        &self,
+        cluster: &ClusterRow,
+        branch: &str,
+        port: Option<u16>,
+        progress: &Arc<Progress>,
+        source: Option<PreparedSource>,
+    ) -> Result<ComputeInfo> {
         let (b, tl) = self.resolve_branch(cluster, branch).await?;
         let _g = self
             .home
@@ -349,16 +375,38 @@ impl Engine {
                     head: tl.head,
                     already_running: true,
                     materialise: None,
+                    start_seconds: None,
                 });
             }
             // Left behind by a crash: its WAL is still in its pg_wal; take it before starting over.
             self.ingest_stopped(cluster, &tl, &server).await?;
         }
         let tl = self.catalog.timeline(tl.id).await?;
-        let map = self.layer_map(cluster).await?;
-        let plan = map
-            .plan(tl.id, tl.head)
-            .map_err(|e| self.explain(&map, &format!("the head of branch '{branch}'"), tl.id, e))?;
+        let (plan, paths, total) = match source {
+            Some(s) => {
+                if s.plan.lsn != tl.head {
+                    return Err(Error::Refused(format!(
+                        "the prepared plan reaches {}, not the head of branch '{branch}' ({})",
+                        s.plan.lsn, tl.head
+                    )));
+                }
+                (s.plan, s.layers, s.logical_size)
+            }
+            None => {
+                let map = self.layer_map(cluster).await?;
+                let plan = map.plan(tl.id, tl.head).map_err(|e| {
+                    self.explain(&map, &format!("the head of branch '{branch}'"), tl.id, e)
+                })?;
+                let layers = self.catalog.layers(cluster.id).await?;
+                let total = layers
+                    .iter()
+                    .find(|l| l.id == plan.image.id)
+                    .map_or(0, |l| l.logical_size);
+                let paths: std::collections::HashMap<_, _> =
+                    layers.iter().map(|l| (l.id, self.layer_path(l))).collect();
+                (plan, paths, total)
+            }
+        };
         let port = match port {
             Some(p) => p,
             None => free_port()?,
@@ -375,13 +423,6 @@ impl Engine {
                  with --port, or stop what listens there"
             )));
         }
-        let layers = self.catalog.layers(cluster.id).await?;
-        let total = layers
-            .iter()
-            .find(|l| l.id == plan.image.id)
-            .map_or(0, |l| l.logical_size);
-        let paths: std::collections::HashMap<_, _> =
-            layers.iter().map(|l| (l.id, self.layer_path(l))).collect();
         let datadir = server.datadir.clone();
         progress.phase("materialise", total);
         let p = progress.clone();
@@ -407,6 +448,8 @@ impl Engine {
                 format!("'{}'", server.datadir.join("pg_hba.cairn.conf").display()),
             ));
         }
+        progress.phase("start", 0);
+        let started = std::time::Instant::now();
         if let Err(e) = server.start(&settings) {
             let _ = server.stop("immediate");
             remove_tree(&dir)?;
@@ -420,6 +463,7 @@ impl Engine {
                 return Err(e);
             }
         }
+        let start_seconds = started.elapsed().as_secs_f64();
         let pid = server.pid();
         let mut tx = self.catalog.begin().await?;
         tx.upsert_compute(&ComputeRow {
@@ -445,6 +489,7 @@ impl Engine {
             head: tl.head,
             already_running: false,
             materialise: Some(stats),
+            start_seconds: Some(start_seconds),
         })
     }
 

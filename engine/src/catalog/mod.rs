@@ -58,6 +58,23 @@ pub struct ClusterRow {
     pub created_at_us: i64,
 }
 
+/// One restore, as recorded: the report is the JSON the restore printed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreRow {
+    pub id: String,
+    pub cluster: String,
+    pub branch: String,
+    pub point: String,
+    pub lsn: Option<Lsn>,
+    pub target: String,
+    pub region: Option<String>,
+    pub ok: bool,
+    pub error: Option<String>,
+    pub report: String,
+    pub started_at_us: i64,
+    pub finished_at_us: i64,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TimelineRow {
     pub id: TimelineId,
@@ -574,6 +591,63 @@ impl Catalog {
         .await
         .map_err(|e| Error::catalog("find last transaction", e))?;
         row.as_ref().map(event_row).transpose()
+    }
+
+    // ---- restores ----
+
+    pub async fn record_restore(&self, r: &RestoreRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO restores (id, cluster_name, branch, point, lsn, target, region, ok, error,
+                                   report, started_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&r.id)
+        .bind(&r.cluster)
+        .bind(&r.branch)
+        .bind(&r.point)
+        .bind(r.lsn.map(|l| l.as_i64()))
+        .bind(&r.target)
+        .bind(r.region.clone())
+        .bind(r.ok as i64)
+        .bind(r.error.clone())
+        .bind(&r.report)
+        .bind(r.started_at_us)
+        .bind(r.finished_at_us)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| Error::catalog("record a restore", e))?;
+        Ok(())
+    }
+
+    /// The latest restores, newest first; `cluster` filters.
+    pub async fn restores(&self, cluster: Option<&str>, limit: i64) -> Result<Vec<RestoreRow>> {
+        let rows = sqlx::query(
+            "SELECT * FROM restores WHERE ($1 = '' OR cluster_name = $1)
+             ORDER BY started_at DESC LIMIT $2",
+        )
+        .bind(cluster.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::catalog("list restores", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(RestoreRow {
+                    id: get(r, "id")?,
+                    cluster: get(r, "cluster_name")?,
+                    branch: get(r, "branch")?,
+                    point: get(r, "point")?,
+                    lsn: get::<Option<i64>>(r, "lsn")?.map(|v| Lsn(v as u64)),
+                    target: get(r, "target")?,
+                    region: get(r, "region")?,
+                    ok: get::<i64>(r, "ok")? != 0,
+                    error: get(r, "error")?,
+                    report: get(r, "report")?,
+                    started_at_us: get(r, "started_at")?,
+                    finished_at_us: get(r, "finished_at")?,
+                })
+            })
+            .collect()
     }
 
     // ---- computes ----

@@ -173,6 +173,43 @@ impl Drop for LayerWriter {
 }
 
 /// An open, immutable layer file.
+/// The trailer of a layer file: where its metadata lies, and the metadata's SHA-256.
+#[derive(Debug, Clone, Copy)]
+pub struct Trailer {
+    pub meta_offset: u64,
+    pub meta_len: u64,
+    pub meta_sha256: [u8; 32],
+}
+
+impl Trailer {
+    /// Parses the last [`TRAILER_LEN`] bytes of a layer file of `size` bytes.
+    pub fn parse(trailer: &[u8], size: u64, what: &str) -> Result<Trailer> {
+        if trailer.len() != TRAILER_LEN as usize || &trailer[48..56] != END_MAGIC {
+            return Err(Error::corrupt(what, "trailer missing (truncated file?)"));
+        }
+        let meta_offset = u64::from_le_bytes(trailer[0..8].try_into().expect("8"));
+        let meta_len = u64::from_le_bytes(trailer[8..16].try_into().expect("8"));
+        if meta_offset < HEADER_LEN || meta_offset.checked_add(meta_len) != Some(size - TRAILER_LEN)
+        {
+            return Err(Error::corrupt(what, "trailer offsets are inconsistent"));
+        }
+        Ok(Trailer {
+            meta_offset,
+            meta_len,
+            meta_sha256: trailer[16..48].try_into().expect("32"),
+        })
+    }
+
+    /// Checks and decompresses the metadata bytes the trailer points at.
+    pub fn decode_meta(&self, compressed: &[u8], what: &str) -> Result<Vec<u8>> {
+        if Sha256::digest(compressed).as_slice() != self.meta_sha256 {
+            return Err(Error::corrupt(what, "metadata checksum mismatch"));
+        }
+        zstd::stream::decode_all(compressed)
+            .map_err(|e| Error::corrupt(what, format!("metadata does not decompress: {e}")))
+    }
+}
+
 pub struct LayerFile {
     file: File,
     pub path: PathBuf,
@@ -218,23 +255,11 @@ impl LayerFile {
         file.seek(SeekFrom::Start(size - TRAILER_LEN))
             .ctx("read layer file", path)?;
         file.read_exact(&mut trailer).ctx("read layer file", path)?;
-        if &trailer[48..56] != END_MAGIC {
-            return Err(Error::corrupt(obj(), "trailer missing (truncated file?)"));
-        }
-        let meta_offset = u64::from_le_bytes(trailer[0..8].try_into().expect("8"));
-        let meta_len = u64::from_le_bytes(trailer[8..16].try_into().expect("8"));
-        if meta_offset < HEADER_LEN || meta_offset.checked_add(meta_len) != Some(size - TRAILER_LEN)
-        {
-            return Err(Error::corrupt(obj(), "trailer offsets are inconsistent"));
-        }
-        let mut compressed = vec![0u8; meta_len as usize];
-        file.read_exact_at(&mut compressed, meta_offset)
+        let t = Trailer::parse(&trailer, size, &obj())?;
+        let mut compressed = vec![0u8; t.meta_len as usize];
+        file.read_exact_at(&mut compressed, t.meta_offset)
             .ctx("read layer file", path)?;
-        if Sha256::digest(&compressed).as_slice() != &trailer[16..48] {
-            return Err(Error::corrupt(obj(), "metadata checksum mismatch"));
-        }
-        let meta = zstd::stream::decode_all(&compressed[..])
-            .map_err(|e| Error::corrupt(obj(), format!("metadata does not decompress: {e}")))?;
+        let meta = t.decode_meta(&compressed, &obj())?;
         Ok(LayerFile {
             file,
             path: path.to_path_buf(),

@@ -1,0 +1,522 @@
+//! One restore, from request to report.
+//!
+//! Phases, each timed (these are the RTO measurements the scheduler and reports use):
+//! 1. `fetch_index`: choose the region, read and verify the cluster's indexes, read the
+//!    metadata of the WAL layers on the branch's ancestry, stage them, resolve the point and
+//!    plan it (image + WAL pieces);
+//! 2. `fetch_layers`: download the plan's layers in parallel, each verified end to end, each
+//!    from the first region holding a good copy;
+//! 3. `write`: materialise the data directory (image pieces checked against their SHA-256,
+//!    WAL from the image's redo point to the target);
+//! 4. `wal_replay`: PostgreSQL replays that WAL and ends recovery exactly at the point;
+//! 5. `first_connection`: the first connection and query.
+//!
+//! Everything that can be refused is refused before the first layer is fetched: an unknown
+//! branch or a point outside every window the region holds (the windows are listed), a
+//! target directory that is not empty, PostgreSQL binaries of another major version, too little
+//! free disk. A failed restore removes what it wrote; a restore as a branch removes the branch.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+
+use cairn_backup::keys::Identity;
+use cairn_backup::{Error, Protection, Result};
+use cairn_engine::branch::PointSpec;
+use cairn_engine::catalog::{now_us, RestoreRow};
+use cairn_engine::compute::PreparedSource;
+use cairn_engine::engine::fmt_time;
+use cairn_engine::layer_map::Plan;
+use cairn_engine::progress::Progress;
+use cairn_engine::{LayerId, Lsn, TimelineId};
+
+use crate::recovery::{recover, Replay};
+use crate::source::{RegionProbe, Source, Substitution};
+use crate::staging::Staging;
+
+/// Where a restore writes.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A new branch of the cluster in this appliance, with a compute started on it.
+    Branch(String),
+    /// A plain PostgreSQL data directory; `recover`: replay to the point and shut down cleanly
+    /// (else the directory is left to replay on its first start).
+    Datadir { dir: PathBuf, recover: bool },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Branch(b) => write!(f, "branch '{b}'"),
+            Target::Datadir { dir, .. } => write!(f, "data directory {}", dir.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub cluster: String,
+    pub branch: String,
+    pub point: PointSpec,
+    pub target: Target,
+    /// The region to read indexes and objects from first.
+    pub region: Option<String>,
+    /// An identity that opens the data keys, besides the appliance's own.
+    pub identity: Option<Identity>,
+    pub trust_signer: Option<String>,
+    /// Layers fetched at once.
+    pub parallel: usize,
+}
+
+/// Seconds spent in each phase.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Phases {
+    pub fetch_index: f64,
+    pub fetch_layers: f64,
+    pub write: f64,
+    pub wal_replay: Option<f64>,
+    pub first_connection: Option<f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RestoreReport {
+    pub id: String,
+    pub cluster: String,
+    pub branch: String,
+    pub point: String,
+    pub lsn: Lsn,
+    /// Time of the last transaction at or before the point, when known.
+    pub point_time: Option<String>,
+    pub target: String,
+    /// The region the indexes came from.
+    pub region: String,
+    pub signers: Vec<String>,
+    pub probes: Vec<RegionProbe>,
+    /// Objects another region had to serve, and why.
+    pub substitutions: Vec<Substitution>,
+    pub layers_fetched: usize,
+    pub bytes_fetched: u64,
+    pub data_bytes: u64,
+    pub wal_segments: u64,
+    pub phases: Phases,
+    pub total_seconds: f64,
+    /// For a branch target: the compute's port.
+    pub compute_port: Option<u16>,
+}
+
+/// A point as the report shows it.
+fn describe(p: &PointSpec) -> String {
+    match p {
+        PointSpec::Head => "latest".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Restores `req` and records the outcome (report or error) in the appliance's catalog.
+pub async fn restore(
+    p: &Protection,
+    req: &RestoreRequest,
+    progress: &Arc<Progress>,
+) -> Result<RestoreReport> {
+    let started_at = now_us();
+    let id = TimelineId::generate().to_string();
+    let result = run(p, req, &id, progress).await;
+    let (ok, error, report, lsn, region) = match &result {
+        Ok(r) => (
+            true,
+            None,
+            serde_json::to_string(r).unwrap_or_default(),
+            Some(r.lsn),
+            Some(r.region.clone()),
+        ),
+        Err(e) => (false, Some(e.to_string()), "{}".into(), None, None),
+    };
+    let row = RestoreRow {
+        id,
+        cluster: req.cluster.clone(),
+        branch: req.branch.clone(),
+        point: describe(&req.point),
+        lsn,
+        target: req.target.to_string(),
+        region,
+        ok,
+        error,
+        report,
+        started_at_us: started_at,
+        finished_at_us: now_us(),
+    };
+    if let Err(e) = p.engine.catalog.record_restore(&row).await {
+        tracing::warn!(error = %e, "could not record the restore in the catalog");
+    }
+    result
+}
+
+fn check_target_empty(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let mut rd =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
+    if rd.next().is_some() {
+        return Err(Error::Refused(format!(
+            "target directory {} is not empty; restore into an empty or new directory",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+async fn run(
+    p: &Protection,
+    req: &RestoreRequest,
+    id: &str,
+    progress: &Arc<Progress>,
+) -> Result<RestoreReport> {
+    let t0 = Instant::now();
+    let local = &p.engine;
+    // Refusals that need no region.
+    match &req.target {
+        Target::Datadir { dir, .. } => check_target_empty(dir)?,
+        Target::Branch(name) => {
+            cairn_engine::engine::validate_name("branch", name)?;
+            let c = local
+                .catalog
+                .cluster_by_name(&req.cluster)
+                .await?
+                .ok_or_else(|| {
+                    Error::Refused(format!(
+                        "cluster '{}' is not in this appliance's catalog, so there is nothing to \
+                         add a branch to: run `cairn catalog rebuild` first, or restore with \
+                         --to-datadir",
+                        req.cluster
+                    ))
+                })?;
+            if local.catalog.branch(c.id, name).await?.is_some() {
+                return Err(Error::Refused(format!(
+                    "branch '{name}' already exists in cluster '{}'; choose another name",
+                    req.cluster
+                )));
+            }
+        }
+    }
+    // 1. Indexes, WAL metadata, staging, point, plan.
+    progress.phase("fetch index", 0);
+    let (source, view) = Source::open(
+        p,
+        &req.cluster,
+        req.region.as_deref(),
+        req.identity.clone(),
+        req.trust_signer.as_deref(),
+    )
+    .await?;
+    let restore_root = local.home.root.join("restore");
+    let staging = Staging::build(
+        &restore_root,
+        None,
+        &view,
+        &req.branch,
+        &source,
+        req.parallel,
+    )
+    .await?;
+    let cluster = staging.cluster.clone();
+    let se = &staging.engine;
+    let (_, tl) = se.resolve_branch(&cluster, &req.branch).await?;
+    let raw = se.resolve_raw(&cluster, &tl, &req.point).await?;
+    let map = se.layer_map(&cluster).await?;
+    let what = format!(
+        "branch '{}' at {}{} in region '{}'",
+        req.branch,
+        describe(&req.point),
+        match req.point {
+            PointSpec::Lsn(_) => String::new(),
+            _ => format!(" ({raw})"),
+        },
+        view.region
+    );
+    let plan = map
+        .plan(tl.id, raw)
+        .map_err(|e| Error::from(se.explain(&map, &what, tl.id, e)))?;
+    // Binaries of the cluster's major version (they replay the WAL and start the compute).
+    local.bins_for(&cluster)?;
+    let fetch_index = t0.elapsed().as_secs_f64();
+
+    // Space: staged layers, and the data directory.
+    let needed: Vec<LayerId> = plan_layers(&staging, &plan)?;
+    let fetch_bytes: u64 = needed
+        .iter()
+        .filter_map(|l| staging.layers.get(l))
+        .map(|(_, il)| il.file_size)
+        .sum();
+    let image_size = staging
+        .layers
+        .get(&plan.image.id)
+        .map_or(0, |(r, _)| r.logical_size);
+    let wal_bytes = (plan.lsn.0 / cluster.segment_size + 1)
+        .saturating_sub(plan.image.start.0 / cluster.segment_size)
+        * cluster.segment_size;
+    let data_dir = match &req.target {
+        Target::Datadir { dir, .. } => dir.clone(),
+        Target::Branch(_) => local.home.computes.clone(),
+    };
+    crate::space::ensure(&[
+        (staging.dir.clone(), fetch_bytes, "layers"),
+        (data_dir, image_size + wal_bytes, "data directory"),
+    ])?;
+
+    // 2. Layers.
+    let t1 = Instant::now();
+    progress.phase("fetch layers", fetch_bytes);
+    let fetched = fetch(
+        &staging,
+        &source,
+        &view.cluster.id,
+        &needed,
+        req.parallel,
+        progress,
+    )
+    .await?;
+    // The exact record boundary needs the WAL just fetched.
+    let (lsn, prev) = se.record_boundary(&cluster, &tl, raw).await?;
+    let mut plan = plan;
+    let mut fetched = fetched;
+    if lsn != plan.lsn {
+        plan = map
+            .plan(tl.id, lsn)
+            .map_err(|e| Error::from(se.explain(&map, &what, tl.id, e)))?;
+        let more: Vec<LayerId> = plan_layers(&staging, &plan)?
+            .into_iter()
+            .filter(|l| !needed.contains(l))
+            .collect();
+        fetched += fetch(
+            &staging,
+            &source,
+            &view.cluster.id,
+            &more,
+            req.parallel,
+            progress,
+        )
+        .await?;
+    }
+    let bytes_fetched = progress.done.load(Ordering::Relaxed);
+    let fetch_layers = t1.elapsed().as_secs_f64();
+    let paths: HashMap<LayerId, PathBuf> = staging
+        .layers
+        .keys()
+        .filter_map(|id| staging.path(*id).map(|p| (*id, p)))
+        .collect();
+    let point_time = se
+        .catalog
+        .last_txn_before(tl.id, Lsn(0), lsn)
+        .await
+        .ok()
+        .flatten()
+        .map(|e| fmt_time(e.time_us));
+
+    let mut report = RestoreReport {
+        id: id.to_string(),
+        cluster: cluster.name.clone(),
+        branch: req.branch.clone(),
+        point: describe(&req.point),
+        lsn,
+        point_time,
+        target: req.target.to_string(),
+        region: view.region.clone(),
+        signers: view.signers.clone(),
+        probes: source.probes.clone(),
+        substitutions: vec![],
+        layers_fetched: fetched,
+        bytes_fetched,
+        data_bytes: 0,
+        wal_segments: 0,
+        phases: Phases {
+            fetch_index,
+            fetch_layers,
+            ..Default::default()
+        },
+        total_seconds: 0.0,
+        compute_port: None,
+    };
+
+    match &req.target {
+        Target::Datadir {
+            dir,
+            recover: run_recovery,
+        } => {
+            // 3. Write.
+            let created = !dir.exists();
+            let cleanup = |dir: &Path| {
+                if created {
+                    let _ = std::fs::remove_dir_all(dir);
+                } else if let Ok(rd) = std::fs::read_dir(dir) {
+                    for e in rd.flatten() {
+                        let p = e.path();
+                        let _ = if p.is_dir() {
+                            std::fs::remove_dir_all(&p)
+                        } else {
+                            std::fs::remove_file(&p)
+                        };
+                    }
+                }
+            };
+            let t2 = Instant::now();
+            progress.phase("write", image_size);
+            let (pl, pa, d, pr) = (plan.clone(), paths.clone(), dir.clone(), progress.clone());
+            let stats = tokio::task::spawn_blocking(move || {
+                cairn_engine::materialise::materialise(&pl, &pa, &d, &pr.done)
+            })
+            .await
+            .map_err(|e| Error::io("write task", std::io::Error::other(e.to_string())))?;
+            let stats = match stats {
+                Ok(s) => s,
+                Err(e) => {
+                    cleanup(dir);
+                    return Err(e.into());
+                }
+            };
+            report.data_bytes = stats.data_bytes;
+            report.wal_segments = stats.wal_segments;
+            report.phases.write = t2.elapsed().as_secs_f64();
+            // 4, 5. Replay and first connection.
+            if *run_recovery {
+                progress.phase("wal replay", 0);
+                match recover(local, &cluster, dir, lsn).await {
+                    Ok(Replay {
+                        replay_seconds,
+                        first_connection_seconds,
+                        ..
+                    }) => {
+                        report.phases.wal_replay = Some(replay_seconds);
+                        report.phases.first_connection = Some(first_connection_seconds);
+                    }
+                    Err(e) => {
+                        cleanup(dir);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Target::Branch(name) => {
+            let lc = local
+                .catalog
+                .cluster_by_name(&req.cluster)
+                .await?
+                .ok_or_else(|| Error::Refused(format!("cluster '{}' vanished", req.cluster)))?;
+            if lc.id != cluster.id {
+                return Err(Error::Refused(format!(
+                    "cluster '{}' in this appliance is not the cluster of that name in region \
+                     '{}' (ids {} and {}); restore it with --to-datadir",
+                    req.cluster, view.region, lc.id, cluster.id
+                )));
+            }
+            local
+                .branch_create_at(&lc, name, plan.timeline, lsn, prev)
+                .await?;
+            let started = local
+                .compute_start_from(
+                    &lc,
+                    name,
+                    None,
+                    progress,
+                    Some(PreparedSource {
+                        plan: plan.clone(),
+                        layers: paths.clone(),
+                        logical_size: image_size,
+                    }),
+                )
+                .await;
+            let info = match started {
+                Ok(i) => i,
+                Err(e) => {
+                    if let Err(d) = local.branch_delete(&lc, name).await {
+                        tracing::warn!(branch = %name, error = %d, "could not remove the failed restore's branch");
+                    }
+                    return Err(e.into());
+                }
+            };
+            let m = info.materialise.clone().unwrap_or_default();
+            report.data_bytes = m.data_bytes;
+            report.wal_segments = m.wal_segments;
+            report.phases.write = m.seconds;
+            report.phases.wal_replay = info.start_seconds;
+            report.compute_port = Some(info.port);
+            // First connection, as a user of the branch would make it.
+            let creds = local.credentials(&lc)?;
+            let t3 = Instant::now();
+            let client = cairn_engine::pg::server::connect(info.port, &creds, "postgres").await?;
+            client
+                .query_one("SELECT 1", &[])
+                .await
+                .map_err(|e| Error::Refused(format!("first query on the restored branch: {e}")))?;
+            report.phases.first_connection = Some(t3.elapsed().as_secs_f64());
+        }
+    }
+    report.substitutions = source.substitutions();
+    report.total_seconds = t0.elapsed().as_secs_f64();
+    tracing::info!(cluster = %report.cluster, branch = %report.branch, lsn = %report.lsn, target = %report.target, seconds = report.total_seconds, "restore finished");
+    Ok(report)
+}
+
+/// The layers a plan reads: its image, the images it references, its WAL layers.
+fn plan_layers(staging: &Staging, plan: &Plan) -> Result<Vec<LayerId>> {
+    let mut out = vec![plan.image.id];
+    let (_, img) = staging.layers.get(&plan.image.id).ok_or_else(|| {
+        Error::tampered(
+            format!("image layer {}", plan.image.id),
+            "planned but not indexed",
+        )
+    })?;
+    for r in &img.refs {
+        let id: LayerId = r
+            .parse()
+            .map_err(|e: String| Error::tampered(format!("image layer {}", plan.image.id), e))?;
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    for w in plan.wal_layers() {
+        if !out.contains(&w.id) {
+            out.push(w.id);
+        }
+    }
+    Ok(out)
+}
+
+/// Downloads `ids` into the staging area, `parallel` at a time; returns how many.
+async fn fetch(
+    staging: &Staging,
+    source: &Source,
+    cluster_id: &str,
+    ids: &[LayerId],
+    parallel: usize,
+    progress: &Arc<Progress>,
+) -> Result<usize> {
+    let jobs = ids.iter().map(|id| async move {
+        let (_, il) = staging
+            .layers
+            .get(id)
+            .ok_or_else(|| Error::tampered(format!("layer {id}"), "planned but not indexed"))?;
+        let dest = staging
+            .path(*id)
+            .ok_or_else(|| Error::tampered(format!("layer {id}"), "planned but not indexed"))?;
+        if dest.exists() {
+            return Ok(());
+        }
+        source
+            .fetch_layer(cluster_id, il, &dest, &progress.done)
+            .await
+            .map(|_| ())
+    });
+    let results: Vec<Result<()>> = futures::stream::iter(jobs)
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(ids.len())
+}

@@ -1,0 +1,153 @@
+//! `cairn restore`: bring back any point of a branch from a region.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args;
+
+use cairn_backup::keys::Identity;
+use cairn_engine::progress::Progress;
+use cairn_restore::{RestoreReport, RestoreRequest, Target};
+
+use crate::bar::with_progress;
+use crate::commands::AtOpt;
+use crate::output::{bytes, print_json};
+use crate::Global;
+
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["as_branch", "to_datadir"]))]
+pub struct RestoreArgs {
+    /// The cluster to restore (its name, as in the region's indexes).
+    pub cluster: String,
+    /// The branch whose history holds the point.
+    #[arg(long, short = 'b', default_value = "main")]
+    pub branch: String,
+    #[command(flatten)]
+    pub at: AtOpt,
+    /// The latest point the region holds (the default when no --at* is given).
+    #[arg(long, conflicts_with_all = ["at", "at_time", "at_restore_point"])]
+    pub latest: bool,
+    /// Restore as a new branch of this appliance and start a compute on it.
+    #[arg(long, value_name = "NAME")]
+    pub as_branch: Option<String>,
+    /// Restore into this directory (new or empty) as a plain PostgreSQL data directory.
+    #[arg(long, value_name = "DIR")]
+    pub to_datadir: Option<PathBuf>,
+    /// With --to-datadir: leave the WAL to replay on first start instead of replaying it now.
+    #[arg(long, requires = "to_datadir")]
+    pub no_recover: bool,
+    /// Read from this region first (default: the healthiest).
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// An age identity that opens the data keys (default: the appliance's own).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Key id of the signing key the region's indexes must carry (on an empty machine:
+    /// default is the only one found).
+    #[arg(long, value_name = "KEY_ID")]
+    pub trust_signer: Option<String>,
+    /// Layers downloaded at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+}
+
+pub const AFTER_HELP: &str = "Examples:
+  cairn restore shop --to-datadir /srv/pg-restored
+  cairn restore shop --branch main --at-time 2026-11-23T09:59:59Z --as-branch before-drop
+  cairn restore shop --at 0/3000150 --to-datadir /srv/pg --region region-b --identity escrow.age
+
+On an empty machine: write HOME/regions.toml with the region's URL and credentials, then
+  cairn restore shop --to-datadir DIR --region NAME --identity appliance.age
+The restore reads the region, not the local layers; objects missing or damaged there are
+fetched from the other regions, and the report lists them. --json prints the phase timings.";
+
+pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
+    let point = if a.latest {
+        cairn_engine::branch::PointSpec::Head
+    } else {
+        crate::commands::point(&a.at)?
+    };
+    let identity = a.identity.as_deref().map(Identity::load).transpose()?;
+    let target = match (&a.as_branch, &a.to_datadir) {
+        (Some(b), _) => Target::Branch(b.clone()),
+        (None, Some(d)) => Target::Datadir {
+            dir: std::path::absolute(d)?,
+            recover: !a.no_recover,
+        },
+        (None, None) => anyhow::bail!("choose a target: --as-branch NAME or --to-datadir DIR"),
+    };
+    let (_engine, p) = crate::protect::open(g).await?;
+    let req = RestoreRequest {
+        cluster: a.cluster,
+        branch: a.branch,
+        point,
+        target,
+        region: a.region,
+        identity,
+        trust_signer: a.trust_signer,
+        parallel: a.parallel,
+    };
+    let progress = Arc::new(Progress::new());
+    let r = with_progress(
+        &progress,
+        !g.json,
+        cairn_restore::restore(&p, &req, &progress),
+    )
+    .await?;
+    if g.json {
+        return print_json(&r);
+    }
+    print_report(&r);
+    Ok(())
+}
+
+fn print_report(r: &RestoreReport) {
+    println!(
+        "restored cluster '{}' branch '{}' at {} ({}{}) to {}",
+        r.cluster,
+        r.branch,
+        r.point,
+        r.lsn,
+        r.point_time
+            .as_deref()
+            .map(|t| format!(", last commit {t}"))
+            .unwrap_or_default(),
+        r.target
+    );
+    println!(
+        "from region '{}': {} layer(s), {} fetched; {} of data, {} WAL segment(s)",
+        r.region,
+        r.layers_fetched,
+        bytes(r.bytes_fetched),
+        bytes(r.data_bytes),
+        r.wal_segments
+    );
+    for s in &r.substitutions {
+        println!(
+            "  {} from region '{}' failed ({}){}",
+            s.object,
+            s.region,
+            s.reason,
+            match &s.served_by {
+                Some(b) => format!("; served by '{b}'"),
+                None => String::new(),
+            }
+        );
+    }
+    let ph = &r.phases;
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |s| format!("{s:.2}s"));
+    println!(
+        "phases: fetch index {:.2}s, fetch layers {:.2}s, write {:.2}s, WAL replay {}, first \
+         connection {}; total {:.2}s",
+        ph.fetch_index,
+        ph.fetch_layers,
+        ph.write,
+        opt(ph.wal_replay),
+        opt(ph.first_connection),
+        r.total_seconds
+    );
+    if let Some(port) = r.compute_port {
+        println!("compute running on 127.0.0.1:{port}: cairn compute list shows its URL");
+    }
+}

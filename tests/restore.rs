@@ -1,0 +1,505 @@
+//! Restore end to end, on file regions and real PostgreSQL: disaster recovery of every branch at
+//! several points onto an empty machine from one region and an identity file; failover to
+//! another region for missing and corrupt objects; point-in-time restore around a DROP TABLE;
+//! refusals that name the problem and write nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn two_regions(env: &Env) {
+    env.write_regions(&format!(
+        "min_copies = 2\ndeletion_delay = \"0s\"\n{}\n{}",
+        env.file_region("region-a"),
+        env.file_region("region-b")
+    ));
+}
+
+/// The password in a compute URL.
+fn password_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let creds = rest.rsplit_once('@').unwrap().0;
+    creds.split_once(':').unwrap().1.to_string()
+}
+
+fn pg_dumpall(port: u16, password: &str) -> String {
+    let out = Command::new(pg_bin().join("pg_dumpall"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .env("PGPASSWORD", password)
+        .output()
+        .expect("pg_dumpall");
+    assert!(
+        out.status.success(),
+        "pg_dumpall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `\restrict` keys are random per run by design (psql meta-command protection): the
+    // only lines two dumps of the same data may differ in.
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A plain data directory, started by the test with pg_ctl (not by cairn).
+struct Plain {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Plain {
+    fn start(dir: &Path) -> Plain {
+        let port = free_port();
+        let log = dir.parent().unwrap().join(format!("{port}.log"));
+        std::fs::write(&log, b"").unwrap();
+        chown_postgres(&log);
+        let out = pg_command("pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(dir)
+            .args(["-w", "-l"])
+            .arg(&log)
+            .arg("-o")
+            .arg(format!(
+                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "start {}: {}\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Plain {
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    fn url(&self, password: &str) -> String {
+        format!(
+            "postgresql://postgres:{password}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "fast", "-w"])
+            .output();
+    }
+}
+
+struct Point {
+    branch: String,
+    flag: &'static str,
+    value: String,
+    checksum: String,
+    dump: String,
+}
+
+/// Writes a batch on a compute and records the point just after it, by `flag`.
+async fn batch_and_point(
+    c: &tokio_postgres::Client,
+    port: u16,
+    password: &str,
+    branch: &str,
+    k: i32,
+    flag: &'static str,
+) -> Point {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.batch_execute(&format!(
+        "INSERT INTO t SELECT g, {k}, md5(g::text || '{branch}{k}') FROM generate_series({}, {}) g",
+        k * 1000,
+        k * 1000 + 299
+    ))
+    .await
+    .unwrap();
+    let value = match flag {
+        "--at" => scalar(c, "SELECT pg_current_wal_lsn()::text").await,
+        "--at-time" => {
+            scalar(
+                c,
+                "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+                 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            )
+            .await
+        }
+        _ => {
+            let rp = format!("{branch}_after_{k}");
+            c.execute("SELECT pg_create_restore_point($1)", &[&rp])
+                .await
+                .unwrap();
+            rp
+        }
+    };
+    let p = Point {
+        branch: branch.to_string(),
+        flag,
+        value,
+        checksum: table_checksum(c, "t").await,
+        dump: pg_dumpall(port, password),
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Noise after the point, which a restore at the point must not show.
+    c.batch_execute(&format!("UPDATE t SET v = 'after {k}' WHERE batch = {k}"))
+        .await
+        .unwrap();
+    p
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_machine() {
+    let env = Env::new();
+    two_regions(&env);
+    env.ok(&["cluster", "create", "shop"]);
+    let main_url = env.start("main");
+    let password = password_of(&main_url);
+    let main = connect(&main_url).await;
+    main.batch_execute("CREATE TABLE t (id int PRIMARY KEY, batch int NOT NULL, v text NOT NULL)")
+        .await
+        .unwrap();
+    let mut points = Vec::new();
+    let flags = ["--at", "--at-time", "--at-restore-point"];
+    for (k, flag) in flags.iter().enumerate() {
+        points.push(
+            batch_and_point(
+                &main,
+                port_of(&main_url),
+                &password,
+                "main",
+                k as i32 + 1,
+                flag,
+            )
+            .await,
+        );
+    }
+    // Two more branches with histories of their own.
+    env.ok(&["branch", "create", "dev", "--from", "main"]);
+    env.ok(&[
+        "branch",
+        "create",
+        "old",
+        "--from",
+        "main",
+        "--at",
+        &points[0].value,
+    ]);
+    for b in ["dev", "old"] {
+        let url = env.start(b);
+        let c = connect(&url).await;
+        for (k, flag) in flags.iter().enumerate() {
+            points
+                .push(batch_and_point(&c, port_of(&url), &password, b, k as i32 + 11, flag).await);
+        }
+    }
+    drop(main);
+    env.stop_all();
+    env.ok(&["backup", "now"]);
+    let identity = env.dir.path().join("appliance.age");
+    std::fs::copy(env.home.join("keys/appliance.age"), &identity).unwrap();
+
+    // Disaster: the appliance's disk and region A are gone.
+    std::fs::remove_dir_all(&env.home).unwrap();
+    std::fs::remove_dir_all(env.dir.path().join("regions/region-a")).unwrap();
+    let dr = Env::new();
+    dr.write_regions(&format!(
+        "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
+        env.dir.path().join("regions/region-b").display()
+    ));
+    for (i, p) in points.iter().enumerate() {
+        let target = dr.dir.path().join(format!("restored-{i}"));
+        let report = dr.json(&[
+            "restore",
+            "shop",
+            "--branch",
+            &p.branch,
+            p.flag,
+            &p.value,
+            "--to-datadir",
+            target.to_str().unwrap(),
+            "--identity",
+            identity.to_str().unwrap(),
+        ]);
+        assert_eq!(report["region"], "region-b");
+        assert!(report["substitutions"].as_array().unwrap().is_empty());
+        for phase in [
+            "fetch_index",
+            "fetch_layers",
+            "write",
+            "wal_replay",
+            "first_connection",
+        ] {
+            assert!(
+                report["phases"][phase].as_f64().is_some_and(|s| s >= 0.0),
+                "phase {phase} timed: {report}"
+            );
+        }
+        let server = Plain::start(&target);
+        let c = connect(&server.url(&password)).await;
+        assert_eq!(
+            table_checksum(&c, "t").await,
+            p.checksum,
+            "branch {} {} {}: the rows of that point",
+            p.branch,
+            p.flag,
+            p.value
+        );
+        drop(c);
+        let dump = pg_dumpall(server.port, &password);
+        assert!(
+            p.dump.contains("COPY public.t "),
+            "the dump holds the table"
+        );
+        assert!(
+            dump == p.dump,
+            "branch {} {} {}: pg_dumpall differs from the source's at that point",
+            p.branch,
+            p.flag,
+            p.value
+        );
+    }
+    // The staging areas are gone; every restore is recorded.
+    let staged: Vec<_> = std::fs::read_dir(dr.home.join("restore"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(staged.is_empty(), "staging left behind: {staged:?}");
+}
+
+/// A cluster with data, backed up to both regions; returns the table's checksum.
+async fn backed_up(env: &Env) -> String {
+    env.ok(&["cluster", "create", "shop"]);
+    let c = connect(&env.start("main")).await;
+    c.batch_execute(
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 50000) g;",
+    )
+    .await
+    .unwrap();
+    let sum = table_checksum(&c, "t").await;
+    drop(c);
+    env.stop_all();
+    env.ok(&["backup", "now"]);
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn objects_missing_or_corrupt_in_the_preferred_region_come_from_the_other() {
+    let env = Env::new();
+    two_regions(&env);
+    let sum = backed_up(&env).await;
+    // Damage region A: every other layer object deleted, the rest corrupted.
+    let layers: Vec<String> = env
+        .region_objects("region-a")
+        .into_iter()
+        .filter(|k| k.contains("/layers/"))
+        .collect();
+    assert!(layers.len() >= 2, "{layers:?}");
+    let root = env.region_root("region-a");
+    let mut damaged = Vec::new();
+    for (i, k) in layers.iter().enumerate() {
+        let p = root.join(k);
+        if i % 2 == 0 {
+            std::fs::remove_file(&p).unwrap();
+        } else {
+            let mut b = std::fs::read(&p).unwrap();
+            let n = b.len();
+            b[n - 100] ^= 0x5a;
+            std::fs::write(&p, b).unwrap();
+        }
+        damaged.push(k.rsplit('/').next().unwrap().to_string());
+    }
+    let target = env.dir.path().join("restored");
+    let report = env.json(&[
+        "restore",
+        "shop",
+        "--region",
+        "region-a",
+        "--to-datadir",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        report["region"], "region-a",
+        "indexes from the preferred region"
+    );
+    let subs = report["substitutions"].as_array().unwrap();
+    assert!(!subs.is_empty(), "{report}");
+    for s in subs {
+        assert_eq!(s["region"], "region-a", "{s}");
+        assert_eq!(s["served_by"], "region-b", "{s}");
+        let object = s["object"].as_str().unwrap();
+        assert!(
+            damaged.iter().any(|d| object.contains(d.as_str())),
+            "{object} was not damaged"
+        );
+    }
+    let reasons: Vec<&str> = subs.iter().map(|s| s["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.contains("missing")), "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("authentication") || r.contains("hash")),
+        "{reasons:?}"
+    );
+    // Every layer the restore fetched that region A lost is listed.
+    let fetched = report["layers_fetched"].as_u64().unwrap() as usize;
+    let listed = subs
+        .iter()
+        .filter(|s| s["object"].as_str().unwrap().contains(" layer "))
+        .filter(|s| !s["object"].as_str().unwrap().starts_with("metadata"))
+        .count();
+    assert_eq!(listed, fetched, "{report}");
+    let server = Plain::start(&target);
+    let pw = password_of(&env.start("main"));
+    env.stop_all();
+    let c = connect(&server.url(&pw)).await;
+    assert_eq!(table_checksum(&c, "t").await, sum);
+    drop(c);
+    drop(server);
+
+    // The same restore as a branch of this appliance, with a compute on it.
+    let out = env.ok(&[
+        "restore",
+        "shop",
+        "--region",
+        "region-a",
+        "--as-branch",
+        "restored",
+    ]);
+    assert!(out.contains("served by 'region-b'"), "{out}");
+    let b = env.branch("restored");
+    assert_eq!(b["parent"], "main");
+    let list = env.json(&["compute", "list"]);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["branch"] == "restored" && c["state"] == "running"),
+        "{list}"
+    );
+    let c = connect(&env.start("restored")).await;
+    assert_eq!(table_checksum(&c, "t").await, sum);
+    c.batch_execute("INSERT INTO t VALUES (-1, 'written on the restored branch')")
+        .await
+        .unwrap();
+    drop(c);
+    env.stop_all();
+    let c = connect(&env.start("main")).await;
+    assert_eq!(table_checksum(&c, "t").await, sum, "main untouched");
+    drop(c);
+    env.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_table_is_there_a_second_before_and_gone_a_second_after() {
+    let env = Env::new();
+    two_regions(&env);
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let password = password_of(&url);
+    let c = connect(&url).await;
+    c.batch_execute(
+        "CREATE TABLE precious AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g;
+         CREATE TABLE other (x int);",
+    )
+    .await
+    .unwrap();
+    let sum = table_checksum(&c, "precious").await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let fmt = "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'";
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT to_char((t - interval '1 second') AT TIME ZONE 'UTC', {fmt}),
+                        to_char((t + interval '1 second') AT TIME ZONE 'UTC', {fmt})
+                 FROM (SELECT clock_timestamp() AS t) x"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (before, after): (String, String) = (row.get(0), row.get(1));
+    c.batch_execute("DROP TABLE precious").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.batch_execute("INSERT INTO other VALUES (1)")
+        .await
+        .unwrap();
+    drop(c);
+    env.stop_all();
+    env.ok(&["backup", "now"]);
+    for (name, at, present) in [("before", &before, true), ("after", &after, false)] {
+        let target = env.dir.path().join(name);
+        env.ok(&[
+            "restore",
+            "shop",
+            "--at-time",
+            at,
+            "--to-datadir",
+            target.to_str().unwrap(),
+        ]);
+        let server = Plain::start(&target);
+        let c = connect(&server.url(&password)).await;
+        let exists = scalar(&c, "SELECT (to_regclass('precious') IS NOT NULL)::text").await;
+        assert_eq!(exists, present.to_string(), "{name} the drop");
+        if present {
+            assert_eq!(table_checksum(&c, "precious").await, sum, "all rows");
+        }
+    }
+
+    // Refusals: nothing written, the reason and the way out named.
+    let used = env.dir.path().join("before");
+    let err = env.fail(&["restore", "shop", "--to-datadir", used.to_str().unwrap()]);
+    assert!(err.contains("not empty"), "{err}");
+    let fresh = env.dir.path().join("never");
+    let err = env.fail(&[
+        "restore",
+        "shop",
+        "--at",
+        "0/10",
+        "--to-datadir",
+        fresh.to_str().unwrap(),
+    ]);
+    assert!(err.contains("reconstructible:"), "{err}");
+    assert!(!fresh.exists(), "nothing written for a refused restore");
+    let err = env.fail(&["restore", "nosuch", "--to-datadir", fresh.to_str().unwrap()]);
+    assert!(err.contains("holds no backup of cluster 'nosuch'"), "{err}");
+    let err = env.fail(&[
+        "restore",
+        "shop",
+        "--branch",
+        "nosuch",
+        "--to-datadir",
+        fresh.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("branch 'nosuch'") && err.contains("main"),
+        "{err}"
+    );
+    let err = env.fail(&["restore", "shop", "--as-branch", "main"]);
+    assert!(err.contains("already exists"), "{err}");
+    assert!(!fresh.exists());
+}
