@@ -37,6 +37,10 @@ pub struct RestoreArgs {
     /// With --to-datadir: leave the WAL to replay on first start instead of replaying it now.
     #[arg(long, requires = "to_datadir")]
     pub no_recover: bool,
+    /// With --to-datadir over an earlier restore of the cluster: rewrite only the pages and
+    /// files that differ (stop any server on it first).
+    #[arg(long, requires = "to_datadir")]
+    pub delta: bool,
     /// Read from this region first (default: the healthiest).
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
@@ -54,6 +58,7 @@ pub struct RestoreArgs {
 
 pub const AFTER_HELP: &str = "Examples:
   cairn restore shop --to-datadir /srv/pg-restored
+  cairn restore shop --to-datadir /srv/pg-restored --delta      (rewrites only what changed)
   cairn restore shop --branch main --at-time 2026-11-23T09:59:59Z --as-branch before-drop
   cairn restore shop --at 0/3000150 --to-datadir /srv/pg --region region-b --identity escrow.age
 
@@ -74,6 +79,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
         (None, Some(d)) => Target::Datadir {
             dir: std::path::absolute(d)?,
             recover: !a.no_recover,
+            delta: a.delta,
         },
         (None, None) => anyhow::bail!("choose a target: --as-branch NAME or --to-datadir DIR"),
     };
@@ -116,11 +122,17 @@ fn print_report(r: &RestoreReport) {
         r.target
     );
     println!(
-        "from region '{}': {} layer(s), {} fetched; {} of data, {} WAL segment(s)",
+        "from region '{}': {} layer(s), {} fetched; {} of data ({} written{}), {} WAL segment(s)",
         r.region,
         r.layers_fetched,
         bytes(r.bytes_fetched),
         bytes(r.data_bytes),
+        bytes(r.written_bytes),
+        if r.removed > 0 {
+            format!(", {} removed", r.removed)
+        } else {
+            String::new()
+        },
         r.wal_segments
     );
     for s in &r.substitutions {

@@ -503,3 +503,114 @@ async fn a_dropped_table_is_there_a_second_before_and_gone_a_second_after() {
     assert!(err.contains("already exists"), "{err}");
     assert!(!fresh.exists());
 }
+
+/// Every regular file below `root` with its contents, by relative path.
+fn tree(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(dir: &Path, root: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if e.file_type().unwrap().is_dir() {
+                out.insert(format!("{rel}/"), vec![]);
+                walk(&p, root, out);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delta_restore_rewrites_a_small_fraction_and_equals_a_fresh_restore() {
+    let env = Env::new();
+    two_regions(&env);
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let password = password_of(&url);
+    let c = connect(&url).await;
+    c.batch_execute(
+        "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g;",
+    )
+    .await
+    .unwrap();
+    // Settle hint bits and the visibility map first: they are changes too.
+    c.batch_execute("VACUUM FREEZE t").await.unwrap();
+    drop(c);
+    env.stop_all();
+    env.ok(&["backup", "now"]);
+    let d = env.dir.path().join("delta");
+    env.ok(&["restore", "shop", "--to-datadir", d.to_str().unwrap()]);
+    // A small change, backed up.
+    let c = connect(&env.start("main")).await;
+    c.batch_execute("UPDATE t SET h = 'changed' WHERE g <= 20")
+        .await
+        .unwrap();
+    let sum = table_checksum(&c, "t").await;
+    drop(c);
+    env.stop_all();
+    env.ok(&["backup", "now"]);
+    // Stray files a fresh restore would not have.
+    std::fs::write(d.join("stray.txt"), b"not in the image").unwrap();
+    let r = env.json(&[
+        "restore",
+        "shop",
+        "--to-datadir",
+        d.to_str().unwrap(),
+        "--delta",
+        "--no-recover",
+    ]);
+    let (written, data) = (
+        r["written_bytes"].as_u64().unwrap(),
+        r["data_bytes"].as_u64().unwrap(),
+    );
+    let ratio = written as f64 / data as f64;
+    println!(
+        "delta restore wrote {written} of {data} bytes ({:.2} %)",
+        ratio * 100.0
+    );
+    assert!(data > 10 << 20, "{r}");
+    assert!(
+        ratio < 0.10,
+        "delta rewrote {:.1} % of the data",
+        ratio * 100.0
+    );
+    assert!(r["removed"].as_u64().unwrap() >= 1, "{r}");
+    let fresh = env.dir.path().join("fresh");
+    env.ok(&[
+        "restore",
+        "shop",
+        "--to-datadir",
+        fresh.to_str().unwrap(),
+        "--no-recover",
+    ]);
+    let (a, b) = (tree(&d), tree(&fresh));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "same files"
+    );
+    for (k, v) in &a {
+        assert!(v == &b[k], "{k} differs from a fresh restore");
+    }
+    let server = Plain::start(&d);
+    let c = connect(&server.url(&password)).await;
+    assert_eq!(table_checksum(&c, "t").await, sum);
+    drop(c);
+    drop(server);
+    // Refusals: a running server, a directory of something else.
+    let other = env.dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"x").unwrap();
+    let err = env.fail(&[
+        "restore",
+        "shop",
+        "--to-datadir",
+        other.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert!(err.contains("not a PostgreSQL data directory"), "{err}");
+    assert!(other.join("notes.txt").exists(), "left untouched");
+}

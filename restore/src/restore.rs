@@ -44,8 +44,13 @@ pub enum Target {
     /// A new branch of the cluster in this appliance, with a compute started on it.
     Branch(String),
     /// A plain PostgreSQL data directory; `recover`: replay to the point and shut down cleanly
-    /// (else the directory is left to replay on its first start).
-    Datadir { dir: PathBuf, recover: bool },
+    /// (else the directory is left to replay on its first start); `delta`: write over an
+    /// existing data directory, rewriting only what differs.
+    Datadir {
+        dir: PathBuf,
+        recover: bool,
+        delta: bool,
+    },
 }
 
 impl std::fmt::Display for Target {
@@ -101,6 +106,10 @@ pub struct RestoreReport {
     pub layers_fetched: usize,
     pub bytes_fetched: u64,
     pub data_bytes: u64,
+    /// Bytes of data files written (less than `data_bytes` after a delta restore).
+    pub written_bytes: u64,
+    /// Files and directories a delta restore removed.
+    pub removed: u64,
     pub wal_segments: u64,
     pub phases: Phases,
     pub total_seconds: f64,
@@ -179,8 +188,20 @@ async fn run(
     let t0 = Instant::now();
     let local = &p.engine;
     // Refusals that need no region.
+    let mut delta = false;
     match &req.target {
-        Target::Datadir { dir, .. } => check_target_empty(dir)?,
+        Target::Datadir { dir, delta: d, .. } => {
+            if *d && check_target_empty(dir).is_err() {
+                delta = true;
+            } else {
+                check_target_empty(dir).map_err(|e| {
+                    Error::Refused(format!(
+                        "{e}, or pass --delta to rewrite only what differs in an earlier \
+                         restore of the same cluster"
+                    ))
+                })?;
+            }
+        }
         Target::Branch(name) => {
             cairn_engine::engine::validate_name("branch", name)?;
             let c = local
@@ -243,6 +264,23 @@ async fn run(
         .map_err(|e| Error::from(se.explain(&map, &what, tl.id, e)))?;
     // Binaries of the cluster's major version (they replay the WAL and start the compute).
     local.bins_for(&cluster)?;
+    if let (true, Target::Datadir { dir, .. }) = (delta, &req.target) {
+        let v = std::fs::read_to_string(dir.join("PG_VERSION")).unwrap_or_default();
+        if v.trim() != cluster.pg_major.to_string() {
+            return Err(Error::Refused(format!(
+                "{} is {}, cluster '{}' is PostgreSQL {}: --delta only writes over an earlier \
+                 restore of the same cluster; restore into an empty directory instead",
+                dir.display(),
+                if v.trim().is_empty() {
+                    "not a PostgreSQL data directory".to_string()
+                } else {
+                    format!("a PostgreSQL {} data directory", v.trim())
+                },
+                cluster.name,
+                cluster.pg_major
+            )));
+        }
+    }
     let fetch_index = t0.elapsed().as_secs_f64();
 
     // Space: staged layers, and the data directory.
@@ -265,7 +303,11 @@ async fn run(
     };
     crate::space::ensure(&[
         (staging.dir.clone(), fetch_bytes, "layers"),
-        (data_dir, image_size + wal_bytes, "data directory"),
+        (
+            data_dir,
+            if delta { 0 } else { image_size } + wal_bytes,
+            "data directory",
+        ),
     ])?;
 
     // 2. Layers.
@@ -332,6 +374,8 @@ async fn run(
         layers_fetched: fetched,
         bytes_fetched,
         data_bytes: 0,
+        written_bytes: 0,
+        removed: 0,
         wal_segments: 0,
         phases: Phases {
             fetch_index,
@@ -346,11 +390,14 @@ async fn run(
         Target::Datadir {
             dir,
             recover: run_recovery,
+            ..
         } => {
             // 3. Write.
             let created = !dir.exists();
             let cleanup = |dir: &Path| {
-                if created {
+                if delta {
+                    tracing::warn!(dir = %dir.display(), "the delta restore failed part way: run it again to finish");
+                } else if created {
                     let _ = std::fs::remove_dir_all(dir);
                 } else if let Ok(rd) = std::fs::read_dir(dir) {
                     for e in rd.flatten() {
@@ -367,7 +414,11 @@ async fn run(
             progress.phase("write", image_size);
             let (pl, pa, d, pr) = (plan.clone(), paths.clone(), dir.clone(), progress.clone());
             let stats = tokio::task::spawn_blocking(move || {
-                cairn_engine::materialise::materialise(&pl, &pa, &d, &pr.done)
+                if delta {
+                    cairn_engine::materialise::materialise_delta(&pl, &pa, &d, &pr.done)
+                } else {
+                    cairn_engine::materialise::materialise(&pl, &pa, &d, &pr.done)
+                }
             })
             .await
             .map_err(|e| Error::io("write task", std::io::Error::other(e.to_string())))?;
@@ -379,7 +430,14 @@ async fn run(
                 }
             };
             report.data_bytes = stats.data_bytes;
+            report.written_bytes = stats.written_bytes;
+            report.removed = stats.removed;
             report.wal_segments = stats.wal_segments;
+            // Owned by the PostgreSQL OS user when Cairn runs as root, like any data directory.
+            if let Err(e) = local.user.chown_tree(dir) {
+                cleanup(dir);
+                return Err(e.into());
+            }
             report.phases.write = t2.elapsed().as_secs_f64();
             // 4, 5. Replay and first connection.
             if *run_recovery {
@@ -440,6 +498,7 @@ async fn run(
             };
             let m = info.materialise.clone().unwrap_or_default();
             report.data_bytes = m.data_bytes;
+            report.written_bytes = m.written_bytes;
             report.wal_segments = m.wal_segments;
             report.phases.write = m.seconds;
             report.phases.wal_replay = info.start_seconds;
