@@ -250,16 +250,7 @@ impl Engine {
         from: &str,
         spec: &PointSpec,
     ) -> Result<BranchInfo> {
-        validate_name("branch", name)?;
-        let _g = self
-            .home
-            .lock_cluster(cluster.id, &format!("cluster '{}'", cluster.name))?;
-        if self.catalog.branch(cluster.id, name).await?.is_some() {
-            return Err(Error::Refused(format!(
-                "branch '{name}' already exists in cluster '{}'",
-                cluster.name
-            )));
-        }
+        let _g = self.lock_new_branch(cluster, name).await?;
         let (_, parent) = self.resolve_branch(cluster, from).await?;
         let parent = self.sync_if_running(cluster, parent.id).await?;
         let (x, prev) = self.resolve_point(cluster, &parent, spec).await?;
@@ -289,16 +280,7 @@ impl Engine {
         x: Lsn,
         prev: Option<Lsn>,
     ) -> Result<BranchInfo> {
-        validate_name("branch", name)?;
-        let _g = self
-            .home
-            .lock_cluster(cluster.id, &format!("cluster '{}'", cluster.name))?;
-        if self.catalog.branch(cluster.id, name).await?.is_some() {
-            return Err(Error::Refused(format!(
-                "branch '{name}' already exists in cluster '{}'",
-                cluster.name
-            )));
-        }
+        let _g = self.lock_new_branch(cluster, name).await?;
         let p = self.catalog.timeline(parent).await?;
         if p.cluster_id != cluster.id || x > p.head {
             return Err(Error::Refused(format!(
@@ -312,6 +294,25 @@ impl Engine {
             .await?;
         tracing::info!(branch = name, lsn = %x, "branch created at a restored point");
         self.branch_info(cluster, name).await
+    }
+
+    /// Checks that `name` is a valid, free branch name and locks the cluster for its creation.
+    async fn lock_new_branch(
+        &self,
+        cluster: &ClusterRow,
+        name: &str,
+    ) -> Result<crate::home::LockGuard> {
+        validate_name("branch", name)?;
+        let g = self
+            .home
+            .lock_cluster(cluster.id, &format!("cluster '{}'", cluster.name))?;
+        if self.catalog.branch(cluster.id, name).await?.is_some() {
+            return Err(Error::Refused(format!(
+                "branch '{name}' already exists in cluster '{}'",
+                cluster.name
+            )));
+        }
+        Ok(g)
     }
 
     async fn insert_branch_at(

@@ -46,6 +46,19 @@ pub fn compute_settings(branch: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The superuser a cluster's data directories know: `postgres` for managed clusters, the
+/// source's role for adopted ones.
+pub fn superuser(cluster: &ClusterRow) -> String {
+    match cluster.kind {
+        ClusterKind::Managed => "postgres".into(),
+        ClusterKind::Adopted => cluster
+            .source
+            .as_deref()
+            .and_then(crate::adopt::source_user)
+            .unwrap_or_else(|| "postgres".into()),
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ComputeInfo {
     pub cluster: String,
@@ -98,15 +111,11 @@ impl Engine {
     pub fn credentials(&self, cluster: &ClusterRow) -> Result<Credentials> {
         match cluster.kind {
             ClusterKind::Managed => Ok(Credentials {
-                user: "postgres".into(),
+                user: superuser(cluster),
                 password: self.home.read_secret(cluster.id, "password")?,
             }),
             ClusterKind::Adopted => Ok(Credentials {
-                user: cluster
-                    .source
-                    .as_deref()
-                    .and_then(crate::adopt::source_user)
-                    .unwrap_or_else(|| "postgres".into()),
+                user: superuser(cluster),
                 password: self
                     .home
                     .read_secret(cluster.id, "source-password")

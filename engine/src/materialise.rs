@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{LayerId, Lsn};
 use crate::layer::file::{LayerFile, LayerKind};
-use crate::layer::image::{validate_rel_path, ImageMeta};
+use crate::layer::image::{validate_rel_path, BlobRef, ImageMeta};
 use crate::layer::wal::WalMeta;
 use crate::layer_map::Plan;
 use crate::wal::segment_file_name;
@@ -63,7 +63,8 @@ impl LayerResolver for HashMap<LayerId, PathBuf> {
     }
 }
 
-fn ensure_empty_dir(target: &Path) -> Result<()> {
+/// Refuses a target directory that exists and is not empty.
+pub fn check_empty(target: &Path) -> Result<()> {
     if target.exists() {
         let mut rd = fs::read_dir(target).ctx("read directory", target)?;
         if rd.next().is_some() {
@@ -73,6 +74,11 @@ fn ensure_empty_dir(target: &Path) -> Result<()> {
             )));
         }
     }
+    Ok(())
+}
+
+fn ensure_empty_dir(target: &Path) -> Result<()> {
+    check_empty(target)?;
     crate::fsutil::create_dir_mode(target, 0o700).ctx("create directory", target)
 }
 
@@ -212,23 +218,9 @@ fn write_point(
                 .ctx("create file", &p)?;
             let mut w = BufWriter::with_capacity(1 << 20, out);
             let mut n = 0u64;
-            // Consecutive pieces usually share a frame: decompress each frame once.
-            let mut frame: Option<((u32, u64), Vec<u8>)> = None;
+            let mut pieces = Pieces::new(&sources, &img_path);
             for b in &f.blobs {
-                let src = sources.get(b.layer as usize).ok_or_else(|| {
-                    Error::corrupt(
-                        format!("image layer {}", img_path.display()),
-                        "bad layer index",
-                    )
-                })?;
-                let key = (b.layer, b.offset);
-                if frame.as_ref().is_none_or(|(k, _)| *k != key) {
-                    frame = Some((key, src.read_frame(b.offset, b.clen, b.frame_len)?));
-                }
-                let data = &frame.as_ref().expect("just set").1;
-                let raw = b
-                    .cut(data, &format!("layer file {}", src.path.display()))
-                    .map_err(|e| Error::corrupt("image piece", e))?;
+                let raw = pieces.get(b)?;
                 w.write_all(raw).ctx("write", &p)?;
                 n += raw.len() as u64;
                 progress.fetch_add(raw.len() as u64, Ordering::Relaxed);
@@ -251,6 +243,40 @@ fn write_point(
         wal_segments: segments,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Reads a file's pieces in order. Consecutive pieces usually share a frame: each frame is
+/// decompressed once; every piece is checked against its SHA-256.
+struct Pieces<'a> {
+    sources: &'a [LayerFile],
+    img_path: &'a Path,
+    frame: Option<((u32, u64), Vec<u8>)>,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(sources: &'a [LayerFile], img_path: &'a Path) -> Pieces<'a> {
+        Pieces {
+            sources,
+            img_path,
+            frame: None,
+        }
+    }
+
+    fn get(&mut self, b: &BlobRef) -> Result<&[u8]> {
+        let src = self.sources.get(b.layer as usize).ok_or_else(|| {
+            Error::corrupt(
+                format!("image layer {}", self.img_path.display()),
+                "bad layer index",
+            )
+        })?;
+        let key = (b.layer, b.offset);
+        if self.frame.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.frame = Some((key, src.read_frame(b.offset, b.clen, b.frame_len)?));
+        }
+        let data = &self.frame.as_ref().expect("just set").1;
+        b.cut(data, &format!("layer file {}", src.path.display()))
+            .map_err(|e| Error::corrupt("image piece", e))
+    }
 }
 
 /// Brings one existing file to the image's content, writing only the pieces that differ.
@@ -278,7 +304,7 @@ fn delta_file(
     let have = out.metadata().ctx("stat", p)?.len();
     let mut pos = 0u64;
     let mut old = Vec::new();
-    let mut frame: Option<((u32, u64), Vec<u8>)> = None;
+    let mut pieces = Pieces::new(sources, img_path);
     for b in &f.blobs {
         let len = b.raw_len as u64;
         let mut same = false;
@@ -288,20 +314,7 @@ fn delta_file(
             same = sha2::Sha256::digest(&old).as_slice() == b.hash;
         }
         if !same {
-            let src = sources.get(b.layer as usize).ok_or_else(|| {
-                Error::corrupt(
-                    format!("image layer {}", img_path.display()),
-                    "bad layer index",
-                )
-            })?;
-            let key = (b.layer, b.offset);
-            if frame.as_ref().is_none_or(|(k, _)| *k != key) {
-                frame = Some((key, src.read_frame(b.offset, b.clen, b.frame_len)?));
-            }
-            let data = &frame.as_ref().expect("just set").1;
-            let raw = b
-                .cut(data, &format!("layer file {}", src.path.display()))
-                .map_err(|e| Error::corrupt("image piece", e))?;
+            let raw = pieces.get(b)?;
             out.write_all_at(raw, pos).ctx("write", p)?;
             written.fetch_add(len, Ordering::Relaxed);
         }

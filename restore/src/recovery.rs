@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_backup::{Error, Result};
-use cairn_engine::catalog::{ClusterKind, ClusterRow};
+use cairn_engine::catalog::ClusterRow;
+use cairn_engine::compute::superuser;
 use cairn_engine::pg::server::{free_port, Server};
 use cairn_engine::{Engine, Lsn};
 
@@ -23,18 +24,6 @@ pub struct Replay {
     pub first_connection_seconds: f64,
     /// Where recovery ended (the end-of-recovery checkpoint).
     pub ended_at: Lsn,
-}
-
-/// The superuser a cluster's data directory knows.
-pub fn superuser(cluster: &ClusterRow) -> String {
-    match cluster.kind {
-        ClusterKind::Managed => "postgres".into(),
-        ClusterKind::Adopted => cluster
-            .source
-            .as_deref()
-            .and_then(cairn_engine::adopt::source_user)
-            .unwrap_or_else(|| "postgres".into()),
-    }
 }
 
 struct RunDir(PathBuf);

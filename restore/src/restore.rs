@@ -164,21 +164,6 @@ pub async fn restore(
     result
 }
 
-fn check_target_empty(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    let mut rd =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
-    if rd.next().is_some() {
-        return Err(Error::Refused(format!(
-            "target directory {} is not empty; restore into an empty or new directory",
-            dir.display()
-        )));
-    }
-    Ok(())
-}
-
 async fn run(
     p: &Protection,
     req: &RestoreRequest,
@@ -191,15 +176,14 @@ async fn run(
     let mut delta = false;
     match &req.target {
         Target::Datadir { dir, delta: d, .. } => {
-            if *d && check_target_empty(dir).is_err() {
-                delta = true;
-            } else {
-                check_target_empty(dir).map_err(|e| {
-                    Error::Refused(format!(
+            if let Err(e) = cairn_engine::materialise::check_empty(dir) {
+                if !*d {
+                    return Err(Error::Refused(format!(
                         "{e}, or pass --delta to rewrite only what differs in an earlier \
                          restore of the same cluster"
-                    ))
-                })?;
+                    )));
+                }
+                delta = true;
             }
         }
         Target::Branch(name) => {
