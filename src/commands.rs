@@ -269,6 +269,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Regions(c) => crate::protect::regions(&g, c).await,
         Command::Catalog(c) => crate::protect::catalog(&g, c).await,
         Command::Restore(a) => crate::restore::restore(&g, a).await,
+        Command::Export(a) => crate::export::export(&g, a).await,
     }
 }
 

@@ -7,6 +7,7 @@ mod api;
 mod bar;
 mod commands;
 mod daemon;
+mod export;
 mod output;
 mod protect;
 mod restore;
@@ -104,6 +105,9 @@ pub enum Command {
     /// Restore any point of a branch from a region: as a new branch, or a data directory.
     #[command(after_help = restore::AFTER_HELP)]
     Restore(restore::RestoreArgs),
+    /// A logical copy: pg_dump of any point, sealed to a file or regions; list; decrypt.
+    #[command(after_help = export::AFTER_HELP)]
+    Export(export::ExportArgs),
 }
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,13 +17,6 @@ fn two_regions(env: &Env) {
         env.file_region("region-a"),
         env.file_region("region-b")
     ));
-}
-
-/// The password in a compute URL.
-fn password_of(url: &str) -> String {
-    let rest = url.split_once("://").unwrap().1;
-    let creds = rest.rsplit_once('@').unwrap().0;
-    creds.split_once(':').unwrap().1.to_string()
 }
 
 fn pg_dumpall(port: u16, password: &str) -> String {
@@ -45,62 +38,6 @@ fn pg_dumpall(port: u16, password: &str) -> String {
         .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// A plain data directory, started by the test with pg_ctl (not by cairn).
-struct Plain {
-    dir: PathBuf,
-    port: u16,
-}
-
-impl Plain {
-    fn start(dir: &Path) -> Plain {
-        let port = free_port();
-        let log = dir.parent().unwrap().join(format!("{port}.log"));
-        std::fs::write(&log, b"").unwrap();
-        chown_postgres(&log);
-        let out = pg_command("pg_ctl")
-            .arg("start")
-            .arg("-D")
-            .arg(dir)
-            .args(["-w", "-l"])
-            .arg(&log)
-            .arg("-o")
-            .arg(format!(
-                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "start {}: {}\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Plain {
-            dir: dir.to_path_buf(),
-            port,
-        }
-    }
-
-    fn url(&self, password: &str) -> String {
-        format!(
-            "postgresql://postgres:{password}@127.0.0.1:{}/postgres",
-            self.port
-        )
-    }
-}
-
-impl Drop for Plain {
-    fn drop(&mut self) {
-        let _ = pg_command("pg_ctl")
-            .arg("stop")
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-m", "fast", "-w"])
-            .output();
-    }
 }
 
 struct Point {
@@ -159,17 +96,6 @@ async fn batch_and_point(
         .await
         .unwrap();
     p
-}
-
-fn port_of(url: &str) -> u16 {
-    url.rsplit_once(':')
-        .unwrap()
-        .1
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

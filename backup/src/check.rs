@@ -19,7 +19,6 @@ use crate::crypto::keyobj::KeyObject;
 use crate::crypto::stream::open_all;
 use crate::error::{Error, Result};
 use crate::index::{decode_verified, index_key, Trust};
-use crate::keyring::object_key_name;
 use crate::keys::Identity;
 use crate::region::{keys, Region};
 use crate::ship::Protection;
@@ -58,10 +57,11 @@ pub struct RepairReport {
 }
 
 fn payload_key(k: &ObjectKeyRow) -> String {
-    match k.object.strip_prefix("secrets-") {
-        Some(_) => keys::secrets(&k.cluster_id),
-        None => keys::layer(&k.cluster_id, &k.object),
-    }
+    keys::payload_of(&k.cluster_id, &k.object)
+}
+
+fn key_object_key(k: &ObjectKeyRow) -> String {
+    keys::key_of(&k.cluster_id, &k.object)
 }
 
 impl Protection {
@@ -75,7 +75,7 @@ impl Protection {
     ) -> std::result::Result<(), String> {
         let pk = payload_key(k);
         let bytes = region.get(&pk).await.map_err(|e| e.to_string())?;
-        let kk = object_key_name(&k.cluster_id, &k.object);
+        let kk = key_object_key(k);
         let kb = region
             .get(&kk)
             .await
@@ -86,11 +86,19 @@ impl Protection {
         // Decrypt first: the authentication failure says what happened to the object.
         let what = format!("region '{}', {}", region.name, pk);
         let plain = open_all(&dek, &bytes, &ko.object_id, &what).map_err(|e| e.to_string())?;
-        if !k.object.starts_with("secrets-") {
+        // A layer is named by its plaintext hash; an export's header carries it.
+        let expected_id = if k.object.starts_with("secrets-") {
+            None
+        } else if k.object.starts_with("export-") {
+            Some(hex::encode(ko.object_id))
+        } else {
+            Some(k.object.clone())
+        };
+        if let Some(expected_id) = expected_id {
             let id = hex::encode(Sha256::digest(&plain));
-            if id != k.object {
+            if id != expected_id {
                 return Err(format!(
-                    "plaintext hashes to {}, not to the layer id",
+                    "plaintext hashes to {}, not to the object's id",
                     &id[..16]
                 ));
             }
@@ -176,7 +184,7 @@ impl Protection {
                         }
                     }
                 }
-                let kk = object_key_name(&k.cluster_id, obj);
+                let kk = key_object_key(k);
                 if !listing.contains_key(&kk) {
                     report
                         .problems
@@ -241,13 +249,14 @@ impl Protection {
                 continue;
             }
             // Which object is it?
-            let Some(k) = keys_by_obj.values().find(|k| {
-                payload_key(k) == p.object || object_key_name(&k.cluster_id, &k.object) == p.object
-            }) else {
+            let Some(k) = keys_by_obj
+                .values()
+                .find(|k| payload_key(k) == p.object || key_object_key(k) == p.object)
+            else {
                 out.unrepaired.push(format!("{p} (unknown object)"));
                 continue;
             };
-            if p.object == object_key_name(&k.cluster_id, &k.object) {
+            if p.object == key_object_key(k) {
                 // Key objects are ours: write the current one.
                 broken
                     .put(&p.object, Bytes::from(k.key_object.clone()))

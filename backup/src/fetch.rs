@@ -6,12 +6,13 @@
 //!   flag, so reordering and truncation fail), the plaintext SHA-256 against the layer id and,
 //!   when the index recorded them, the ciphertext's size and SHA-256. A ranged read checks the
 //!   header and the tag of every chunk it opens: it proves those bytes are that object's.
-//! - A download writes to a temporary name and renames into place only after every check
+//! - A download writes to a temporary name (mode 0600: it is plaintext) and renames into place only after every check
 //!   passed; a failed or interrupted download leaves nothing under the destination name.
 //! - Memory stays bounded: at most [`CHUNKS_PER_GET`] sealed chunks of one object are in
 //!   memory at a time, whatever the object's size.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -196,7 +197,11 @@ pub async fn download(
     let tmp = cairn_engine::fsutil::temp_path(dir);
     let mut out = std::io::BufWriter::with_capacity(
         1 << 20,
-        std::fs::File::create(&tmp)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
             .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?,
     );
     let mut plain_hash = Sha256::new();
@@ -225,7 +230,7 @@ pub async fn download(
         out.flush()
             .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
         let digest: [u8; 32] = plain_hash.finalize().into();
-        if &digest != expect.object_id && obj.opener.header.kind == ObjectKind::Layer {
+        if &digest != expect.object_id && obj.opener.header.kind != ObjectKind::Secrets {
             return Err(Error::tampered(&what, "plaintext does not hash to its id"));
         }
         if let Some((_, sha)) = expect.sealed {

@@ -70,22 +70,21 @@ impl Protection {
             let Some(cluster) = keys_by_object.get(&obj) else {
                 continue;
             };
-            let gone = match obj.strip_prefix("secrets-") {
-                Some(c) => !live_clusters.contains(c),
-                None => !live_layers.contains(&obj),
+            // Secrets and exports live as long as their cluster; layers as long as they are
+            // in the catalog.
+            let gone = if obj.starts_with("secrets-") || obj.starts_with("export-") {
+                !live_clusters.contains(cluster)
+            } else {
+                !live_layers.contains(&obj)
             };
             if !gone {
                 continue;
             }
-            let (payload, key) = match obj.strip_prefix("secrets-") {
-                Some(_) => (keys::secrets(cluster), keys::secrets_key(cluster)),
-                None => (keys::layer(cluster, &obj), keys::key(cluster, &obj)),
-            };
-            st.queue_deletion(&region, &payload, "no longer in the catalog", delay)
-                .await?;
-            st.queue_deletion(&region, &key, "no longer in the catalog", delay)
-                .await?;
-            queued += 2;
+            for key in keys::objects_of(cluster, &obj) {
+                st.queue_deletion(&region, &key, "no longer in the catalog", delay)
+                    .await?;
+                queued += 1;
+            }
         }
         Ok(queued)
     }
@@ -157,6 +156,10 @@ impl Protection {
                 ["clusters", c, "secrets"] | ["clusters", c, "keys", "secrets"] => {
                     (c.to_string(), format!("secrets-{c}"))
                 }
+                ["clusters", c, "exports", o] => (
+                    c.to_string(),
+                    keys::export_object(o.strip_suffix(".manifest").unwrap_or(o)),
+                ),
                 ["clusters", c, "layers", o] | ["clusters", c, "keys", o] => {
                     (c.to_string(), o.to_string())
                 }
@@ -168,7 +171,11 @@ impl Protection {
                     continue;
                 }
             };
-            if !object.is_empty() && !object.starts_with("secrets-") {
+            // Only layers are named by indexes.
+            if !object.is_empty()
+                && !object.starts_with("secrets-")
+                && !object.starts_with("export-")
+            {
                 let key = (d.region.clone(), cluster.clone());
                 if !cache.contains_key(&key) {
                     match self.referenced(region, &cluster).await {

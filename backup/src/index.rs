@@ -17,11 +17,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::keys::{key_id, verify, Signer};
+use crate::keys::{open_blob, require_trusted, sign_blob, Signer};
 
 pub const MAGIC: &[u8; 8] = b"CAIRNIDX";
 pub const VERSION: u16 = 1;
-const PREFIX_LEN: usize = 8 + 2 + 32 + 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
@@ -104,27 +103,10 @@ pub fn generation_of(name: &str) -> Option<u64> {
         .flatten()
 }
 
-fn signed_message(signer: &[u8; 32], body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(PREFIX_LEN + body.len());
-    m.extend_from_slice(MAGIC);
-    m.extend_from_slice(&VERSION.to_le_bytes());
-    m.extend_from_slice(signer);
-    m.extend_from_slice(body);
-    m
-}
-
 impl TimelineIndex {
     pub fn encode_signed(&self, signer: &Signer) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("index serialises");
-        let public = signer.public();
-        let sig = signer.sign(&signed_message(&public, &body));
-        let mut out = Vec::with_capacity(PREFIX_LEN + body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&public);
-        out.extend_from_slice(&sig);
-        out.extend_from_slice(&body);
-        out
+        sign_blob(MAGIC, VERSION, signer, &body)
     }
 }
 
@@ -144,45 +126,8 @@ pub fn decode_verified(
     trust: &Trust,
 ) -> Result<(TimelineIndex, [u8; 32])> {
     let what = format!("region '{region}', index {name}");
-    if bytes.len() < PREFIX_LEN || &bytes[..8] != MAGIC {
-        return Err(Error::tampered(
-            &what,
-            "not a signed cairn index (unsigned or damaged)",
-        ));
-    }
-    let v = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if v != VERSION {
-        return Err(Error::tampered(
-            &what,
-            format!("index format version {v} is not one this cairn reads ({VERSION})"),
-        ));
-    }
-    let signer: [u8; 32] = bytes[10..42].try_into().expect("32");
-    let sig = &bytes[42..106];
-    let body = &bytes[PREFIX_LEN..];
-    if !verify(&signer, &signed_message(&signer, body), sig) {
-        return Err(Error::tampered(
-            &what,
-            "signature does not verify (modified after signing)",
-        ));
-    }
-    if !trust.signers.contains(&signer) {
-        return Err(Error::tampered(
-            &what,
-            format!(
-                "signed by key {}, which is not a trusted appliance signing key ({}); pass \
-                 --trust-signer {} only if you know that key",
-                key_id(&signer),
-                trust
-                    .signers
-                    .iter()
-                    .map(|s| key_id(s))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                key_id(&signer)
-            ),
-        ));
-    }
+    let (signer, body) = open_blob(MAGIC, VERSION, bytes, &what, "index")?;
+    require_trusted(&signer, trust.signers, &what)?;
     let idx: TimelineIndex = serde_json::from_slice(body)
         .map_err(|e| Error::tampered(&what, format!("body does not parse: {e}")))?;
     if idx.format != 1 {

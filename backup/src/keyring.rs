@@ -39,7 +39,7 @@ impl Protection {
             report.keys += 1;
             for (obj, region, _) in shipments.iter().filter(|(o, _, _)| *o == k.object) {
                 let r = self.regions.get(region)?;
-                let key = object_key_name(&k.cluster_id, obj);
+                let key = keys::key_of(&k.cluster_id, obj);
                 match r.put(&key, Bytes::from(fresh.clone())).await {
                     Ok(()) => report.key_objects_written += 1,
                     Err(e) => {
@@ -129,13 +129,5 @@ impl Protection {
 
     fn reload_identities(&mut self) {
         self.set_identities(KeyFiles::new(&self.engine.home.root).all_identities());
-    }
-}
-
-/// Name of the key object of `object` in `cluster`.
-pub fn object_key_name(cluster: &str, object: &str) -> String {
-    match object.strip_prefix("secrets-") {
-        Some(_) => keys::secrets_key(cluster),
-        None => keys::key(cluster, object),
     }
 }

@@ -150,6 +150,90 @@ pub fn verify(public: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
         .is_ok()
 }
 
+/// Length of a signed blob's prefix: magic, version, signer, signature.
+pub const SIGNED_PREFIX_LEN: usize = 8 + 2 + 32 + 64;
+
+fn signed_message(magic: &[u8; 8], version: u16, signer: &[u8; 32], body: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNED_PREFIX_LEN + body.len());
+    m.extend_from_slice(magic);
+    m.extend_from_slice(&version.to_le_bytes());
+    m.extend_from_slice(signer);
+    m.extend_from_slice(body);
+    m
+}
+
+/// Signs `body` as a blob: `magic | version u16 | signer [32] | signature [64] | body`, the
+/// signature covering `magic || version || signer || body` (indexes, export manifests).
+pub fn sign_blob(magic: &[u8; 8], version: u16, signer: &Signer, body: &[u8]) -> Vec<u8> {
+    let public = signer.public();
+    let sig = signer.sign(&signed_message(magic, version, &public, body));
+    let mut out = Vec::with_capacity(SIGNED_PREFIX_LEN + body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&public);
+    out.extend_from_slice(&sig);
+    out.extend_from_slice(body);
+    out
+}
+
+/// Checks a signed blob's magic, version and signature (not whether the signer is trusted:
+/// see [`require_trusted`]); returns the signer and the body. `kind` names the blob in errors.
+pub fn open_blob<'a>(
+    magic: &[u8; 8],
+    version: u16,
+    bytes: &'a [u8],
+    what: &str,
+    kind: &str,
+) -> Result<([u8; 32], &'a [u8])> {
+    if bytes.len() < SIGNED_PREFIX_LEN || &bytes[..8] != magic {
+        return Err(Error::tampered(
+            what,
+            format!("not a signed cairn {kind} (unsigned or damaged)"),
+        ));
+    }
+    let v = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if v != version {
+        return Err(Error::tampered(
+            what,
+            format!("{kind} format version {v} is not one this cairn reads ({version})"),
+        ));
+    }
+    let signer: [u8; 32] = bytes[10..42].try_into().expect("32");
+    let body = &bytes[SIGNED_PREFIX_LEN..];
+    if !verify(
+        &signer,
+        &signed_message(magic, v, &signer, body),
+        &bytes[42..106],
+    ) {
+        return Err(Error::tampered(
+            what,
+            "signature does not verify (modified after signing)",
+        ));
+    }
+    Ok((signer, body))
+}
+
+/// Refuses a blob signed by a key outside `trusted`, naming both and the way out.
+pub fn require_trusted(signer: &[u8; 32], trusted: &[[u8; 32]], what: &str) -> Result<()> {
+    if trusted.contains(signer) {
+        return Ok(());
+    }
+    Err(Error::tampered(
+        what,
+        format!(
+            "signed by key {}, which is not a trusted appliance signing key ({}); pass \
+             --trust-signer {} only if you know that key",
+            key_id(signer),
+            trusted
+                .iter()
+                .map(|s| key_id(s))
+                .collect::<Vec<_>>()
+                .join(", "),
+            key_id(signer)
+        ),
+    ))
+}
+
 /// The key files of an appliance.
 pub struct KeyFiles {
     pub dir: PathBuf,

@@ -14,6 +14,7 @@
 pub mod check;
 pub mod crypto;
 pub mod error;
+pub mod export;
 pub mod fetch;
 pub mod gc;
 pub mod index;

@@ -487,6 +487,44 @@ pub mod keys {
     pub fn secrets_key(cluster: &str) -> String {
         format!("clusters/{cluster}/keys/secrets")
     }
+    pub fn export(cluster: &str, id: &str) -> String {
+        format!("clusters/{cluster}/exports/{id}")
+    }
+    pub fn export_manifest(cluster: &str, id: &str) -> String {
+        format!("clusters/{cluster}/exports/{id}.manifest")
+    }
+
+    /// Catalog name of an export's data key and shipments.
+    pub fn export_object(id: &str) -> String {
+        format!("export-{id}")
+    }
+
+    /// Every region object of catalog object `object` of `cluster`: payload, key object, and
+    /// for an export its manifest. Catalog objects are layer ids, `secrets-CLUSTER` and
+    /// `export-ID`.
+    pub fn objects_of(cluster: &str, object: &str) -> Vec<String> {
+        if object.starts_with("secrets-") {
+            vec![secrets(cluster), secrets_key(cluster)]
+        } else if let Some(id) = object.strip_prefix("export-") {
+            vec![
+                export(cluster, id),
+                key(cluster, object),
+                export_manifest(cluster, id),
+            ]
+        } else {
+            vec![layer(cluster, object), key(cluster, object)]
+        }
+    }
+
+    /// The payload object of catalog object `object` (see [`objects_of`]).
+    pub fn payload_of(cluster: &str, object: &str) -> String {
+        objects_of(cluster, object).swap_remove(0)
+    }
+
+    /// The key object of catalog object `object` (see [`objects_of`]).
+    pub fn key_of(cluster: &str, object: &str) -> String {
+        objects_of(cluster, object).swap_remove(1)
+    }
 }
 
 #[cfg(test)]

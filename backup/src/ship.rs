@@ -278,7 +278,11 @@ impl Protection {
     }
 
     /// Seals a layer file (or computes what sealing produces) and returns (sha256, size).
-    fn seal_digest(path: &std::path::Path, header: Header, dek: [u8; 32]) -> Result<(String, u64)> {
+    pub(crate) fn seal_digest(
+        path: &std::path::Path,
+        header: Header,
+        dek: [u8; 32],
+    ) -> Result<(String, u64)> {
         let mut r = SealedReader::open(path, header, dek)?;
         let mut h = Sha256::new();
         let mut n = 0u64;
@@ -339,7 +343,7 @@ impl Protection {
         Ok(expected)
     }
 
-    async fn upload(
+    pub(crate) async fn upload(
         &self,
         region: &Region,
         obj_key: &str,

@@ -1,13 +1,15 @@
-//! Golden vectors of the protection formats, version 1: an envelope object, its key object and
-//! a signed index, written once and checked in under `tests/golden/v1/`, with the (test-only)
+//! Golden vectors of the protection formats, version 1: an envelope object, its key object,
+//! a signed index and an export file, written once and checked in under `tests/golden/v1/`, with the (test-only)
 //! age identity and signing key that open and verify them. They must decode to the same values
 //! forever; a format change bumps a version and keeps reading these.
-//! Regenerate only when adding a new version: `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-backup --test golden`.
+//! Regenerate only when adding a new version: `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-backup --test golden`
+//! (`CAIRN_WRITE_GOLDEN_EXPORT=1` writes the export file alone, with the same keys).
 
 use std::path::PathBuf;
 
 use cairn_backup::crypto::keyobj::KeyObject;
 use cairn_backup::crypto::stream::{open_all, seal_all, Compression, Header, ObjectKind};
+use cairn_backup::export::{decrypt_file, Manifest, SignerTrust};
 use cairn_backup::index::{decode_verified, index_key, TimelineIndex, Trust};
 use cairn_backup::keys::{Identity, RecipientEntry, Signer};
 use sha2::{Digest, Sha256};
@@ -114,4 +116,110 @@ fn version_1_objects_keys_and_indexes_decode_forever() {
     assert_eq!(who, signer.public());
     let expected: TimelineIndex = serde_json::from_str(index_json()).unwrap();
     assert_eq!(idx, expected);
+}
+
+fn dump_plaintext() -> Vec<u8> {
+    // Stands in for a pg_dump archive: the format does not look inside.
+    let mut v = b"PGDMP".to_vec();
+    v.extend((0..195u32).map(|i| (i * 13 % 251) as u8));
+    v
+}
+
+fn export_manifest(sealed: &[u8]) -> Manifest {
+    Manifest {
+        format: 1,
+        id: "20261123T101500Z-3fa2c1".into(),
+        cluster_id: "87d5f66a79bb26404ee382b2bad18677".into(),
+        cluster: "shop".into(),
+        branch: "main".into(),
+        database: "app".into(),
+        point: "lsn 0/3000150".into(),
+        lsn: "0/3000150".into(),
+        point_time: Some("2026-11-23T10:14:59.000000Z".into()),
+        pg_major: 15,
+        pg_dump: "pg_dump (PostgreSQL) 15.14".into(),
+        source: "local layers".into(),
+        created_at: "2026-11-23T10:15:00.000000Z".into(),
+        dump_bytes: dump_plaintext().len() as u64,
+        dump_sha256: hex::encode(Sha256::digest(dump_plaintext())),
+        sealed_bytes: sealed.len() as u64,
+        sealed_sha256: hex::encode(Sha256::digest(sealed)),
+        key_id: hex::encode([0x6B; 16]),
+    }
+}
+
+/// Builds the export file byte by byte as docs/FORMAT.md describes it.
+fn write_golden_export() {
+    let d = dir();
+    let identity = Identity::load(&d.join("identity.age")).unwrap();
+    let signer = Signer::from_pkcs8(&std::fs::read(d.join("signing.pkcs8")).unwrap()).unwrap();
+    let dek = [0x24u8; 32];
+    let object_id: [u8; 32] = Sha256::digest(dump_plaintext()).into();
+    let header = Header {
+        kind: ObjectKind::Export,
+        compression: Compression::None,
+        chunk_size: 64,
+        object_id,
+        key_id: [0x6B; 16],
+    };
+    let sealed = seal_all(&dek, &header, &dump_plaintext());
+    let recipient = RecipientEntry {
+        recipient: identity.recipient.clone(),
+        role: "appliance".into(),
+        label: "golden".into(),
+    };
+    let key = KeyObject::wrap(&dek, object_id, [0x6B; 16], &[recipient])
+        .unwrap()
+        .encode();
+    let manifest = export_manifest(&sealed).encode_signed(&signer);
+    let mut f = b"CAIRNEXP".to_vec();
+    f.extend_from_slice(&1u16.to_le_bytes());
+    f.extend_from_slice(&(manifest.len() as u32).to_le_bytes());
+    f.extend_from_slice(&manifest);
+    f.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    f.extend_from_slice(&key);
+    f.extend_from_slice(&sealed);
+    std::fs::write(d.join("export-file"), f).unwrap();
+}
+
+#[test]
+fn version_1_export_files_decrypt_forever() {
+    if std::env::var_os("CAIRN_WRITE_GOLDEN_EXPORT").is_some() {
+        write_golden_export();
+    }
+    let d = dir();
+    let identity = Identity::load(&d.join("identity.age")).unwrap();
+    let signer = Signer::from_pkcs8(&std::fs::read(d.join("signing.pkcs8")).unwrap()).unwrap();
+    let trust = SignerTrust {
+        signers: vec![signer.public()],
+        key_id: None,
+    };
+    let file = d.join("export-file");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("dump");
+    let m = decrypt_file(&file, &[&identity], &trust, &out, None).unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), dump_plaintext());
+    let bytes = std::fs::read(&file).unwrap();
+    let manifest_len = u32::from_le_bytes(bytes[10..14].try_into().unwrap()) as usize;
+    let key_len = u32::from_le_bytes(
+        bytes[14 + manifest_len..18 + manifest_len]
+            .try_into()
+            .unwrap(),
+    ) as usize;
+    let sealed = &bytes[18 + manifest_len + key_len..];
+    assert_eq!(&sealed[..8], b"CAIRNOBJ");
+    assert_eq!(sealed[10], 3, "kind 3: export");
+    assert_eq!(m, export_manifest(sealed));
+    // Signed by another key: refused, naming the key and the way out.
+    let err = decrypt_file(
+        &file,
+        &[&identity],
+        &SignerTrust::default(),
+        &out_dir.path().join("other"),
+        None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("--trust-signer"), "{err}");
 }

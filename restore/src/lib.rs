@@ -14,12 +14,16 @@
 //! - Memory is bounded by `parallel` downloads of at most eight 1 MiB chunks each; the data
 //!   directory is written straight from the staged layers.
 //! - Every restore, successful or not, is recorded in the catalog with its phase timings.
+//! - An export (`pg_dump` of one database at a point) is taken from a scratch copy that is
+//!   removed afterwards, and leaves the machine only sealed (see [`export`]).
 
+pub mod export;
 pub mod recovery;
 pub mod restore;
 pub mod source;
 pub mod space;
 pub mod staging;
 
+pub use export::{export, Destination, ExportReport, ExportRequest};
 pub use restore::{restore, Phases, RestoreReport, RestoreRequest, Target};
 pub use source::{RegionProbe, Substitution};

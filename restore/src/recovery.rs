@@ -34,6 +34,83 @@ impl Drop for RunDir {
     }
 }
 
+/// A PostgreSQL server on a restored data directory, reachable only through a socket in a
+/// private directory, trusting local connections there.
+pub struct PrivateServer {
+    server: Server,
+    run: RunDir,
+    pub port: u16,
+    pub user: String,
+    /// Seconds from starting PostgreSQL until it accepted connections (the WAL replay).
+    pub start_seconds: f64,
+}
+
+impl PrivateServer {
+    /// Starts PostgreSQL on `datadir` (a data directory of `cluster`).
+    pub fn start(engine: &Engine, cluster: &ClusterRow, datadir: &Path) -> Result<PrivateServer> {
+        let bins = engine.bins_for(cluster)?;
+        let user = &engine.user;
+        // A short path: socket names are limited to about 100 bytes.
+        let run = RunDir(std::env::temp_dir().join(format!(
+            "cairn-restore-{}",
+            &cairn_engine::TimelineId::generate().to_string()[..12]
+        )));
+        cairn_engine::fsutil::create_dir_mode(&run.0, 0o700)
+            .map_err(|e| Error::io(format!("create {}", run.0.display()), e))?;
+        let hba = run.0.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "# cairn restore: local socket in a private directory only\nlocal all all trust\n",
+        )
+        .map_err(|e| Error::io(format!("write {}", hba.display()), e))?;
+        user.chown_tree(&run.0)?;
+        user.chown_tree(datadir)?;
+        user.check_reachable(datadir)?;
+        let port = free_port()?;
+        let server = Server::new(bins, user, datadir, port, &run.0.join("postgres.log"));
+        let settings = [
+            ("listen_addresses", "''".to_string()),
+            ("unix_socket_directories", format!("'{}'", run.0.display())),
+            ("hba_file", format!("'{}'", hba.display())),
+            ("archive_mode", "off".into()),
+        ];
+        let started = Instant::now();
+        if let Err(e) = server.start(&settings) {
+            let _ = server.stop("immediate");
+            return Err(e.into());
+        }
+        Ok(PrivateServer {
+            start_seconds: started.elapsed().as_secs_f64(),
+            server,
+            run,
+            port,
+            user: superuser(cluster),
+        })
+    }
+
+    /// The directory holding the server's socket (a `host` for clients).
+    pub fn socket_dir(&self) -> &Path {
+        &self.run.0
+    }
+
+    /// Last lines of the server's log, for errors.
+    pub fn log_tail(&self, n: usize) -> String {
+        self.server.log_tail(n)
+    }
+
+    /// Stops the server cleanly (a shutdown checkpoint) and forgets this run's settings.
+    pub fn stop(self) -> Result<()> {
+        let r = self.server.stop("fast");
+        if r.is_err() {
+            let _ = self.server.stop("immediate");
+        }
+        r?;
+        // It records this run's private socket and authentication settings: not the user's.
+        let _ = std::fs::remove_file(self.server.datadir.join("postmaster.opts"));
+        Ok(())
+    }
+}
+
 /// Runs recovery on `datadir` (materialised at `target`) and shuts the server down cleanly.
 pub async fn recover(
     engine: &Engine,
@@ -41,54 +118,21 @@ pub async fn recover(
     datadir: &Path,
     target: Lsn,
 ) -> Result<Replay> {
-    let bins = engine.bins_for(cluster)?;
-    let user = &engine.user;
-    // A short path: socket names are limited to about 100 bytes.
-    let run = RunDir(std::env::temp_dir().join(format!(
-        "cairn-restore-{}",
-        &cairn_engine::TimelineId::generate().to_string()[..12]
-    )));
-    cairn_engine::fsutil::create_dir_mode(&run.0, 0o700)
-        .map_err(|e| Error::io(format!("create {}", run.0.display()), e))?;
-    let hba = run.0.join("pg_hba.conf");
-    std::fs::write(
-        &hba,
-        "# cairn restore: local socket in a private directory only\nlocal all all trust\n",
-    )
-    .map_err(|e| Error::io(format!("write {}", hba.display()), e))?;
-    user.chown_tree(&run.0)?;
-    user.chown_tree(datadir)?;
-    user.check_reachable(datadir)?;
-    let port = free_port()?;
-    let server = Server::new(bins, user, datadir, port, &run.0.join("postgres.log"));
-    let settings = [
-        ("listen_addresses", "''".to_string()),
-        ("unix_socket_directories", format!("'{}'", run.0.display())),
-        ("hba_file", format!("'{}'", hba.display())),
-        ("archive_mode", "off".into()),
-    ];
-    let started = Instant::now();
-    if let Err(e) = server.start(&settings) {
-        let _ = server.stop("immediate");
-        return Err(e.into());
-    }
-    let replay_seconds = started.elapsed().as_secs_f64();
-    let result = first_connection(&run.0, port, &superuser(cluster)).await;
-    let stopped = server.stop("fast");
+    let server = PrivateServer::start(engine, cluster, datadir)?;
+    let result = first_connection(server.socket_dir(), server.port, &server.user).await;
     let (first_connection_seconds, ended_at) = match result {
         Ok(v) => v,
         Err(e) => {
-            let _ = server.stop("immediate");
+            let tail = server.log_tail(20);
+            let _ = server.stop();
             return Err(Error::Refused(format!(
-                "the restored data directory {} did not come up: {e}\nlast lines of its log:\n{}",
+                "the restored data directory {} did not come up: {e}\nlast lines of its log:\n{tail}",
                 datadir.display(),
-                server.log_tail(20)
             )));
         }
     };
-    stopped?;
-    // It records this run's private socket and authentication settings: not the user's.
-    let _ = std::fs::remove_file(datadir.join("postmaster.opts"));
+    let replay_seconds = server.start_seconds;
+    server.stop()?;
     if ended_at < target || ended_at.0 > target.0 + cairn_engine::wal::LONG_PHD {
         return Err(Error::tampered(
             format!("restored data directory {}", datadir.display()),

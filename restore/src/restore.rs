@@ -115,6 +115,10 @@ pub struct RestoreReport {
     pub total_seconds: f64,
     /// For a branch target: the compute's port.
     pub compute_port: Option<u16>,
+    /// The cluster as the region describes it (binaries, superuser), for callers that go on
+    /// to start the restored data directory.
+    #[serde(skip)]
+    pub cluster_row: Option<cairn_engine::catalog::ClusterRow>,
 }
 
 /// A point as the report shows it.
@@ -367,6 +371,7 @@ async fn run(
             ..Default::default()
         },
         total_seconds: 0.0,
+        cluster_row: Some(cluster.clone()),
         compute_port: None,
     };
 

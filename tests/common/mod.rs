@@ -299,3 +299,78 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let end = body.rfind(['}', ']'])?;
     Some((status, body[start..=end].to_string()))
 }
+
+/// The password in a compute URL.
+pub fn password_of(url: &str) -> String {
+    let rest = url.split_once("://").unwrap().1;
+    let creds = rest.rsplit_once('@').unwrap().0;
+    creds.split_once(':').unwrap().1.to_string()
+}
+
+/// A plain data directory, started by the test with pg_ctl (not by cairn).
+pub struct Plain {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Plain {
+    pub fn start(dir: &Path) -> Plain {
+        let port = free_port();
+        let log = dir.parent().unwrap().join(format!("{port}.log"));
+        std::fs::write(&log, b"").unwrap();
+        chown_postgres(&log);
+        let out = pg_command("pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(dir)
+            .args(["-w", "-l"])
+            .arg(&log)
+            .arg("-o")
+            .arg(format!(
+                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "start {}: {}\n{}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Plain {
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    pub fn url(&self, password: &str) -> String {
+        format!(
+            "postgresql://postgres:{password}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+}
+
+impl Drop for Plain {
+    fn drop(&mut self) {
+        let _ = pg_command("pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "fast", "-w"])
+            .output();
+    }
+}
+
+/// The port in a compute URL.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
