@@ -864,22 +864,43 @@ impl Tx {
                 .await
                 .map_err(|e| Error::catalog("insert layer reference", e))?;
         }
-        for ev in events {
-            sqlx::query(
-                "INSERT INTO wal_events (timeline_id, layer_id, kind, before_lsn, end_lsn,
-                                         time_us, name)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(l.timeline_id.to_string())
-            .bind(l.id.to_string())
-            .bind(ev.kind.as_str())
-            .bind(ev.before.as_i64())
-            .bind(ev.end.as_i64())
-            .bind(ev.time_us)
-            .bind(ev.name.clone())
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| Error::catalog("insert WAL event", e))?;
+        // Many rows per statement: a WAL layer can carry thousands of commit events.
+        const COLS: usize = 7;
+        for chunk in events.chunks(256) {
+            let mut sql = String::from(
+                "INSERT INTO wal_events (timeline_id, layer_id, kind, before_lsn, end_lsn, \
+                 time_us, name) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * COLS;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                ));
+            }
+            let mut q = sqlx::query(&sql);
+            for ev in chunk {
+                q = q
+                    .bind(l.timeline_id.to_string())
+                    .bind(l.id.to_string())
+                    .bind(ev.kind.as_str())
+                    .bind(ev.before.as_i64())
+                    .bind(ev.end.as_i64())
+                    .bind(ev.time_us)
+                    .bind(ev.name.clone());
+            }
+            q.execute(&mut *self.tx)
+                .await
+                .map_err(|e| Error::catalog("insert WAL events", e))?;
         }
         Ok(())
     }
