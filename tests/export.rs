@@ -50,12 +50,7 @@ fn archive_sql(dump: &Path) -> String {
         dump.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .collect::<Vec<_>>()
-        .join("\n")
+    strip_restrict(&String::from_utf8(out.stdout).unwrap())
 }
 
 fn mode(p: &Path) -> u32 {

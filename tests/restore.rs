@@ -30,14 +30,7 @@ fn pg_dumpall(port: u16, password: &str) -> String {
         "pg_dumpall: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // `\restrict` keys are random per run by design (psql meta-command protection): the
-    // only lines two dumps of the same data may differ in.
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
-        .collect::<Vec<_>>()
-        .join("\n")
+    strip_restrict(&String::from_utf8(out.stdout).unwrap())
 }
 
 struct Point {

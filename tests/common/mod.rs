@@ -374,3 +374,12 @@ pub fn port_of(url: &str) -> u16 {
         .parse()
         .unwrap()
 }
+
+/// Dump text without its `\restrict` / `\unrestrict` lines: their keys are random per run by
+/// design (psql meta-command protection), the only lines two dumps of the same data differ in.
+pub fn strip_restrict(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| !l.starts_with("\\restrict ") && !l.starts_with("\\unrestrict "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
