@@ -26,17 +26,14 @@ CAIRN=$ROOT/target/release/cairn
 WORK=$(mktemp -d /tmp/cairn-protect-XXXXXX)
 chmod 755 "$WORK"
 export CAIRN_HOME=$WORK/home
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 cleanup() {
   "$CAIRN" compute stop main --cluster big >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$WORK/pgbr/pgdata" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
-du_b() { du -sb "$@" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
-mib() { python3 -c "print(f'{$1/2**20:.1f}')"; }
 # Bytes of Cairn's image and WAL objects in both regions.
 cairn_split() {
   "$CAIRN" layer list --cluster big --json | python3 -c "
@@ -55,7 +52,6 @@ for region in ('region-a', 'region-b'):
 print(img, wal)"
 }
 pgbr_split() { echo "$(du_b "$WORK/pgbr/repo1/backup" "$WORK/pgbr/repo2/backup") $(du_b "$WORK/pgbr/repo1/archive" "$WORK/pgbr/repo2/archive")"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
 echo "== Cairn: managed cluster, pgbench -i -s $SCALE"
 "$CAIRN" cluster create big >/dev/null
@@ -70,47 +66,7 @@ read -r C_FULL_IMG C_FULL_WAL < <(cairn_split)
 echo "cairn full: $C_FULL_T s, $C_FULL_B bytes in two regions ($C_FULL_IMG image, $C_FULL_WAL WAL)"
 
 echo "== pgBackRest: plain server, pgbench -i -s $SCALE, archiving to two repos"
-mkdir -p "$WORK/pgbr/repo1" "$WORK/pgbr/repo2" "$WORK/pgbr/log" "$WORK/pgbr/spool"
-PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-CONF=$WORK/pgbr/pgbackrest.conf
-cat >"$CONF" <<EOF
-[global]
-repo1-path=$WORK/pgbr/repo1
-repo1-cipher-type=aes-256-cbc
-repo1-cipher-pass=$(openssl rand -hex 32)
-repo1-retention-full=2
-repo2-path=$WORK/pgbr/repo2
-repo2-cipher-type=aes-256-cbc
-repo2-cipher-pass=$(openssl rand -hex 32)
-repo2-retention-full=2
-compress-type=zst
-compress-level=1
-process-max=2
-start-fast=y
-log-path=$WORK/pgbr/log
-spool-path=$WORK/pgbr/spool
-lock-path=$WORK/pgbr/spool
-log-level-console=warn
-log-level-file=off
-
-[bench]
-pg1-path=$WORK/pgbr/pgdata
-pg1-port=$PORT
-pg1-socket-path=$WORK/pgbr
-EOF
-chown -R postgres "$WORK/pgbr" 2>/dev/null || true
-as_pg "$PGBIN/initdb" -D "$WORK/pgbr/pgdata" -k -A trust >/dev/null
-cat >>"$WORK/pgbr/pgdata/postgresql.conf" <<EOF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$WORK/pgbr'
-archive_mode = on
-archive_command = 'pgbackrest --config=$CONF --stanza=bench archive-push %p'
-EOF
-as_pg "$PGBIN/pg_ctl" -D "$WORK/pgbr/pgdata" -l "$WORK/pgbr/log/pg.log" -w start >/dev/null
-as_pg "$PGBIN/pgbench" -h "$WORK/pgbr" -p "$PORT" -i -s "$SCALE" -q postgres >/dev/null 2>&1
-as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$PORT" -qc CHECKPOINT postgres
-as_pg pgbackrest --config="$CONF" --stanza=bench stanza-create
+pgbr_setup 2
 # Let the WAL of the initialisation be archived (to both repos) before timing the backup.
 as_pg pgbackrest --config="$CONF" --stanza=bench check >/dev/null
 PB_BASE=$(du_b "$WORK/pgbr/repo1" "$WORK/pgbr/repo2")
@@ -181,9 +137,14 @@ changed pages; pgBackRest's incremental copies every changed relation segment fi
 """
 marker = "## Protection: full and incremental backup"
 if marker in text:
-    text = text[: text.index(marker)].rstrip() + "\n\n"
+    # Replace this section only; sections after it stay.
+    head = text[: text.index(marker)].rstrip()
+    rest = text[text.index(marker):]
+    nxt = rest.find("\n## ", 1)
+    tail = rest[nxt:] if nxt != -1 else ""
+    text = head + "\n\n" + section + tail
 else:
-    text = text.rstrip() + "\n\n"
-open(path, "w").write(text + section)
+    text = text.rstrip() + "\n\n" + section
+open(path, "w").write(text)
 EOF
 echo "== results written to $OUT"

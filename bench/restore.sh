@@ -34,8 +34,8 @@ CAIRN=$ROOT/target/release/cairn
 WORK=$(mktemp -d /tmp/cairn-restore-bench-XXXXXX)
 chmod 755 "$WORK"
 export CAIRN_HOME=$WORK/home
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-stop_dir() { [ -f "$1/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$1" -m immediate stop >/dev/null 2>&1 || true; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 cleanup() {
   "$CAIRN" compute stop main --cluster big >/dev/null 2>&1 || true
   "$CAIRN" compute stop restored --cluster big >/dev/null 2>&1 || true
@@ -43,10 +43,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
-free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
 CHECK_SQL="SELECT count(*) || ':' || sum(abalance) FROM pgbench_accounts"
 
 echo "== Cairn: managed cluster, pgbench -i -s $SCALE, full backup, 10 s of pgbench, WAL shipped"
@@ -62,43 +58,7 @@ C_SRC=$("$PGBIN/psql" "$URL" -Atc "$CHECK_SQL")
 PASSWORD=$(python3 -c "import sys,urllib.parse as u; print(u.urlparse(sys.argv[1]).password)" "$URL")
 
 echo "== pgBackRest: plain server, pgbench -i -s $SCALE, full backup, 10 s of pgbench, WAL archived"
-mkdir -p "$WORK/pgbr/repo1" "$WORK/pgbr/log" "$WORK/pgbr/spool"
-PORT=$(free_port)
-CONF=$WORK/pgbr/pgbackrest.conf
-cat >"$CONF" <<EOF
-[global]
-repo1-path=$WORK/pgbr/repo1
-repo1-cipher-type=aes-256-cbc
-repo1-cipher-pass=$(openssl rand -hex 32)
-repo1-retention-full=2
-compress-type=zst
-compress-level=1
-process-max=2
-start-fast=y
-log-path=$WORK/pgbr/log
-spool-path=$WORK/pgbr/spool
-lock-path=$WORK/pgbr/spool
-log-level-console=warn
-log-level-file=off
-
-[bench]
-pg1-path=$WORK/pgbr/pgdata
-pg1-port=$PORT
-pg1-socket-path=$WORK/pgbr
-EOF
-chown -R postgres "$WORK/pgbr" 2>/dev/null || true
-as_pg "$PGBIN/initdb" -D "$WORK/pgbr/pgdata" -k -A trust >/dev/null
-cat >>"$WORK/pgbr/pgdata/postgresql.conf" <<EOF
-port = $PORT
-listen_addresses = ''
-unix_socket_directories = '$WORK/pgbr'
-archive_mode = on
-archive_command = 'pgbackrest --config=$CONF --stanza=bench archive-push %p'
-EOF
-as_pg "$PGBIN/pg_ctl" -D "$WORK/pgbr/pgdata" -l "$WORK/pgbr/log/pg.log" -w start >/dev/null
-as_pg "$PGBIN/pgbench" -h "$WORK/pgbr" -p "$PORT" -i -s "$SCALE" -q postgres >/dev/null 2>&1
-as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$PORT" -qc CHECKPOINT postgres
-as_pg pgbackrest --config="$CONF" --stanza=bench stanza-create
+pgbr_setup 1
 as_pg pgbackrest --config="$CONF" --stanza=bench --type=full backup
 as_pg "$PGBIN/pgbench" -h "$WORK/pgbr" -p "$PORT" -T 10 -c 2 -j 2 -n postgres >/dev/null 2>&1
 P_SRC=$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$PORT" -Atc "$CHECK_SQL" postgres)
@@ -182,7 +142,6 @@ for col in zip(*rows):
 print(' '.join(out))")
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-mib() { python3 -c "print(f'{$1/2**20:.1f}')"; }
 python3 - "$OUT" <<EOF
 import sys
 path = sys.argv[1]

@@ -15,6 +15,7 @@ use cairn_restore::{Destination, ExportReport, ExportRequest};
 use crate::bar::with_progress;
 use crate::commands::AtOpt;
 use crate::output::{bytes, print_json, table};
+use crate::restore::SourceOpt;
 use crate::Global;
 
 #[derive(Args, Debug)]
@@ -48,18 +49,9 @@ pub struct CreateArgs {
     /// Read the point from the regions even though the cluster is in this appliance.
     #[arg(long)]
     pub from_regions: bool,
-    /// With a region source: read from this region first (default: the healthiest).
-    #[arg(long, value_name = "REGION")]
-    pub region: Option<String>,
-    /// With a region source: an age identity that opens the data keys.
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// With a region source: key id of the signing key its indexes must carry.
-    #[arg(long, value_name = "KEY_ID")]
-    pub trust_signer: Option<String>,
-    /// With a region source: layers downloaded at once.
-    #[arg(long, default_value_t = 4)]
-    pub parallel: usize,
+    /// Where the point is read from, when it comes from a region.
+    #[command(flatten)]
+    pub source: SourceOpt,
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,10 +140,10 @@ async fn create(g: &Global, a: CreateArgs) -> Result<()> {
         database: a.database,
         dest,
         from_regions: a.from_regions,
-        region: a.region,
-        identity: a.identity.as_deref().map(Identity::load).transpose()?,
-        trust_signer: a.trust_signer,
-        parallel: a.parallel,
+        identity: a.source.identity()?,
+        region: a.source.region,
+        trust_signer: a.source.trust_signer,
+        parallel: a.source.parallel,
     };
     let progress = Arc::new(Progress::new());
     let r = with_progress(

@@ -41,6 +41,13 @@ pub struct RestoreArgs {
     /// files that differ (stop any server on it first).
     #[arg(long, requires = "to_datadir")]
     pub delta: bool,
+    #[command(flatten)]
+    pub source: SourceOpt,
+}
+
+/// How a point is read from the regions (restore, and export from a region).
+#[derive(Args, Debug)]
+pub struct SourceOpt {
     /// Read from this region first (default: the healthiest).
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
@@ -54,6 +61,13 @@ pub struct RestoreArgs {
     /// Layers downloaded at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+}
+
+impl SourceOpt {
+    /// The identity file, loaded (errors name the file).
+    pub fn identity(&self) -> Result<Option<Identity>> {
+        Ok(self.identity.as_deref().map(Identity::load).transpose()?)
+    }
 }
 
 pub const AFTER_HELP: &str = "Examples:
@@ -73,7 +87,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     } else {
         crate::commands::point(&a.at)?
     };
-    let identity = a.identity.as_deref().map(Identity::load).transpose()?;
+    let identity = a.source.identity()?;
     let target = match (&a.as_branch, &a.to_datadir) {
         (Some(b), _) => Target::Branch(b.clone()),
         (None, Some(d)) => Target::Datadir {
@@ -89,10 +103,10 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
         branch: a.branch,
         point,
         target,
-        region: a.region,
+        region: a.source.region,
         identity,
-        trust_signer: a.trust_signer,
-        parallel: a.parallel,
+        trust_signer: a.source.trust_signer,
+        parallel: a.source.parallel,
     };
     let progress = Arc::new(Progress::new());
     let r = with_progress(

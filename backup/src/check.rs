@@ -10,7 +10,7 @@
 //! Repair copies a good object from another region (its ciphertext hash checked on the way) or,
 //! when no region has one, ships it again from the local layer file.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -121,12 +121,7 @@ impl Protection {
         identity: Option<&Identity>,
     ) -> Result<CheckReport> {
         let st = self.state();
-        let keys_by_obj: HashMap<String, ObjectKeyRow> = st
-            .object_keys()
-            .await?
-            .into_iter()
-            .map(|k| (k.object.clone(), k))
-            .collect();
+        let keys_by_obj = st.object_keys_by_name().await?;
         let shipments = st.shipments().await?;
         let own = self.identities();
         let ids: Vec<&Identity> = match identity {
@@ -233,12 +228,7 @@ impl Protection {
     /// Repairs what a check found: copies from a healthy region, or ships again.
     pub async fn repair_regions(&self, report: &CheckReport) -> Result<RepairReport> {
         let st = self.state();
-        let keys_by_obj: HashMap<String, ObjectKeyRow> = st
-            .object_keys()
-            .await?
-            .into_iter()
-            .map(|k| (k.object.clone(), k))
-            .collect();
+        let keys_by_obj = st.object_keys_by_name().await?;
         let shipments = st.shipments().await?;
         let mut out = RepairReport::default();
         let mut index_regions = Vec::new();

@@ -546,6 +546,7 @@ impl Protection {
     pub async fn write_indexes(&self, region: &Region, filter: Option<ClusterId>) -> Result<usize> {
         let copies = self.copies().await?;
         let st = self.state();
+        let keys = st.object_keys_by_name().await?;
         let mut written = 0;
         for c in self.engine.catalog.clusters().await? {
             if filter.is_some_and(|f| f != c.id) {
@@ -553,12 +554,6 @@ impl Protection {
             }
             let layers = self.engine.catalog.layers(c.id).await?;
             let refs = self.layer_refs(&c).await?;
-            let keys: HashMap<String, ObjectKeyRow> = st
-                .object_keys()
-                .await?
-                .into_iter()
-                .map(|k| (k.object.clone(), k))
-                .collect();
             let branches = self.engine.catalog.branches(c.id).await?;
             for tl in self.engine.catalog.timelines(c.id).await? {
                 let own: Vec<LayerRow> = layers

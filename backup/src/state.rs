@@ -195,6 +195,18 @@ impl State<'_> {
         rows.iter().map(key_row).collect()
     }
 
+    /// Every data key, by the name of its object.
+    pub async fn object_keys_by_name(
+        &self,
+    ) -> Result<std::collections::HashMap<String, ObjectKeyRow>> {
+        Ok(self
+            .object_keys()
+            .await?
+            .into_iter()
+            .map(|k| (k.object.clone(), k))
+            .collect())
+    }
+
     pub async fn insert_object_key(&self, k: &ObjectKeyRow) -> Result<()> {
         exec!(
             self,

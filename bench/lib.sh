@@ -1,0 +1,61 @@
+# Shared helpers of the benchmarks that run next to pgBackRest (sourced, not run).
+# Needs PGBIN, WORK and SCALE set by the caller.
+
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(now)"; }
+du_b() { du -sb "$@" 2>/dev/null | awk '{s+=$1} END {print s+0}'; }
+mib() { python3 -c "print(f'{$1/2**20:.1f}')"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+free_port() { python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"; }
+# Stops the server of data directory $1 if one runs there.
+stop_dir() { [ -f "$1/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$1" -m immediate stop >/dev/null 2>&1 || true; }
+
+# pgbr_setup N: a plain server in $WORK/pgbr/pgdata archiving to N encrypted, zstd-compressed
+# pgBackRest repositories ($WORK/pgbr/repoI), loaded with pgbench -i -s $SCALE and checkpointed,
+# its stanza created. Sets PORT and CONF.
+pgbr_setup() {
+  local n=$1 i
+  mkdir -p "$WORK/pgbr/log" "$WORK/pgbr/spool"
+  PORT=$(free_port)
+  CONF=$WORK/pgbr/pgbackrest.conf
+  echo "[global]" >"$CONF"
+  for i in $(seq "$n"); do
+    mkdir -p "$WORK/pgbr/repo$i"
+    cat >>"$CONF" <<CONF
+repo$i-path=$WORK/pgbr/repo$i
+repo$i-cipher-type=aes-256-cbc
+repo$i-cipher-pass=$(openssl rand -hex 32)
+repo$i-retention-full=2
+CONF
+  done
+  cat >>"$CONF" <<CONF
+compress-type=zst
+compress-level=1
+process-max=2
+start-fast=y
+log-path=$WORK/pgbr/log
+spool-path=$WORK/pgbr/spool
+lock-path=$WORK/pgbr/spool
+log-level-console=warn
+log-level-file=off
+
+[bench]
+pg1-path=$WORK/pgbr/pgdata
+pg1-port=$PORT
+pg1-socket-path=$WORK/pgbr
+CONF
+  chown -R postgres "$WORK/pgbr" 2>/dev/null || true
+  as_pg "$PGBIN/initdb" -D "$WORK/pgbr/pgdata" -k -A trust >/dev/null
+  cat >>"$WORK/pgbr/pgdata/postgresql.conf" <<CONF
+port = $PORT
+listen_addresses = ''
+unix_socket_directories = '$WORK/pgbr'
+archive_mode = on
+archive_command = 'pgbackrest --config=$CONF --stanza=bench archive-push %p'
+CONF
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/pgbr/pgdata" -l "$WORK/pgbr/log/pg.log" -w start >/dev/null
+  as_pg "$PGBIN/pgbench" -h "$WORK/pgbr" -p "$PORT" -i -s "$SCALE" -q postgres >/dev/null 2>&1
+  as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$PORT" -qc CHECKPOINT postgres
+  as_pg pgbackrest --config="$CONF" --stanza=bench stanza-create
+}
