@@ -37,7 +37,14 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let regions = d.protection.status();
     let region_trouble = regions.iter().any(|r| r.last_error.is_some());
     Json(json!({
-        "status": if st.errors.is_empty() && !region_trouble { "ok" } else { "degraded" },
+        "status": if d.protection.fenced() {
+            "fenced"
+        } else if st.errors.is_empty() && !region_trouble {
+            "ok"
+        } else {
+            "degraded"
+        },
+        "fenced": d.protection.fenced(),
         "regions": regions,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": uptime,

@@ -73,7 +73,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => return Err(format!("'{s}': unknown unit (use KiB, MiB, GiB)")),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large a size"))
 }
 
 /// What the daemon reports through the API.
@@ -145,7 +146,14 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
         shippers.push(tokio::spawn(async move {
             loop {
                 let region = &p.regions.regions[i];
-                let _ = p.ship_region(region, None).await;
+                // Keyring changes and a promotion made by other cairn processes take effect
+                // here without a restart.
+                if let Err(e) = p.refresh() {
+                    tracing::warn!(error = %e, "cannot reload the keys");
+                }
+                if !p.fenced() {
+                    let _ = p.ship_region(region, None).await;
+                }
                 tokio::select! {
                     _ = stop.changed() => break,
                     _ = tokio::time::sleep(every) => {}
@@ -162,6 +170,12 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
         daemon.engine.home.root.display(),
         args.listen
     );
+    if daemon.protection.fenced() {
+        eprintln!(
+            "FENCED: this appliance was rebuilt from a region; it ships nothing, deletes \
+             nothing and streams from no source until `cairn catalog promote`"
+        );
+    }
     let policy = SyncPolicy {
         interval: Duration::from_secs_f64(args.sync_interval.max(0.05)),
         bytes: args.sync_bytes,
@@ -204,9 +218,12 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     Ok(())
 }
 
-/// Deletion queue and scheduled shreds.
+/// Deletion queue and scheduled shreds (not on a fenced appliance: the regions are not its).
 async fn housekeeping(d: &Daemon) {
     let p = &d.protection;
+    if p.fenced() {
+        return;
+    }
     let mut errors = Vec::new();
     match p.run_due_shreds().await {
         Ok(done) => {
@@ -305,6 +322,11 @@ async fn restart_computes(d: &Daemon) {
 }
 
 async fn start_receivers(d: &Daemon, out: &mut Vec<Receiver>) {
+    // A fenced appliance never takes over a source's replication slot: the appliance it was
+    // rebuilt from may still be using it.
+    if d.protection.fenced() {
+        return;
+    }
     let Ok(clusters) = d.engine.catalog.clusters().await else {
         return;
     };

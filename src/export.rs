@@ -15,7 +15,7 @@ use cairn_restore::{Destination, ExportReport, ExportRequest};
 use crate::bar::with_progress;
 use crate::commands::AtOpt;
 use crate::output::{bytes, print_json, table};
-use crate::restore::SourceOpt;
+use crate::restore::{SourceOpt, TrustOpt};
 use crate::Global;
 
 #[derive(Args, Debug)]
@@ -61,9 +61,8 @@ pub enum ExportCmd {
         /// Only this region.
         #[arg(long, value_name = "REGION")]
         region: Option<String>,
-        /// Also believe manifests signed by this key id (exports of another appliance).
-        #[arg(long, value_name = "KEY_ID")]
-        trust_signer: Option<String>,
+        #[command(flatten)]
+        trust: TrustOpt,
     },
     /// Turn an export (a file, or an id in a region) back into a plain pg_dump archive.
     #[command(
@@ -80,12 +79,8 @@ pub enum ExportCmd {
         /// Where to write the pg_dump archive (must not exist).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// An age identity that opens the data key (default: the appliance's own).
-        #[arg(long, value_name = "FILE")]
-        identity: Option<PathBuf>,
-        /// Also believe a manifest signed by this key id (an export of another appliance).
-        #[arg(long, value_name = "KEY_ID")]
-        trust_signer: Option<String>,
+        #[command(flatten)]
+        trust: TrustOpt,
     },
 }
 
@@ -102,25 +97,22 @@ sealed like every backup object: readable only with a key of the keyring.";
 
 pub async fn export(g: &Global, a: ExportArgs) -> Result<()> {
     match a.cmd {
-        Some(ExportCmd::List {
-            region,
-            trust_signer,
-        }) => list(g, region, trust_signer).await,
+        Some(ExportCmd::List { region, trust }) => list(g, region, &trust).await,
         Some(ExportCmd::Decrypt {
             export,
             region,
             out,
-            identity,
-            trust_signer,
-        }) => decrypt(g, &export, region, &out, identity, trust_signer).await,
+            trust,
+        }) => decrypt(g, &export, region, &out, &trust).await,
         None => create(g, a.create).await,
     }
 }
 
-fn trust(p: &Protection, key_id: Option<String>) -> SignerTrust {
-    let mut signers = p.trusted.clone();
-    signers.push(p.signer().public());
-    SignerTrust { signers, key_id }
+/// The appliance's trusted signers and those the operator named.
+fn trust(p: &Protection, extra: Vec<[u8; 32]>) -> SignerTrust {
+    let mut signers = p.trusted();
+    signers.extend(extra);
+    SignerTrust { signers }
 }
 
 async fn create(g: &Global, a: CreateArgs) -> Result<()> {
@@ -133,6 +125,7 @@ async fn create(g: &Global, a: CreateArgs) -> Result<()> {
         _ => bail!("choose where the export goes: --to FILE or --to-region REGION"),
     };
     let (_engine, p) = crate::protect::open(g).await?;
+    let (identity, signers) = a.source.trust.load()?;
     let req = ExportRequest {
         cluster,
         branch: a.branch,
@@ -140,9 +133,10 @@ async fn create(g: &Global, a: CreateArgs) -> Result<()> {
         database: a.database,
         dest,
         from_regions: a.from_regions,
-        identity: a.source.identity()?,
+        identity,
         region: a.source.region,
-        trust_signer: a.source.trust_signer,
+        cluster_id: a.source.cluster_id,
+        signers,
         parallel: a.source.parallel,
     };
     let progress = Arc::new(Progress::new());
@@ -189,9 +183,9 @@ fn print_report(r: &ExportReport) {
     println!("read it back with: cairn export decrypt ... --out FILE, then pg_restore");
 }
 
-async fn list(g: &Global, only: Option<String>, trust_signer: Option<String>) -> Result<()> {
+async fn list(g: &Global, only: Option<String>, opt: &TrustOpt) -> Result<()> {
     let (_engine, p) = crate::protect::open(g).await?;
-    let t = trust(&p, trust_signer);
+    let t = trust(&p, opt.load()?.1);
     let mut all = Vec::new();
     for r in &p.regions.regions {
         if only.as_deref().is_some_and(|o| o != r.name) {
@@ -242,14 +236,14 @@ async fn decrypt(
     export: &str,
     region: Option<String>,
     out: &std::path::Path,
-    identity: Option<PathBuf>,
-    trust_signer: Option<String>,
+    opt: &TrustOpt,
 ) -> Result<()> {
     let (_engine, p) = crate::protect::open(g).await?;
-    let t = trust(&p, trust_signer);
-    let extra = identity.as_deref().map(Identity::load).transpose()?;
+    let (extra, signers) = opt.load()?;
+    let t = trust(&p, signers);
+    let own = p.identities();
     let mut ids: Vec<&Identity> = extra.iter().collect();
-    ids.extend(p.identities());
+    ids.extend(own.iter());
     let progress = Arc::new(Progress::new());
     let m: Manifest = match region {
         Some(r) => {

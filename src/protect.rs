@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cairn_backup::keys::{Generated, Identity};
+use cairn_backup::kit::RecoveryKit;
 use cairn_backup::region::parse_duration;
 use cairn_backup::Protection;
 use cairn_engine::catalog::ClusterRow;
@@ -27,9 +28,29 @@ pub enum KeyCmd {
         after_help = "Examples:\n  cairn key export-public\n  cairn key export-public --json"
     )]
     ExportPublic,
-    /// Show the keyring: every recipient data keys are wrapped for.
+    /// Show the keyring (every recipient data keys are wrapped for) and the trusted signers.
     #[command(after_help = "Examples:\n  cairn key list")]
     List,
+    /// Write the recovery kit: what disaster recovery needs besides one region (the signing
+    /// keys to trust, the keyring, the appliance identity). Keep it offline.
+    #[command(
+        after_help = "Examples:\n  cairn key export-recovery-kit --out /secure/cairn.kit\n  \
+        cairn key export-recovery-kit --out cairn-public.kit --without-identity\n\n\
+        With the kit and any one region:\n  \
+        cairn restore shop --to-datadir DIR --region NAME --recovery-kit cairn.kit\n  \
+        cairn catalog rebuild --from-region NAME --recovery-kit cairn.kit\n\n\
+        The kit holds the appliance's secret key unless --without-identity: whoever holds it and \
+        can read a region can decrypt every backup. Keep it offline (a safe, a password manager), \
+        apart from the appliance and the regions, and export a new one after every key change."
+    )]
+    ExportRecoveryKit {
+        /// The file to write (mode 0600; it must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Leave the secret identity out: a restore then needs --identity (an escrow key) too.
+        #[arg(long)]
+        without_identity: bool,
+    },
     /// Write a new age identity file (mode 0600) for an escrow key holder; prints its recipient.
     #[command(
         after_help = "Examples:\n  cairn key new-identity --out /secure/escrow.age\n  \
@@ -62,7 +83,8 @@ pub enum KeyCmd {
         cairn key shred old-shop --cancel\n  cairn key shred scratch --grace 0s --yes")]
     Shred {
         cluster: String,
-        /// Time before the shred happens (s, m, h, d); it can be cancelled until then.
+        /// Time before the shred happens (s, m, h, d; at most 3650d); it can be cancelled
+        /// until then.
         #[arg(long, default_value = "7d")]
         grace: String,
         /// Cancel a scheduled shred.
@@ -134,21 +156,34 @@ pub enum BackupCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum CatalogCmd {
-    /// Rebuild an empty appliance's catalog (and layers) from one region and an identity file.
+    /// Rebuild an empty appliance's catalog (and layers) from one region and a recovery kit.
+    /// The rebuilt appliance is fenced: it restores and verifies but writes nothing to the
+    /// regions until `cairn catalog promote`.
     #[command(
-        after_help = "Examples:\n  cairn catalog rebuild --from-region region-b --identity /secure/appliance.age\n\n\
-        Configure the region in HOME/regions.toml first (same name, URL and credentials)."
+        after_help = "Examples:\n  cairn catalog rebuild --from-region region-b --recovery-kit /secure/cairn.kit\n  \
+        cairn catalog rebuild --from-region region-b --recovery-kit cairn-public.kit --identity /secure/escrow.age\n\n\
+        Configure the region in HOME/regions.toml first (same name, URL and credentials). Only \
+        indexes signed by a key of the kit are believed, and the keyring is the kit's: nothing \
+        read from the region adds a key."
     )]
     Rebuild {
         #[arg(long, value_name = "REGION")]
         from_region: String,
-        /// An age identity that opens the data keys (the old appliance's, or an escrow key).
+        /// The recovery kit of the appliance that wrote the region (`cairn key export-recovery-kit`).
         #[arg(long, value_name = "FILE")]
-        identity: PathBuf,
-        /// Key id of the signing key the region's indexes must carry (default: the only one found).
-        #[arg(long, value_name = "KEY_ID")]
-        trust_signer: Option<String>,
+        recovery_kit: PathBuf,
+        /// An age identity that opens the data keys (an escrow key), when the kit has none; it
+        /// is used in memory only, never stored.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
+    /// End the fence of a rebuilt appliance: it takes over shipping, indexes, garbage
+    /// collection and adopted sources from the appliance it was rebuilt from.
+    #[command(after_help = "Examples:\n  cairn catalog promote\n\n\
+        Promote only when the old appliance is gone for good (or stopped): from now on this \
+        one's indexes supersede its indexes in every region, and it streams from the adopted \
+        sources' replication slots. Export a new recovery kit afterwards.")]
+    Promote,
 }
 
 /// Tells the operator about keys created on first use.
@@ -194,7 +229,7 @@ pub async fn key(g: &Global, cmd: KeyCmd) -> Result<()> {
         println!("{}", id.to_public());
         return Ok(());
     }
-    let (_, mut p) = open(g).await?;
+    let (_, p) = open(g).await?;
     match cmd {
         KeyCmd::ExportPublic => {
             let v = serde_json::json!({
@@ -215,15 +250,62 @@ pub async fn key(g: &Global, cmd: KeyCmd) -> Result<()> {
             );
         }
         KeyCmd::List => {
-            let r = p.state().recipients().await?;
+            let r = p.recipients();
+            let signers: Vec<String> = p.trusted().iter().map(hex::encode).collect();
             if g.json {
-                return print_json(&r);
+                return print_json(&serde_json::json!({
+                    "recipients": r,
+                    "keyring_fingerprint": p.keyring_fingerprint(),
+                    "trusted_signers": signers,
+                    "fenced": p.fenced(),
+                }));
             }
             table(
                 &["KEY ID", "ROLE", "LABEL", "RECIPIENT"],
                 r.iter()
                     .map(|e| vec![e.id(), e.role.clone(), e.label.clone(), e.recipient.clone()])
                     .collect(),
+            );
+            println!("keyring fingerprint {}", p.keyring_fingerprint());
+            for s in signers {
+                println!("trusted signing key {s}");
+            }
+            if p.fenced() {
+                println!("FENCED: rebuilt and not promoted (`cairn catalog promote`)");
+            }
+        }
+        KeyCmd::ExportRecoveryKit {
+            out,
+            without_identity,
+        } => {
+            let kit = RecoveryKit {
+                signers: p.trusted(),
+                keyring: p.recipients(),
+                identity: (!without_identity).then(|| p.identity()),
+            };
+            kit.write(&out)?;
+            if g.json {
+                return print_json(&serde_json::json!({
+                    "kit": out,
+                    "keyring_fingerprint": p.keyring_fingerprint(),
+                    "signers": kit.signers.iter().map(hex::encode).collect::<Vec<_>>(),
+                    "identity": !without_identity,
+                }));
+            }
+            println!("wrote the recovery kit {} (mode 0600)", out.display());
+            if without_identity {
+                println!(
+                    "it holds no secret key: a restore needs it plus an identity (--identity)"
+                );
+            } else {
+                println!(
+                    "it holds the appliance's SECRET key: keep it offline (a safe, a password \
+                     manager), apart from this machine and from the regions"
+                );
+            }
+            println!(
+                "disaster recovery: `cairn catalog rebuild --from-region NAME --recovery-kit {}`",
+                out.display()
             );
         }
         KeyCmd::AddRecipient { recipient, label } => {
@@ -250,13 +332,22 @@ pub async fn key(g: &Global, cmd: KeyCmd) -> Result<()> {
                 return Ok(());
             }
             let grace = parse_duration(&grace).map_err(anyhow::Error::msg)?;
+            if grace > MAX_GRACE {
+                bail!(
+                    "--grace {} is longer than the longest grace cairn accepts (3650d); to keep \
+                     a cluster, do not shred it",
+                    fmt_duration(grace)
+                );
+            }
             if grace.is_zero() && !yes {
                 bail!(
                     "a shred without grace destroys cluster '{cluster}' and makes its backups \
                      unreadable now; add --yes to confirm"
                 );
             }
-            let s = p.schedule_shred(&cluster, grace.as_micros() as i64).await?;
+            let grace_us = i64::try_from(grace.as_micros())
+                .map_err(|_| anyhow::anyhow!("--grace is out of range"))?;
+            let s = p.schedule_shred(&cluster, grace_us).await?;
             if grace.is_zero() {
                 let done = p.run_due_shreds().await?;
                 if done.contains(&cluster) {
@@ -434,6 +525,7 @@ pub async fn backup(g: &Global, cmd: BackupCmd) -> Result<()> {
     let (engine, p) = open(g).await?;
     match cmd {
         BackupCmd::Now { cluster, no_image } => {
+            p.require_unfenced("take backups")?;
             let clusters = match &cluster.cluster {
                 Some(n) => vec![engine.resolve_cluster(Some(n)).await?],
                 None => engine.catalog.clusters().await?,
@@ -655,34 +747,57 @@ pub async fn recovery_points(
 }
 
 pub async fn catalog(g: &Global, cmd: CatalogCmd) -> Result<()> {
-    let CatalogCmd::Rebuild {
-        from_region,
-        identity,
-        trust_signer,
-    } = cmd;
-    let id = Identity::load(&identity)?;
-    let (engine, p) = open(g).await?;
-    // Keep the given identity among the appliance's (as a retired one), so that the data keys
-    // it opens stay openable until they are re-wrapped.
-    let keys = cairn_backup::keys::KeyFiles::new(&engine.home.root);
-    if keys.identity()?.recipient != id.recipient {
-        let text =
-            std::fs::read(&identity).with_context(|| format!("read {}", identity.display()))?;
-        let dest = keys
-            .dir
-            .join(format!("appliance-imported-{}.retired", id.id()));
-        cairn_engine::fsutil::write_atomic(&dest, &text, 0o600)
-            .with_context(|| format!("write {}", dest.display()))?;
+    match cmd {
+        CatalogCmd::Rebuild {
+            from_region,
+            recovery_kit,
+            identity,
+        } => rebuild(g, &from_region, &recovery_kit, identity.as_deref()).await,
+        CatalogCmd::Promote => {
+            let (_, p) = open(g).await?;
+            let generation = p.promote().await?;
+            if g.json {
+                return print_json(
+                    &serde_json::json!({"promoted": true, "generation": generation}),
+                );
+            }
+            println!(
+                "promoted: this appliance now ships and writes generation {generation}, which \
+                 supersedes the indexes of the appliance it was rebuilt from"
+            );
+            println!("export a new recovery kit now: cairn key export-recovery-kit --out FILE");
+            Ok(())
+        }
     }
-    let r = p
-        .rebuild(&from_region, &id, trust_signer.as_deref())
-        .await?;
-    drop(p);
-    // Wrap every data key for this appliance's own identity too.
+}
+
+async fn rebuild(
+    g: &Global,
+    from_region: &str,
+    kit: &std::path::Path,
+    identity: Option<&std::path::Path>,
+) -> Result<()> {
+    let kit = RecoveryKit::load(kit)?;
+    let id = identity.map(Identity::load).transpose()?;
     let (_, p) = open(g).await?;
-    let w = p.rewrap_all().await?;
+    let r = p.rebuild(from_region, &kit, id.as_ref()).await?;
     if g.json {
-        return print_json(&serde_json::json!({"rebuild": r, "rewrap": w}));
+        return print_json(&r);
+    }
+    for x in &r.rejected {
+        println!("set aside: {x}");
+    }
+    for x in &r.unknown_recipients {
+        println!(
+            "WARNING: the region lists recipient {x}, which the recovery kit's keyring does not \
+             hold; it was NOT added (someone who can write the region may have planted it)"
+        );
+    }
+    if r.keyring_differs {
+        println!(
+            "note: the region's signed state names another keyring than the kit's (was the kit \
+             exported before the last keyring change?); the kit's keyring is used"
+        );
     }
     println!(
         "rebuilt {} cluster(s) ({}), {} branch(es), {} layer(s), {} from region '{from_region}'",
@@ -693,8 +808,20 @@ pub async fn catalog(g: &Global, cmd: CatalogCmd) -> Result<()> {
         bytes(r.bytes)
     );
     println!(
-        "trusted signer {}; this appliance writes generation {} from now on",
-        r.signer, r.generation
+        "trusted signers {}; this appliance will write generation {}",
+        r.signers.join(", "),
+        r.generation
+    );
+    println!(
+        "FENCED: it restores and verifies but writes nothing to the regions and takes over no \
+         source until `cairn catalog promote`"
     );
     Ok(())
+}
+
+/// The longest shred grace accepted.
+const MAX_GRACE: Duration = Duration::from_secs(3650 * 86400);
+
+fn fmt_duration(d: Duration) -> String {
+    format!("{}d", d.as_secs() / 86400)
 }

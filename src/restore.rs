@@ -6,7 +6,8 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
-use cairn_backup::keys::Identity;
+use cairn_backup::keys::{Identity, SignerPin};
+use cairn_backup::kit::RecoveryKit;
 use cairn_engine::progress::Progress;
 use cairn_restore::{RestoreReport, RestoreRequest, Target};
 
@@ -45,29 +46,56 @@ pub struct RestoreArgs {
     pub source: SourceOpt,
 }
 
+/// What decides trust when reading backups: given by the operator, never learnt from a region.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrustOpt {
+    /// The recovery kit of the appliance that wrote the backups (`cairn key
+    /// export-recovery-kit`): the signing keys to trust and, usually, the identity.
+    #[arg(long, value_name = "FILE")]
+    pub recovery_kit: Option<PathBuf>,
+    /// An age identity that opens the data keys (default: the kit's, then the appliance's).
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Also trust what this Ed25519 public key signed (64 hex digits, as `cairn key
+    /// export-public` prints it).
+    #[arg(long, value_name = "KEY")]
+    pub trust_signer: Option<String>,
+}
+
+impl TrustOpt {
+    /// The identity (given, else the kit's) and the signing keys to trust.
+    pub fn load(&self) -> Result<(Option<Identity>, Vec<[u8; 32]>)> {
+        let kit = self
+            .recovery_kit
+            .as_deref()
+            .map(RecoveryKit::load)
+            .transpose()?;
+        let mut signers: Vec<[u8; 32]> = kit.iter().flat_map(|k| k.signers.clone()).collect();
+        if let Some(s) = &self.trust_signer {
+            signers.push(SignerPin::parse(s)?.0);
+        }
+        let identity = match self.identity.as_deref() {
+            Some(p) => Some(Identity::load(p)?),
+            None => kit.and_then(|k| k.identity),
+        };
+        Ok((identity, signers))
+    }
+}
+
 /// How a point is read from the regions (restore, and export from a region).
 #[derive(Args, Debug)]
 pub struct SourceOpt {
     /// Read from this region first (default: the healthiest).
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
-    /// An age identity that opens the data keys (default: the appliance's own).
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// Key id of the signing key the region's indexes must carry (on an empty machine:
-    /// default is the only one found).
-    #[arg(long, value_name = "KEY_ID")]
-    pub trust_signer: Option<String>,
+    #[command(flatten)]
+    pub trust: TrustOpt,
+    /// The cluster's id, when the region holds several clusters of that name.
+    #[arg(long, value_name = "ID")]
+    pub cluster_id: Option<String>,
     /// Layers downloaded at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
-}
-
-impl SourceOpt {
-    /// The identity file, loaded (errors name the file).
-    pub fn identity(&self) -> Result<Option<Identity>> {
-        Ok(self.identity.as_deref().map(Identity::load).transpose()?)
-    }
 }
 
 pub const AFTER_HELP: &str = "Examples:
@@ -77,7 +105,9 @@ pub const AFTER_HELP: &str = "Examples:
   cairn restore shop --at 0/3000150 --to-datadir /srv/pg --region region-b --identity escrow.age
 
 On an empty machine: write HOME/regions.toml with the region's URL and credentials, then
-  cairn restore shop --to-datadir DIR --region NAME --identity appliance.age
+  cairn restore shop --to-datadir DIR --region NAME --recovery-kit shop-appliance.kit
+Only indexes signed by a key of the kit (or of this appliance) are believed; objects a region
+holds that are not are listed and set aside.
 The restore reads the region, not the local layers; objects missing or damaged there are
 fetched from the other regions, and the report lists them. --json prints the phase timings.";
 
@@ -87,7 +117,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     } else {
         crate::commands::point(&a.at)?
     };
-    let identity = a.source.identity()?;
+    let (identity, signers) = a.source.trust.load()?;
     let target = match (&a.as_branch, &a.to_datadir) {
         (Some(b), _) => Target::Branch(b.clone()),
         (None, Some(d)) => Target::Datadir {
@@ -104,8 +134,9 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
         point,
         target,
         region: a.source.region,
+        cluster_id: a.source.cluster_id,
         identity,
-        trust_signer: a.source.trust_signer,
+        signers,
         parallel: a.source.parallel,
     };
     let progress = Arc::new(Progress::new());
@@ -149,6 +180,11 @@ fn print_report(r: &RestoreReport) {
         },
         r.wal_segments
     );
+    for p in &r.probes {
+        for x in &p.rejected {
+            println!("  set aside: {x}");
+        }
+    }
     for s in &r.substitutions {
         println!(
             "  {} from region '{}' failed ({}){}",

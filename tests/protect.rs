@@ -84,8 +84,8 @@ async fn backups_are_encrypted_in_two_regions_and_one_region_plus_a_key_restores
     env.ok(&["regions", "check", "--full"]);
     env.stop_all();
 
-    // Disaster: a new, empty appliance with only region-b and the identity file.
-    let identity = env.home.join("keys/appliance.age");
+    // Disaster: a new, empty appliance with only region-b and the recovery kit.
+    let kit = env.recovery_kit();
     let dr = Env::new();
     dr.write_regions(&format!(
         "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
@@ -96,8 +96,8 @@ async fn backups_are_encrypted_in_two_regions_and_one_region_plus_a_key_restores
         "rebuild",
         "--from-region",
         "region-b",
-        "--identity",
-        identity.to_str().unwrap(),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
     ]);
     assert!(out.contains("rebuilt 1 cluster(s) (shop)"), "{out}");
     let c = connect(&dr.start("main")).await;
@@ -258,11 +258,33 @@ async fn wrong_or_missing_identity_names_the_keys_that_would_work() {
         "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
         env.dir.path().join("regions/region-a").display()
     ));
+    let public_kit = env.dir.path().join("public.kit");
+    env.ok(&[
+        "key",
+        "export-recovery-kit",
+        "--without-identity",
+        "--out",
+        public_kit.to_str().unwrap(),
+    ]);
     let err = dr.fail(&[
         "catalog",
         "rebuild",
         "--from-region",
         "region-a",
+        "--recovery-kit",
+        public_kit.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("--identity"),
+        "a kit without identity needs one: {err}"
+    );
+    let err = dr.fail(&[
+        "catalog",
+        "rebuild",
+        "--from-region",
+        "region-a",
+        "--recovery-kit",
+        public_kit.to_str().unwrap(),
         "--identity",
         stranger.to_str().unwrap(),
     ]);
@@ -280,6 +302,8 @@ async fn wrong_or_missing_identity_names_the_keys_that_would_work() {
         "rebuild",
         "--from-region",
         "region-a",
+        "--recovery-kit",
+        public_kit.to_str().unwrap(),
         "--identity",
         "/nonexistent/id.age",
     ]);
@@ -312,7 +336,11 @@ async fn rotation_and_escrow_rewrap_keys_without_touching_payloads() {
     );
     assert_eq!(payload_hashes(&env, "region-b"), before_b);
     let keyring = env.json(&["key", "list"]);
-    assert_eq!(keyring.as_array().unwrap().len(), 2, "{keyring}");
+    assert_eq!(
+        keyring["recipients"].as_array().unwrap().len(),
+        2,
+        "{keyring}"
+    );
     // The new appliance key and the escrow key both open everything, in both regions.
     env.ok(&["regions", "check", "--full"]);
     env.ok(&[
@@ -393,6 +421,7 @@ async fn shredding_is_scheduled_cancellable_and_final() {
     two_regions(&env, "");
     backed_up_cluster(&env).await;
     env.stop_all();
+    let kit = env.recovery_kit();
     let out = env.ok(&["key", "shred", "shop", "--grace", "7d"]);
     assert!(out.contains("will be shredded"), "{out}");
     env.ok(&["key", "shred", "shop", "--cancel"]);
@@ -412,16 +441,15 @@ async fn shredding_is_scheduled_cancellable_and_final() {
         "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
         env.dir.path().join("regions/region-a").display()
     ));
-    let identity = env.home.join("keys/appliance.age");
     let out = dr.run(&[
         "catalog",
         "rebuild",
         "--from-region",
         "region-a",
-        "--identity",
-        identity.to_str().unwrap(),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "a clean refusal, not a crash");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -480,14 +508,14 @@ async fn kills_during_shipping_leave_every_index_naming_only_present_objects() {
         "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
         env.dir.path().join("regions/region-a").display()
     ));
-    let identity = env.home.join("keys/appliance.age");
+    let kit = env.recovery_kit();
     dr.ok(&[
         "catalog",
         "rebuild",
         "--from-region",
         "region-a",
-        "--identity",
-        identity.to_str().unwrap(),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
     ]);
     let c = connect(&dr.start("main")).await;
     assert_eq!(table_checksum(&c, "r").await, sum);

@@ -73,14 +73,14 @@ async fn s3_multipart_upload_and_restore_from_s3_alone() {
         "min_copies = 1\n{}",
         garage.region_toml("s3", "prod")
     ));
-    let identity = env.home.join("keys/appliance.age");
+    let kit = env.recovery_kit();
     dr.ok(&[
         "catalog",
         "rebuild",
         "--from-region",
         "s3",
-        "--identity",
-        identity.to_str().unwrap(),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
     ]);
     let c = connect(&dr.start("main")).await;
     assert_eq!(table_checksum(&c, "r").await, sum);

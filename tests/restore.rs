@@ -1,5 +1,5 @@
 //! Restore end to end, on file regions and real PostgreSQL: disaster recovery of every branch at
-//! several points onto an empty machine from one region and an identity file; failover to
+//! several points onto an empty machine from one region and its recovery kit; failover to
 //! another region for missing and corrupt objects; point-in-time restore around a DROP TABLE;
 //! refusals that name the problem and write nothing.
 
@@ -139,8 +139,7 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
     drop(main);
     env.stop_all();
     env.ok(&["backup", "now"]);
-    let identity = env.dir.path().join("appliance.age");
-    std::fs::copy(env.home.join("keys/appliance.age"), &identity).unwrap();
+    let kit = env.recovery_kit();
 
     // Disaster: the appliance's disk and region A are gone.
     std::fs::remove_dir_all(&env.home).unwrap();
@@ -161,8 +160,8 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
             &p.value,
             "--to-datadir",
             target.to_str().unwrap(),
-            "--identity",
-            identity.to_str().unwrap(),
+            "--recovery-kit",
+            kit.to_str().unwrap(),
         ]);
         assert_eq!(report["region"], "region-b");
         assert!(report["substitutions"].as_array().unwrap().is_empty());

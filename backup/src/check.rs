@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::crypto::keyobj::KeyObject;
 use crate::crypto::stream::open_all;
 use crate::error::{Error, Result};
-use crate::index::{decode_verified, index_key, Trust};
+use crate::index::{decode_verified, index_key, Trust, MAX_INDEX_BYTES};
 use crate::keys::Identity;
 use crate::region::{keys, Region};
 use crate::ship::Protection;
@@ -126,8 +126,9 @@ impl Protection {
         let own = self.identities();
         let ids: Vec<&Identity> = match identity {
             Some(i) => vec![i],
-            None => own,
+            None => own.iter().collect(),
         };
+        let trusted = self.trusted();
         let mut report = CheckReport::default();
         for region in &self.regions.regions {
             if only.is_some_and(|o| o != region.name) {
@@ -196,7 +197,7 @@ impl Protection {
                 };
                 report.indexes += 1;
                 let key = index_key(&cluster, &tl, w.generation);
-                let bytes = match region.get(&key).await {
+                let bytes = match region.get_bounded(&key, MAX_INDEX_BYTES).await {
                     Ok(b) => b,
                     Err(e) => {
                         report.problems.push(problem(&key, e.to_string()));
@@ -204,7 +205,7 @@ impl Protection {
                     }
                 };
                 let trust = Trust {
-                    signers: &self.trusted,
+                    signers: &trusted,
                     seen: Some((w.generation, w.sequence)),
                 };
                 match decode_verified(&bytes, &key, &region.name, &trust) {
@@ -227,6 +228,7 @@ impl Protection {
 
     /// Repairs what a check found: copies from a healthy region, or ships again.
     pub async fn repair_regions(&self, report: &CheckReport) -> Result<RepairReport> {
+        self.require_unfenced("repair the regions")?;
         let st = self.state();
         let keys_by_obj = st.object_keys_by_name().await?;
         let shipments = st.shipments().await?;
@@ -248,9 +250,9 @@ impl Protection {
             };
             if p.object == key_object_key(k) {
                 // Key objects are ours: write the current one.
-                broken
-                    .put(&p.object, Bytes::from(k.key_object.clone()))
-                    .await?;
+                let _keyring = self.lock_keyring().await?;
+                let fresh = st.object_key(&k.object).await?.unwrap_or_else(|| k.clone());
+                broken.put(&p.object, Bytes::from(fresh.key_object)).await?;
                 out.copied.push(format!(
                     "{} in '{}' (key object rewritten)",
                     p.object, p.region
@@ -293,11 +295,9 @@ impl Protection {
         index_regions.sort();
         index_regions.dedup();
         for r in index_regions {
-            for (tl, _, region) in st.index_writes().await? {
-                if region == r {
-                    st.forget_index_write(&tl, &region).await?;
-                }
-            }
+            // Rewritten with higher sequences: a reader that saw the damaged ones must not
+            // take the new ones for replays.
+            st.invalidate_index_writes(&r).await?;
             let region = self.regions.get(&r)?;
             self.write_indexes(region, None).await?;
             out.copied.push(format!("indexes of '{r}' rewritten"));

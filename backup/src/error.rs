@@ -25,6 +25,9 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// A rebuilt appliance that was not promoted refuses to write to the regions.
+    #[error("{0}")]
+    Fenced(String),
     /// Configuration or request that cannot be carried out as given.
     #[error("{0}")]
     Refused(String),

@@ -40,8 +40,9 @@ use crate::crypto::keyobj::KeyObject;
 use crate::crypto::random;
 use crate::crypto::stream::{Compression, Header, ObjectKind, Opener, CHUNK_SIZE, HEADER_LEN};
 use crate::error::{Error, Result};
+use crate::fetch::MAX_KEY_OBJECT_BYTES;
 use crate::fetch::{download, Expect, Layout};
-use crate::keys::{key_id, open_blob, require_trusted, sign_blob, Identity};
+use crate::keys::{open_blob, require_trusted, sign_blob, Identity};
 use crate::region::{keys, Region};
 use crate::ship::{Protection, SealedReader};
 
@@ -115,19 +116,16 @@ impl Manifest {
     }
 }
 
-/// Which manifest signers are believed: the appliance's trusted signing keys, plus one key
-/// named by id (`--trust-signer`, for exports of another appliance).
+/// Which manifest signers are believed: the appliance's trusted signing keys, plus those the
+/// operator names (a recovery kit's, `--trust-signer` with a full key, for exports of another
+/// appliance).
 #[derive(Debug, Clone, Default)]
 pub struct SignerTrust {
     pub signers: Vec<[u8; 32]>,
-    pub key_id: Option<String>,
 }
 
 impl SignerTrust {
     pub fn check(&self, signer: &[u8; 32], what: &str) -> Result<()> {
-        if self.key_id.as_deref() == Some(key_id(signer).as_str()) {
-            return Ok(());
-        }
         require_trusted(signer, &self.signers, what)
     }
 }
@@ -238,7 +236,7 @@ impl Protection {
         let sealed_bytes = Opener::sealed_len(CHUNK_SIZE, dump_bytes);
         let (dek, key_id, key_object) = if for_regions {
             let (row, dek) = self
-                .ensure_object_key(&m.object(), object_id, &m.cluster_id, sealed_bytes)
+                .ensure_object_key(&m.object(), object_id, &m.cluster_id, sealed_bytes, None)
                 .await?;
             let kid: [u8; 16] = hex::decode(&row.key_id)
                 .ok()
@@ -248,8 +246,7 @@ impl Protection {
         } else {
             let dek: [u8; 32] = random();
             let kid: [u8; 16] = random();
-            let recipients = self.state().recipients().await?;
-            let ko = KeyObject::wrap(&dek, object_id, kid, &recipients)?;
+            let ko = KeyObject::wrap(&dek, object_id, kid, &self.recipients())?;
             (dek, kid, ko.encode())
         };
         let header = Header {
@@ -330,7 +327,7 @@ impl Protection {
                 .into_inner()
                 .map_err(|e| Error::io(&what, e.into_error()))?;
             f.sync_all().map_err(|e| Error::io(&what, e))?;
-            cairn_engine::fsutil::commit_rename(&tmp2, &dest2)
+            cairn_engine::fsutil::commit_new(&tmp2, &dest2)
                 .map_err(|e| Error::io(format!("write {}", dest2.display()), e))
         })
         .await;
@@ -347,6 +344,7 @@ impl Protection {
         prepared: &Prepared,
         dump: &Path,
     ) -> Result<()> {
+        self.require_unfenced("write exports to the regions")?;
         let m = &prepared.manifest;
         let obj = keys::export(&m.cluster_id, &m.id);
         let sha = self
@@ -365,11 +363,7 @@ impl Protection {
                 std::io::Error::other("the dump changed while it was uploaded"),
             ));
         }
-        region
-            .put(
-                &keys::key(&m.cluster_id, &m.object()),
-                Bytes::from(prepared.key_object.clone()),
-            )
+        self.put_key_object_of(region, &m.cluster_id, &m.object())
             .await?;
         region
             .put(
@@ -407,7 +401,7 @@ pub async fn list_exports(region: &Region, trust: &SignerTrust) -> Result<Vec<Li
             continue;
         };
         let what = format!("region '{}', {key}", region.name);
-        let checked = match region.get(&key).await {
+        let checked = match region.get_bounded(&key, MAX_SECTION as u64).await {
             Ok(b) => Manifest::decode_verified(&b, &what, trust).and_then(|(m, s)| {
                 if m.id != id || m.cluster_id != *cluster {
                     Err(Error::tampered(
@@ -425,7 +419,7 @@ pub async fn list_exports(region: &Region, trust: &SignerTrust) -> Result<Vec<Li
                 region: region.name.clone(),
                 manifest: Some(m),
                 key,
-                signer: Some(key_id(&s)),
+                signer: Some(hex::encode(s)),
                 problem: None,
             },
             Err(e) => Listed {
@@ -488,7 +482,12 @@ pub async fn decrypt_from_region(
     };
     let kk = keys::key(&m.cluster_id, &m.object());
     let what = format!("region '{}', {kk}", region.name);
-    let (dek, ko) = unwrap_key(&region.get(&kk).await?, &m, identities, &what)?;
+    let (dek, ko) = unwrap_key(
+        &region.get_bounded(&kk, MAX_KEY_OBJECT_BYTES).await?,
+        &m,
+        identities,
+        &what,
+    )?;
     if dest.exists() {
         return Err(Error::Refused(format!(
             "{} already exists: choose another name or remove it first",
@@ -644,7 +643,7 @@ pub fn decrypt_file(
             .map_err(|e| Error::io(format!("write {}", tmp.display()), e.into_error()))?;
         out.sync_all()
             .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-        cairn_engine::fsutil::commit_rename(&tmp, dest)
+        cairn_engine::fsutil::commit_new(&tmp, dest)
             .map_err(|e| Error::io(format!("write {}", dest.display()), e))
     })();
     if result.is_err() {

@@ -1,11 +1,14 @@
 //! Reading objects back from a region: streamed, verified, decrypted.
 //!
 //! Invariants:
-//! - Nothing unverified leaves this module. A whole-object download checks the header names
-//!   the expected object, every chunk's AEAD tag (bound to its index and to the final-chunk
-//!   flag, so reordering and truncation fail), the plaintext SHA-256 against the layer id and,
-//!   when the index recorded them, the ciphertext's size and SHA-256. A ranged read checks the
-//!   header and the tag of every chunk it opens: it proves those bytes are that object's.
+//! - Nothing unverified leaves this module. A data key is believed only when it matches the
+//!   commitment a signed index carries ([`open_key`]): anyone can wrap a key of their own for
+//!   the appliance's public recipient. A whole-object download checks the object's size
+//!   before reading, the header names the expected object, every chunk's AEAD tag (bound to
+//!   its index and to the final-chunk flag, so reordering and truncation fail), the plaintext
+//!   SHA-256 against the object id and, when the index recorded them, the ciphertext's
+//!   SHA-256. A ranged read checks the size, the header and the tag of every chunk it opens:
+//!   with a committed key, it proves those bytes are that object's.
 //! - A download writes to a temporary name (mode 0600: it is plaintext) and renames into place only after every check
 //!   passed; a failed or interrupted download leaves nothing under the destination name.
 //! - Memory stays bounded: at most [`CHUNKS_PER_GET`] sealed chunks of one object are in
@@ -18,9 +21,43 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::crypto::stream::{Header, ObjectKind, Opener, HEADER_LEN, TAG_LEN};
+use crate::crypto::dek_commitment;
+use crate::crypto::keyobj::KeyObject;
+use crate::crypto::stream::{Header, Opener, HEADER_LEN, TAG_LEN};
 use crate::error::{Error, Result};
+use crate::keys::Identity;
 use crate::region::Region;
+
+/// The largest key object a reader fetches (a keyring of 256 recipients needs about 60 KiB).
+pub const MAX_KEY_OBJECT_BYTES: u64 = 1 << 20;
+
+/// Reads the key object at `key` and opens the data key of object `object_id` with one of
+/// `identities`, believing it only if it matches `commitment` (from a signed index).
+pub async fn open_key(
+    region: &Region,
+    key: &str,
+    object_id: &[u8; 32],
+    commitment: &str,
+    identities: &[&Identity],
+) -> Result<[u8; 32]> {
+    let what = format!("region '{}', {key}", region.name);
+    let kb = region.get_bounded(key, MAX_KEY_OBJECT_BYTES).await?;
+    let ko = KeyObject::decode(&kb, &what)?;
+    if &ko.object_id != object_id {
+        return Err(Error::tampered(
+            &what,
+            "is the key object of another object (key objects swapped)",
+        ));
+    }
+    let dek = ko.unwrap(identities, &what)?;
+    if dek_commitment(&ko.object_id, &ko.key_id, &dek) != commitment {
+        return Err(Error::tampered(
+            &what,
+            "opens a data key other than the one the signed index names (a forged key object)",
+        ));
+    }
+    Ok(dek)
+}
 
 /// Sealed chunks fetched per ranged GET (8 MiB with 1 MiB chunks).
 pub const CHUNKS_PER_GET: u64 = 8;
@@ -76,18 +113,28 @@ pub struct OpenedObject<'r> {
 }
 
 impl<'r> OpenedObject<'r> {
-    /// Looks the object up and checks its header names `object_id`.
+    /// Looks the object up and checks its size (`expected_size`, from a signed index) and
+    /// that its header names `object_id`.
     pub async fn open(
         region: &'r Region,
         key: &str,
         dek: &[u8; 32],
         object_id: &[u8; 32],
+        expected_size: Option<u64>,
     ) -> Result<OpenedObject<'r>> {
         let what = format!("region '{}', {key}", region.name);
         let size = region
             .head(key)
             .await?
             .ok_or_else(|| Error::tampered(&what, "missing"))?;
+        if let Some(expected) = expected_size {
+            if size != expected {
+                return Err(Error::tampered(
+                    &what,
+                    format!("is {size} bytes, the index recorded {expected}"),
+                ));
+            }
+        }
         let head = region
             .get_range(key, 0, (HEADER_LEN as u64).min(size))
             .await?;
@@ -182,16 +229,15 @@ pub async fn download(
     dest: &Path,
     progress: Option<&AtomicU64>,
 ) -> Result<u64> {
-    let obj = OpenedObject::open(region, key, dek, expect.object_id).await?;
+    let obj = OpenedObject::open(
+        region,
+        key,
+        dek,
+        expect.object_id,
+        expect.sealed.map(|(s, _)| s),
+    )
+    .await?;
     let what = obj.what.clone();
-    if let Some((size, _)) = expect.sealed {
-        if size != obj.layout.size {
-            return Err(Error::tampered(
-                &what,
-                format!("is {} bytes, the index recorded {size}", obj.layout.size),
-            ));
-        }
-    }
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let tmp = cairn_engine::fsutil::temp_path(dir);
@@ -230,7 +276,7 @@ pub async fn download(
         out.flush()
             .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
         let digest: [u8; 32] = plain_hash.finalize().into();
-        if &digest != expect.object_id && obj.opener.header.kind != ObjectKind::Secrets {
+        if &digest != expect.object_id {
             return Err(Error::tampered(&what, "plaintext does not hash to its id"));
         }
         if let Some((_, sha)) = expect.sealed {

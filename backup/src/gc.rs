@@ -17,7 +17,7 @@ use std::collections::{HashMap, HashSet};
 use cairn_engine::catalog::now_us;
 
 use crate::error::{Error, Result};
-use crate::index::{decode_verified, Trust};
+use crate::index::{decode_verified, Trust, MAX_INDEX_BYTES};
 use crate::region::{keys, Region};
 use crate::ship::Protection;
 use crate::state::Shred;
@@ -90,7 +90,8 @@ impl Protection {
     }
 
     fn deletion_delay_us(&self) -> i64 {
-        self.regions.deletion_delay.as_micros() as i64
+        // parse_duration caps durations far below i64 microseconds; saturate regardless.
+        i64::try_from(self.regions.deletion_delay.as_micros()).unwrap_or(i64::MAX / 2)
     }
 
     /// Every object id named by an index present in `region` for `cluster`.
@@ -105,9 +106,10 @@ impl Protection {
             {
                 continue;
             }
-            let bytes = region.get(&key).await?;
+            let bytes = region.get_bounded(&key, MAX_INDEX_BYTES).await?;
+            let trusted = self.trusted();
             let trust = Trust {
-                signers: &self.trusted,
+                signers: &trusted,
                 seen: None,
             };
             // An index we cannot verify still protects what it names.
@@ -132,6 +134,7 @@ impl Protection {
 
     /// Executes the due entries of the deletion queue.
     pub async fn process_deletions(&self) -> Result<GcReport> {
+        self.require_unfenced("delete from the regions")?;
         let st = self.state();
         let mut report = GcReport::default();
         let now = now_us();
@@ -230,7 +233,9 @@ impl Protection {
             cluster_id: c.id.to_string(),
             cluster_name: c.name.clone(),
             requested_at_us: now_us(),
-            due_at_us: now_us() + grace_us,
+            due_at_us: now_us().checked_add(grace_us).ok_or_else(|| {
+                Error::Refused(format!("a grace of {grace_us} µs is out of range"))
+            })?,
         };
         st.schedule_shred(&s).await?;
         Ok(s)
@@ -256,6 +261,7 @@ impl Protection {
 
     /// Carries out the shreds that are due; returns the clusters shredded.
     pub async fn run_due_shreds(&self) -> Result<Vec<String>> {
+        self.require_unfenced("shred in the regions")?;
         let st = self.state();
         let mut done = Vec::new();
         for s in st.shreds().await? {

@@ -4,7 +4,9 @@
 //! Invariants:
 //! - Key files live in `HOME/keys/` (mode 0700), each of mode 0600, written atomically; their
 //!   contents never reach logs or errors. A key id is the first 8 bytes of the SHA-256 of the
-//!   public key, in hex: safe to show, enough to tell keys apart.
+//!   public key, in hex: safe to show, enough to tell keys apart — but never enough to trust
+//!   one: a signer is pinned by its full public key ([`SignerPin`]), a keyring by its 256-bit
+//!   fingerprint ([`crate::kit::keyring_fingerprint`]).
 //! - The keyring always holds the current appliance recipient; escrow recipients are added and
 //!   removed by the operator. Rotation replaces the appliance identity and keeps the old one as
 //!   `appliance-<date>.retired` until the operator deletes it.
@@ -20,10 +22,40 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Short, stable id of a public key (age recipient string or Ed25519 public key bytes).
+/// Short, stable id of a public key (age recipient string or Ed25519 public key bytes), for
+/// display only.
 pub fn key_id(public: &[u8]) -> String {
     hex::encode(&Sha256::digest(public)[..8])
 }
+
+/// The 256-bit fingerprint of a public key (SHA-256, hex).
+pub fn fingerprint(public: &[u8]) -> String {
+    hex::encode(Sha256::digest(public))
+}
+
+/// A signing key the operator pins: its full Ed25519 public key, 64 hex digits. Short key
+/// ids are refused: 64 bits can be matched by brute force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignerPin(pub [u8; 32]);
+
+impl SignerPin {
+    pub fn parse(s: &str) -> Result<SignerPin> {
+        let s = s.trim();
+        let bytes = hex::decode(s).ok().filter(|b| b.len() == 32);
+        match bytes {
+            Some(b) => Ok(SignerPin(b.try_into().expect("32"))),
+            None => Err(Error::Refused(format!(
+                "'{s}' is not a signing key: give the full Ed25519 public key (64 hex digits; \
+                 `cairn key export-public` prints it), or --recovery-kit FILE"
+            ))),
+        }
+    }
+}
+
+/// Longest label a recipient may carry (bytes).
+pub const MAX_LABEL: usize = 256;
+/// Most recipients a keyring may hold.
+pub const MAX_RECIPIENTS: usize = 256;
 
 /// A recipient a data key is wrapped for.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +79,36 @@ impl RecipientEntry {
     pub fn parse(&self) -> Result<age::x25519::Recipient> {
         parse_recipient(&self.recipient)
     }
+
+    /// Checks what a keyring entry may hold: an age X25519 recipient, role `appliance` or
+    /// `escrow`, a label of at most [`MAX_LABEL`] bytes without control characters.
+    pub fn validate(&self) -> Result<()> {
+        self.parse()?;
+        if self.role != "appliance" && self.role != "escrow" {
+            return Err(Error::Refused(format!(
+                "keyring role '{}' is neither 'appliance' nor 'escrow'",
+                self.role
+            )));
+        }
+        validate_label(&self.label)
+    }
+}
+
+/// A recipient's label: at most [`MAX_LABEL`] bytes, no control characters (labels are
+/// printed, and written one per line in recovery kits).
+pub fn validate_label(label: &str) -> Result<()> {
+    if label.len() > MAX_LABEL {
+        return Err(Error::Refused(format!(
+            "a key label may be at most {MAX_LABEL} bytes; this one has {}",
+            label.len()
+        )));
+    }
+    if label.chars().any(char::is_control) {
+        return Err(Error::Refused(
+            "a key label may not contain control characters (newlines, tabs, escapes)".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient> {
@@ -185,6 +247,17 @@ pub fn open_blob<'a>(
     what: &str,
     kind: &str,
 ) -> Result<([u8; 32], &'a [u8])> {
+    open_blob_versions(magic, &[version], bytes, what, kind).map(|(_, s, b)| (s, b))
+}
+
+/// [`open_blob`] for a blob that may be of any of `versions`; returns the version too.
+pub fn open_blob_versions<'a>(
+    magic: &[u8; 8],
+    versions: &[u16],
+    bytes: &'a [u8],
+    what: &str,
+    kind: &str,
+) -> Result<(u16, [u8; 32], &'a [u8])> {
     if bytes.len() < SIGNED_PREFIX_LEN || &bytes[..8] != magic {
         return Err(Error::tampered(
             what,
@@ -192,10 +265,17 @@ pub fn open_blob<'a>(
         ));
     }
     let v = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if v != version {
+    if !versions.contains(&v) {
         return Err(Error::tampered(
             what,
-            format!("{kind} format version {v} is not one this cairn reads ({version})"),
+            format!(
+                "{kind} format version {v} is not one this cairn reads ({})",
+                versions
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
     let signer: [u8; 32] = bytes[10..42].try_into().expect("32");
@@ -210,7 +290,7 @@ pub fn open_blob<'a>(
             "signature does not verify (modified after signing)",
         ));
     }
-    Ok((signer, body))
+    Ok((v, signer, body))
 }
 
 /// Refuses a blob signed by a key outside `trusted`, naming both and the way out.
@@ -221,15 +301,21 @@ pub fn require_trusted(signer: &[u8; 32], trusted: &[[u8; 32]], what: &str) -> R
     Err(Error::tampered(
         what,
         format!(
-            "signed by key {}, which is not a trusted appliance signing key ({}); pass \
-             --trust-signer {} only if you know that key",
+            "signed by key {} ({}), which is not a trusted appliance signing key (trusted: {}); \
+             trust comes from the operator, never from a region: pass the recovery kit of the \
+             appliance that wrote it (--recovery-kit FILE), or --trust-signer with its full key \
+             if you know that key",
             key_id(signer),
-            trusted
-                .iter()
-                .map(|s| key_id(s))
-                .collect::<Vec<_>>()
-                .join(", "),
-            key_id(signer)
+            hex::encode(signer),
+            if trusted.is_empty() {
+                "none".to_string()
+            } else {
+                trusted
+                    .iter()
+                    .map(|s| key_id(s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         ),
     ))
 }
@@ -265,7 +351,14 @@ impl KeyFiles {
         self.dir.join("signing.ed25519")
     }
 
-    /// Creates the identity and signing key on first use.
+    /// The signed trust state ([`crate::trust`]).
+    pub fn trust_path(&self) -> PathBuf {
+        self.dir.join("trust")
+    }
+
+    /// Creates the identity and signing key on first use. Two processes starting at once
+    /// cannot both generate one: each key file is linked into place only if it does not
+    /// exist yet, and the loser uses the winner's. Refuses key files others can read.
     pub fn ensure(&self) -> Result<Generated> {
         if !self.dir.exists() {
             cairn_engine::fsutil::create_dir_mode(&self.dir, 0o700)
@@ -275,16 +368,37 @@ impl KeyFiles {
             identity: None,
             signing: None,
         };
-        if !self.identity_path().exists() {
-            self.write_identity(&age::x25519::Identity::generate(), &self.identity_path())?;
+        if !self.identity_path().exists()
+            && self.write_identity_new(&age::x25519::Identity::generate(), &self.identity_path())?
+        {
             g.identity = Some(self.identity_path());
         }
         if !self.signing_path().exists() {
             let (_, doc) = Signer::generate();
-            write_secret_file(&self.signing_path(), &doc)?;
-            g.signing = Some(self.signing_path());
+            if cairn_engine::fsutil::write_new(&self.signing_path(), &doc, 0o600).map_err(|e| {
+                Error::io(
+                    format!("write key file {}", self.signing_path().display()),
+                    e,
+                )
+            })? {
+                g.signing = Some(self.signing_path());
+            }
         }
-        for p in [self.identity_path(), self.signing_path()] {
+        let dir_mode = fs::metadata(&self.dir)
+            .map_err(|e| Error::io(format!("stat {}", self.dir.display()), e))?
+            .permissions()
+            .mode();
+        if dir_mode & 0o077 != 0 {
+            return Err(Error::Refused(format!(
+                "key directory {} has mode {:o}: others can reach the keys; run chmod 700 {}",
+                self.dir.display(),
+                dir_mode & 0o777,
+                self.dir.display()
+            )));
+        }
+        let mut files = vec![self.identity_path(), self.signing_path()];
+        files.extend(self.retired_paths());
+        for p in files {
             let mode = fs::metadata(&p)
                 .map_err(|e| Error::io(format!("stat {}", p.display()), e))?
                 .permissions()
@@ -301,14 +415,43 @@ impl KeyFiles {
         Ok(g)
     }
 
-    fn write_identity(&self, id: &age::x25519::Identity, path: &Path) -> Result<()> {
-        let text = format!(
+    fn identity_text(id: &age::x25519::Identity) -> String {
+        format!(
             "# cairn appliance identity, created {}\n# public key: {}\n{}\n",
             chrono::Utc::now().to_rfc3339(),
             id.to_public(),
             id.to_string().expose_secret()
-        );
-        write_secret_file(path, text.as_bytes())
+        )
+    }
+
+    /// Writes a new identity file; `false` when one appeared meanwhile.
+    fn write_identity_new(&self, id: &age::x25519::Identity, path: &Path) -> Result<bool> {
+        cairn_engine::fsutil::write_new(path, Self::identity_text(id).as_bytes(), 0o600)
+            .map_err(|e| Error::io(format!("write key file {}", path.display()), e))
+    }
+
+    /// Retired identity files, newest first.
+    fn retired_paths(&self) -> Vec<PathBuf> {
+        let mut retired: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "retired"))
+            .collect();
+        retired.sort();
+        retired.reverse();
+        retired
+    }
+
+    fn write_identity(&self, id: &age::x25519::Identity, path: &Path) -> Result<()> {
+        write_secret_file(path, Self::identity_text(id).as_bytes())
+    }
+
+    /// Makes `id` this appliance's identity (a rebuild from a recovery kit, on an empty
+    /// appliance whose freshly generated identity has wrapped nothing yet).
+    pub fn install_identity(&self, id: &Identity) -> Result<()> {
+        self.write_identity(&id.inner, &self.identity_path())
     }
 
     pub fn identity(&self) -> Result<Identity> {
@@ -345,16 +488,11 @@ impl KeyFiles {
         if let Ok(i) = self.identity() {
             v.push(i);
         }
-        let mut retired: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "retired"))
-            .collect();
-        retired.sort();
-        retired.reverse();
-        v.extend(retired.iter().filter_map(|p| Identity::load(p).ok()));
+        v.extend(
+            self.retired_paths()
+                .iter()
+                .filter_map(|p| Identity::load(p).ok()),
+        );
         v
     }
 }

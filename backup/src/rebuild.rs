@@ -1,15 +1,18 @@
-//! `cairn catalog rebuild`: an empty appliance becomes the owner of what one region holds.
+//! `cairn catalog rebuild`: an empty appliance becomes the keeper of what one region holds.
 //!
-//! From the region alone and an identity that opens its data keys: every timeline's newest
-//! index is read and verified; every layer it names is downloaded, decrypted chunk by chunk,
-//! checked against its id and written to the data directory; the clusters, timelines, branches,
-//! layers and WAL events are inserted into the catalog; the secrets come back too. The rebuilt
-//! appliance takes the next generation, so the indexes it writes supersede the old appliance's,
-//! and re-wraps every data key for its own identity as well as the old recipients.
+//! From the region alone and the operator's recovery kit: every timeline's newest valid index
+//! is read ([`crate::view`]); every layer it names is downloaded, its data key believed only if
+//! it matches the index's commitment, decrypted chunk by chunk, checked against its id and
+//! written to the data directory; the clusters, timelines, branches, layers and WAL events are
+//! inserted into the catalog; the secrets come back too, checked against the index.
 //!
-//! Trust: indexes must be signed by a signer this appliance trusts. With `--trust-signer` the
-//! operator names that key; without it the single signing key found in the region is trusted
-//! on first use and reported (several different signers are refused).
+//! Invariants (a region is untrusted storage):
+//! - Trust comes from the kit only: its signing keys decide which indexes count, and the new
+//!   keyring is exactly the kit's (with this appliance's identity). Recipients listed in the
+//!   region's key objects or state are never added; those the kit does not know are reported.
+//! - An escrow identity given for the rebuild is used in memory and never written to disk.
+//! - The rebuilt appliance is fenced: it takes the next generation but writes nothing to any
+//!   region and takes over no source until `cairn catalog promote`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,14 +24,15 @@ use cairn_engine::wal::WalEvent;
 use cairn_engine::Engine;
 
 use crate::crypto::keyobj::KeyObject;
-use crate::crypto::stream::open_all;
 use crate::error::{Error, Result};
-use crate::fetch::{download, Expect};
-use crate::index::{decode_verified, generation_of, TimelineIndex, Trust};
+use crate::fetch::{download, open_key, Expect, MAX_KEY_OBJECT_BYTES};
+use crate::index::{SealedRef, TimelineIndex};
 use crate::keys::{key_id, Identity, RecipientEntry};
+use crate::kit::{keyring_fingerprint, RecoveryKit};
 use crate::region::{keys, Region};
 use crate::ship::Protection;
 use crate::state::ObjectKeyRow;
+use crate::view::{read_region, Rejected};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RebuildReport {
@@ -36,46 +40,176 @@ pub struct RebuildReport {
     pub branches: usize,
     pub layers: usize,
     pub bytes: u64,
-    pub signer: String,
+    /// Key ids of the signers whose indexes were used.
+    pub signers: Vec<String>,
     pub generation: u64,
+    /// Objects of the region that were not believed, and why.
+    pub rejected: Vec<Rejected>,
+    /// Recipients the region's key objects or state list that the kit's keyring does not
+    /// hold: never added; someone with write access to the region may have planted them.
+    pub unknown_recipients: Vec<String>,
+    /// Whether the region's signed state names a keyring other than the kit's (a kit older
+    /// than the last keyring change).
+    pub keyring_differs: bool,
+    /// The rebuilt appliance writes nothing to the regions until promoted.
+    pub fenced: bool,
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(s: &str, what: &str) -> Result<T> {
     s.parse().map_err(|e: String| Error::tampered(what, e))
 }
 
+/// Decodes a 64-hex object id.
+pub fn hex_id(s: &str, what: &str) -> Result<[u8; 32]> {
+    hex::decode(s)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| Error::tampered(what, format!("'{s}' is not an object id")))
+}
+
+/// Refuses a name that several cluster ids carry among `indexes`, listing them.
+pub fn refuse_ambiguous_names(indexes: &[TimelineIndex], region: &str) -> Result<()> {
+    let mut by_name: BTreeMap<&str, BTreeMap<String, i64>> = BTreeMap::new();
+    for i in indexes {
+        by_name
+            .entry(&i.cluster.name)
+            .or_default()
+            .insert(i.cluster.id.clone(), i.cluster.created_at_us);
+    }
+    for (name, ids) in by_name {
+        if ids.len() > 1 {
+            return Err(ambiguous(name, &format!("region '{region}'"), &ids));
+        }
+    }
+    Ok(())
+}
+
+/// The error for a cluster name that several ids carry (id -> creation time).
+pub fn ambiguous(name: &str, where_: &str, ids: &BTreeMap<String, i64>) -> Error {
+    Error::Refused(format!(
+        "{where_} holds {} clusters named '{name}': {}; name the one you mean with --cluster-id",
+        ids.len(),
+        ids.iter()
+            .map(|(id, at)| format!("{id} (created {})", cairn_engine::engine::fmt_time(*at)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// Downloads a cluster's secrets object as an index binds it, and returns its JSON.
+pub async fn fetch_secrets(
+    region: &Region,
+    cluster_id: &str,
+    r: &SealedRef,
+    identities: &[&Identity],
+    scratch: &std::path::Path,
+) -> Result<serde_json::Value> {
+    let what = format!("region '{}', secrets of cluster {cluster_id}", region.name);
+    let object_id = hex_id(&r.object_id, &what)?;
+    let dek = open_key(
+        region,
+        &keys::secrets_key(cluster_id),
+        &object_id,
+        &r.dek_commitment,
+        identities,
+    )
+    .await?;
+    let dest = scratch.join(format!("secrets-{cluster_id}"));
+    let result = async {
+        download(
+            region,
+            &keys::secrets(cluster_id),
+            &dek,
+            Expect {
+                object_id: &object_id,
+                sealed: Some((r.object_size, &r.object_sha256)),
+            },
+            &dest,
+            None,
+        )
+        .await?;
+        let text =
+            std::fs::read(&dest).map_err(|e| Error::io(format!("read {}", dest.display()), e))?;
+        serde_json::from_slice(&text).map_err(|e| Error::tampered(&what, e.to_string()))
+    }
+    .await;
+    let _ = std::fs::remove_file(&dest);
+    result
+}
+
 impl Protection {
-    /// Rebuilds an empty appliance from `region_name`, opening data keys with `identity`.
+    /// Rebuilds an empty appliance from `region_name`, trusting what `kit` says; data keys
+    /// are opened with `identity` (an escrow key) or else the kit's own identity.
     pub async fn rebuild(
         &self,
         region_name: &str,
-        identity: &Identity,
-        trust_signer: Option<&str>,
+        kit: &RecoveryKit,
+        identity: Option<&Identity>,
     ) -> Result<RebuildReport> {
         let engine = &self.engine;
-        if !engine.catalog.clusters().await?.is_empty() {
+        if !engine.catalog.clusters().await?.is_empty()
+            || !self.state().object_keys().await?.is_empty()
+        {
             return Err(Error::Refused(
                 "this appliance already has clusters; rebuild the catalog into an empty data \
                  directory (a fresh --home)"
                     .into(),
             ));
         }
+        let opener = identity.or(kit.identity.as_ref()).ok_or_else(|| {
+            Error::Refused(
+                "the recovery kit holds no identity: pass the identity that opens the data keys \
+                 (--identity FILE, an escrow key)"
+                    .into(),
+            )
+        })?;
         let region = self.regions.get(region_name)?;
-        let (indexes, trusted) = read_indexes(region, &[], trust_signer).await?;
-        let identities = [identity];
+        let view = read_region(region, &kit.signers, &HashMap::new()).await?;
+        if view.indexes.is_empty() {
+            return Err(Error::Refused(format!(
+                "region '{region_name}' holds no index signed by a key of the recovery kit{}",
+                if view.rejected.is_empty() {
+                    " (is it the right region and prefix?)".to_string()
+                } else {
+                    format!(
+                        "; set aside: {}",
+                        view.rejected
+                            .iter()
+                            .map(|r| r.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )
+                }
+            )));
+        }
+        refuse_ambiguous_names(&view.indexes, region_name)?;
+        let indexes = &view.indexes;
+        let identities = [opener];
+        let kit_recipients: HashSet<&str> =
+            kit.keyring.iter().map(|r| r.recipient.as_str()).collect();
         let mut report = RebuildReport {
-            signer: trusted
-                .iter()
-                .map(|s| key_id(&s[..]))
-                .collect::<Vec<_>>()
-                .join(", "),
+            signers: view.signers.iter().map(|s| key_id(&s[..])).collect(),
+            rejected: view.rejected.clone(),
+            fenced: true,
             ..Default::default()
         };
+        let note_unknown = |recipients: &[RecipientEntry], report: &mut RebuildReport| {
+            for r in recipients {
+                if !kit_recipients.contains(r.recipient.as_str())
+                    && !report.unknown_recipients.contains(&r.recipient)
+                {
+                    report.unknown_recipients.push(r.recipient.clone());
+                }
+            }
+        };
+        if let Some(s) = &view.state {
+            note_unknown(&s.keyring, &mut report);
+            report.keyring_differs = s.keyring_fingerprint != keyring_fingerprint(&kit.keyring);
+        }
         // Layers: download, verify, keep the WAL layers' metadata.
         let mut metas: HashMap<LayerId, WalMeta> = HashMap::new();
         let mut key_rows: Vec<ObjectKeyRow> = Vec::new();
-        let mut recipients: Vec<RecipientEntry> = Vec::new();
-        for idx in &indexes {
+        for idx in indexes {
             let cid: ClusterId = parse(&idx.cluster.id, "index")?;
             let tid: TimelineId = parse(&idx.timeline.id, "index")?;
             for l in &idx.layers {
@@ -83,14 +217,11 @@ impl Protection {
                 let lid: LayerId = parse(&l.id, &what)?;
                 let kind = LayerKind::parse(&l.kind)
                     .ok_or_else(|| Error::tampered(&what, "unknown kind"))?;
-                let kb = region.get(&keys::key(&idx.cluster.id, &l.id)).await?;
+                let kk = keys::key(&idx.cluster.id, &l.id);
+                let dek = open_key(region, &kk, &lid.0, &l.dek_commitment, &identities).await?;
+                let kb = region.get_bounded(&kk, MAX_KEY_OBJECT_BYTES).await?;
                 let ko = KeyObject::decode(&kb, &what)?;
-                let dek = ko.unwrap(&identities, &what)?;
-                for r in &ko.recipients {
-                    if !recipients.iter().any(|x| x.recipient == r.recipient) {
-                        recipients.push(r.clone());
-                    }
-                }
+                note_unknown(&ko.recipients, &mut report);
                 let dest = engine.home.layer_path(cid, tid, kind, lid);
                 download(
                     region,
@@ -117,16 +248,64 @@ impl Protection {
                     key_object: kb.to_vec(),
                     object_sha256: Some(l.object_sha256.clone()),
                     object_size: l.object_size,
+                    dek_commitment: Some(l.dek_commitment.clone()),
+                    tail: l.tail.as_ref().map(|t| (t.len, t.sha256.clone())),
                 });
                 report.layers += 1;
             }
         }
-        let rows = catalog_rows(&indexes, &metas, region_name)?;
+        let rows = catalog_rows(indexes, &metas, region_name)?;
+        // The keys first: from here on this appliance opens data keys with the kit's identity
+        // (an escrow identity stays in memory only), and trusts exactly the kit.
+        {
+            let _keyring = self.lock_keyring().await?;
+            if identity.is_none() {
+                if let Some(id) = &kit.identity {
+                    self.key_files.install_identity(id)?;
+                }
+            }
+            let own = self.key_files.identity()?;
+            self.change_trust(|t| {
+                t.recipients = kit
+                    .keyring
+                    .iter()
+                    .map(|r| {
+                        let mut r = r.clone();
+                        if r.role == "appliance" && r.recipient != own.recipient {
+                            r.role = "escrow".into();
+                            r.label = format!("previous appliance {}", r.id());
+                        }
+                        r
+                    })
+                    .collect();
+                if !t.recipients.iter().any(|r| r.recipient == own.recipient) {
+                    t.recipients.push(RecipientEntry {
+                        recipient: own.recipient.clone(),
+                        role: "appliance".into(),
+                        label: format!("appliance identity {}", own.id()),
+                    });
+                }
+                for s in &kit.signers {
+                    t.add_signer(s);
+                }
+                t.fenced = true;
+                Ok(())
+            })?;
+        }
         rows.insert(engine).await?;
         report.clusters = rows.clusters.iter().map(|c| c.name.clone()).collect();
         report.branches = rows.branches.len();
-        // Protection state: data keys, shipments here, keyring, generation, trust.
+        // Protection state: data keys — wrapped anew for the kit's keyring, whatever the
+        // region's key objects listed — and the shipments they prove. (Fenced, this appliance
+        // writes the new key objects to no region; promotion ships them.)
         let st = self.state();
+        let recipients = self.recipients();
+        for k in &mut key_rows {
+            let what = format!("data key of {}", k.object);
+            let ko = KeyObject::decode(&k.key_object, &what)?;
+            let dek = ko.unwrap(&identities, &what)?;
+            k.key_object = KeyObject::wrap(&dek, ko.object_id, ko.key_id, &recipients)?.encode();
+        }
         for k in &key_rows {
             st.insert_object_key(k).await?;
             st.record_shipment(
@@ -136,41 +315,67 @@ impl Protection {
             )
             .await?;
         }
-        // Keep every old recipient — the previous appliance's key too, as an escrow — so that
-        // re-wrapping for this appliance never locks out a key that could open the data.
-        for r in &recipients {
-            let mut r = r.clone();
-            if r.role == "appliance" {
-                r.role = "escrow".into();
-                r.label = format!("previous appliance {}", r.id());
-            }
-            st.add_recipient(&r).await?;
-        }
-        let generation = indexes.iter().map(|i| i.generation).max().unwrap_or(0) + 1;
-        let mut all_trusted = self.trusted.clone();
-        for t in &trusted {
-            if !all_trusted.contains(t) {
-                all_trusted.push(*t);
-            }
-        }
-        st.set_appliance(generation, &all_trusted).await?;
-        report.generation = generation;
-        // Secrets.
+        let newest = indexes
+            .iter()
+            .map(|i| i.generation)
+            .chain(view.state.iter().map(|s| s.generation))
+            .max()
+            .unwrap_or(0);
+        report.generation = newest + 1;
+        st.set_generation(report.generation).await?;
+        // Secrets, as the newest index of each cluster binds them.
+        let scratch = engine.home.root.join("restore");
+        cairn_engine::fsutil::create_dir_mode(&scratch, 0o700)
+            .map_err(|e| Error::io(format!("create {}", scratch.display()), e))?;
         for c in &rows.clusters {
             let cid = c.id.to_string();
-            let (Ok(kb), Ok(sb)) = (
-                region.get(&keys::secrets_key(&cid)).await,
-                region.get(&keys::secrets(&cid)).await,
-            ) else {
-                tracing::warn!(cluster = %c.name, "no secrets object in the region");
+            let Some(r) = indexes
+                .iter()
+                .filter(|i| i.cluster.id == cid)
+                .max_by_key(|i| (i.generation, i.sequence, i.written_at_us))
+                .and_then(|i| i.cluster.secrets.clone())
+            else {
+                tracing::warn!(cluster = %c.name, "the region's indexes name no secrets object");
                 continue;
             };
-            let what = format!("region '{region_name}', secrets of {}", c.name);
-            let ko = KeyObject::decode(&kb, &what)?;
-            let dek = ko.unwrap(&identities, &what)?;
-            let plain = open_all(&dek, &sb, &ko.object_id, &what)?;
-            let v: serde_json::Value = serde_json::from_slice(&plain)
-                .map_err(|e| Error::tampered(&what, e.to_string()))?;
+            // From this region, else from any other configured region holding the object the
+            // index binds (a forged or damaged copy is reported, never used).
+            let mut found = None;
+            let mut failures = Vec::new();
+            let others = self
+                .regions
+                .regions
+                .iter()
+                .filter(|x| x.name != region.name);
+            for from in std::iter::once(region).chain(others) {
+                match fetch_secrets(from, &cid, &r, &identities, &scratch).await {
+                    Ok(v) => {
+                        found = Some(v);
+                        break;
+                    }
+                    Err(e) => {
+                        let reason = match &e {
+                            Error::Tampered { reason, .. } => reason.clone(),
+                            other => other.to_string(),
+                        };
+                        report.rejected.push(Rejected {
+                            region: from.name.clone(),
+                            object: keys::secrets_key(&cid),
+                            reason: reason.clone(),
+                        });
+                        failures.push(format!("region '{}': {reason}", from.name));
+                    }
+                }
+            }
+            let Some(v) = found else {
+                return Err(Error::Refused(format!(
+                    "the secrets of cluster '{}' could not be read intact from any region ({}); \
+                     the catalog was rebuilt, but computes of this cluster need the superuser \
+                     password",
+                    c.name,
+                    failures.join("; ")
+                )));
+            };
             if let Some(p) = v["password"].as_str() {
                 engine.home.write_secret(c.id, "password", p)?;
             }
@@ -179,6 +384,35 @@ impl Protection {
             }
         }
         Ok(report)
+    }
+
+    /// Ends the fence of a rebuilt appliance: from now on it ships, writes indexes (at a
+    /// generation above every one in its regions, so readers take its indexes), collects
+    /// garbage and receives from adopted sources. Returns the generation it writes.
+    pub async fn promote(&self) -> Result<u64> {
+        if !self.fenced() {
+            return Err(Error::Refused(
+                "this appliance is not fenced: there is nothing to promote".into(),
+            ));
+        }
+        let mut newest = self.generation;
+        for r in &self.regions.regions {
+            let listed = r.list("state").await.unwrap_or_default();
+            for (k, _) in listed {
+                if let Some(g) = crate::region_state::generation_of(&k) {
+                    newest = newest.max(g + 1);
+                }
+            }
+        }
+        self.state().set_generation(newest).await?;
+        self.change_trust_locked(|t| {
+            t.fenced = false;
+            Ok(())
+        })
+        .await?;
+        // The regions get key objects wrapped for this appliance's keyring.
+        self.rewrap_all().await?;
+        Ok(newest)
     }
 }
 
@@ -366,96 +600,4 @@ pub fn catalog_rows(
     rows.layers
         .sort_by_key(|(l, _, _)| (l.kind == LayerKind::Image, l.created_at_us));
     Ok(rows)
-}
-
-/// Reads and verifies the newest index of every timeline a region holds. Signers are trusted
-/// in this order: the one `pin` names (key id or hex); else those of `known` found in the
-/// region; else the single signer found, on first use. Several unknown signers are refused.
-/// Returns the indexes and the signers trusted.
-pub async fn read_indexes(
-    region: &Region,
-    known: &[[u8; 32]],
-    pin: Option<&str>,
-) -> Result<(Vec<TimelineIndex>, Vec<[u8; 32]>)> {
-    let region_name = &region.name;
-    let mut newest: BTreeMap<(String, String), (u64, String)> = BTreeMap::new();
-    for (key, _) in region.list("clusters").await? {
-        let parts: Vec<&str> = key.split('/').collect();
-        if let ["clusters", c, "timelines", t, name] = parts.as_slice() {
-            if let Some(g) = generation_of(name) {
-                let e = newest
-                    .entry((c.to_string(), t.to_string()))
-                    .or_insert((g, key.clone()));
-                if g > e.0 {
-                    *e = (g, key.clone());
-                }
-            }
-        }
-    }
-    if newest.is_empty() {
-        return Err(Error::Refused(format!(
-            "region '{region_name}' holds no cairn index: nothing to restore from (is it the \
-             right region and prefix?)"
-        )));
-    }
-    let mut raw = Vec::new();
-    for (_, key) in newest.values() {
-        raw.push((key.clone(), region.get(key).await?));
-    }
-    let signers: HashSet<[u8; 32]> = raw
-        .iter()
-        .filter_map(|(_, b)| b.get(10..42).and_then(|s| s.try_into().ok()))
-        .collect();
-    let list = |s: &HashSet<[u8; 32]>| {
-        s.iter()
-            .map(|k| key_id(&k[..]))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let known_here: Vec<[u8; 32]> = signers
-        .iter()
-        .filter(|s| known.contains(s))
-        .copied()
-        .collect();
-    let trusted: Vec<[u8; 32]> = match pin {
-        Some(pin) => {
-            let pin = pin.trim();
-            let found: Vec<[u8; 32]> = signers
-                .iter()
-                .filter(|s| key_id(&s[..]) == pin || hex::encode(s) == pin)
-                .copied()
-                .collect();
-            if found.is_empty() {
-                return Err(Error::Refused(format!(
-                    "no index in region '{region_name}' is signed by {pin}; its indexes are \
-                     signed by: {}",
-                    list(&signers)
-                )));
-            }
-            found
-        }
-        None if !known_here.is_empty() => known_here,
-        None if signers.len() == 1 => signers.iter().copied().collect(),
-        None => {
-            return Err(Error::Refused(format!(
-                "region '{region_name}' holds indexes signed by several keys ({}); name the \
-                 old appliance's signing key with --trust-signer",
-                list(&signers)
-            )))
-        }
-    };
-    let mut indexes: Vec<TimelineIndex> = Vec::new();
-    for (key, bytes) in &raw {
-        let (idx, _) = decode_verified(
-            bytes,
-            key,
-            region_name,
-            &Trust {
-                signers: &trusted,
-                seen: None,
-            },
-        )?;
-        indexes.push(idx);
-    }
-    Ok((indexes, trusted))
 }

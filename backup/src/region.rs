@@ -58,14 +58,22 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let n: u64 = n
         .parse()
         .map_err(|_| format!("'{s}' is not a duration (e.g. 30m, 24h, 7d)"))?;
-    let secs = match unit.trim() {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let mult: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(format!("'{s}': unknown unit (use s, m, h or d)")),
     };
-    Ok(Duration::from_secs(secs))
+    // Durations become microseconds in i64 arithmetic: refuse what would overflow there
+    // (a huge grace must never wrap around into "now").
+    const MAX_SECS: u64 = 100 * 365 * 86400;
+    match n.checked_mul(mult) {
+        Some(secs) if secs <= MAX_SECS => Ok(Duration::from_secs(secs)),
+        _ => Err(format!(
+            "'{s}' is longer than 100 years: too long to be meant"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,7 +122,8 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("'{s}': unknown unit (use KiB, MiB, GiB)")),
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large a size"))
 }
 
 impl RegionsConfig {
@@ -379,6 +388,31 @@ impl Region {
             .map_err(|e| Error::region(&self.name, format!("read {key}"), e))
     }
 
+    /// Reads a whole object of at most `max` bytes. Its size is looked up first, so an
+    /// oversized object planted in a region is refused before any of it is read, and the
+    /// read asks for exactly that many bytes, so a server cannot send more.
+    pub async fn get_bounded(&self, key: &str, max: u64) -> Result<Bytes> {
+        let what = format!("region '{}', {key}", self.name);
+        let size = self
+            .head(key)
+            .await?
+            .ok_or_else(|| Error::tampered(&what, "missing"))?;
+        if size > max {
+            return Err(Error::tampered(
+                &what,
+                format!("is {size} bytes, more than such an object can be ({max}): not read"),
+            ));
+        }
+        if size == 0 {
+            return Ok(Bytes::new());
+        }
+        let b = self.get_range(key, 0, size).await?;
+        if b.len() as u64 != size {
+            return Err(Error::tampered(&what, "a read returned a short range"));
+        }
+        Ok(b)
+    }
+
     /// Reads `[start, end)` of an object.
     pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         self.store
@@ -481,6 +515,10 @@ pub mod keys {
     pub fn timeline_prefix(cluster: &str, timeline: &str) -> String {
         format!("clusters/{cluster}/timelines/{timeline}")
     }
+    /// Catalog name of a cluster's secrets object (its data key and shipments).
+    pub fn secrets_object(cluster: &str) -> String {
+        format!("secrets-{cluster}")
+    }
     pub fn secrets(cluster: &str) -> String {
         format!("clusters/{cluster}/secrets")
     }
@@ -565,6 +603,15 @@ mod tests {
             .to_string();
         assert!(e.contains("regions.toml") && e.contains("nam"), "{e}");
         assert_eq!(parse_size("8MiB").unwrap(), 8 << 20);
+        assert!(parse_size("99999999999999999GiB").is_err());
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        // 999999999d would be 8.6e19 µs: it must be refused, never wrapped into the past.
+        let e = parse_duration("999999999d").unwrap_err();
+        assert!(e.contains("100 years"), "{e}");
+        assert!(parse_duration("18446744073709551615d").is_err());
     }
 
     #[tokio::test]

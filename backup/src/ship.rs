@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,19 +24,45 @@ use object_store::PutPayload;
 use sha2::{Digest, Sha256};
 
 use cairn_engine::catalog::{now_us, ClusterRow, LayerRow, TimelineRow};
+use cairn_engine::home::LockGuard;
+use cairn_engine::layer::file::tail_digest;
 use cairn_engine::layer::LayerKind;
 use cairn_engine::{ClusterId, Engine};
 
 use crate::crypto::keyobj::KeyObject;
-use crate::crypto::random;
 use crate::crypto::stream::{Compression, Header, ObjectKind, Opener, Sealer, CHUNK_SIZE};
+use crate::crypto::{dek_commitment, random};
 use crate::error::{Error, Result};
 use crate::index::{
-    index_key, BranchName, ClusterInfo, IndexedLayer, PolicySnapshot, TimelineIndex, TimelineInfo,
+    index_key, BranchName, ClusterInfo, IndexedLayer, PolicySnapshot, SealedRef, TimelineIndex,
+    TimelineInfo, WalTail,
 };
 use crate::keys::{Generated, Identity, KeyFiles, RecipientEntry, Signer};
+use crate::kit::keyring_fingerprint;
 use crate::region::{keys, Region, RegionSet};
+use crate::region_state::{state_key, RegionState, TimelineMark};
 use crate::state::{IndexWrite, ObjectKeyRow, State};
+use crate::trust::TrustState;
+
+/// Takes the keyring lock of `engine`'s home: every change of the keyring, every new data key
+/// and every key object put into a region happen under it, across processes.
+pub async fn lock_keyring(engine: &Engine) -> Result<LockGuard> {
+    let deadline = std::time::Instant::now() + KEYRING_WAIT;
+    let mut told = false;
+    loop {
+        match engine.home.lock("keyring", "the keyring", Duration::ZERO) {
+            Ok(g) => return Ok(g),
+            Err(cairn_engine::Error::Busy(_)) if std::time::Instant::now() < deadline => {
+                if !told {
+                    tracing::info!("waiting for another cairn process to finish a keyring change");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 /// What a region is doing, for `backup list`, the API and progress bars.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -56,44 +82,36 @@ pub struct Protection {
     pub engine: Arc<Engine>,
     pub regions: RegionSet,
     pub key_files: KeyFiles,
-    identities: Vec<Identity>,
+    keys: RwLock<Keys>,
     signer: Signer,
     pub generation: u64,
-    pub trusted: Vec<[u8; 32]>,
     status: Mutex<BTreeMap<String, RegionStatus>>,
     key_lock: tokio::sync::Mutex<()>,
+}
+
+/// The identities and trust state as last loaded from `HOME/keys`.
+#[derive(Clone)]
+struct Keys {
+    identities: Vec<Identity>,
+    trust: TrustState,
 }
 
 /// Retries of one upload before the region is reported failing for this round.
 const ATTEMPTS: u32 = 3;
 
+/// How long a key command or a shipper waits for another process's keyring change.
+const KEYRING_WAIT: Duration = Duration::from_secs(600);
+
 impl Protection {
-    /// Opens the protection layer: keys (created on first use), keyring, regions.
+    /// Opens the protection layer: keys (created on first use), trust state, regions.
     pub async fn open(engine: Arc<Engine>) -> Result<(Protection, Generated)> {
         let key_files = KeyFiles::new(&engine.home.root);
         let generated = key_files.ensure()?;
-        let identities = key_files.all_identities();
         let signer = key_files.signer()?;
         let st = State {
             cat: &engine.catalog,
         };
-        let (generation, trusted) = st.appliance(&signer.public()).await?;
-        let current = identities
-            .first()
-            .ok_or_else(|| Error::Refused("the appliance identity is missing".into()))?;
-        if !st
-            .recipients()
-            .await?
-            .iter()
-            .any(|r| r.recipient == current.recipient)
-        {
-            st.add_recipient(&RecipientEntry {
-                recipient: current.recipient.clone(),
-                role: "appliance".into(),
-                label: format!("appliance identity {}", current.id()),
-            })
-            .await?;
-        }
+        let (generation, catalog_signers) = st.appliance(&signer.public()).await?;
         let regions = RegionSet::open(&engine.home.root)?;
         let status = regions
             .regions
@@ -108,15 +126,63 @@ impl Protection {
                 )
             })
             .collect();
+        let _lock = lock_keyring(&engine).await?;
+        let trust = match TrustState::load(&key_files.trust_path(), &signer)? {
+            Some(t) => t,
+            None => {
+                // First start of this version: the keyring and signers move out of the
+                // catalog into the signed trust file (once; the catalog is not read again).
+                let mut recipients = Vec::new();
+                for r in st.legacy_recipients().await? {
+                    match r.validate() {
+                        Ok(()) => recipients.push(r),
+                        Err(e) => tracing::warn!(recipient = %r.id(), error = %e,
+                            "keyring entry of the catalog left out of the trust file"),
+                    }
+                }
+                let others: Vec<[u8; 32]> = catalog_signers
+                    .into_iter()
+                    .filter(|s| *s != signer.public())
+                    .collect();
+                let mut t = TrustState::new(recipients, &others, false);
+                t.sequence = 1;
+                t.written_at_us = now_us();
+                t
+            }
+        };
+        let identities = key_files.all_identities();
+        let current = identities
+            .first()
+            .ok_or_else(|| Error::Refused("the appliance identity is missing".into()))?
+            .clone();
+        let mut fresh = trust.clone();
+        if !fresh
+            .recipients
+            .iter()
+            .any(|r| r.recipient == current.recipient)
+        {
+            fresh.recipients.push(RecipientEntry {
+                recipient: current.recipient.clone(),
+                role: "appliance".into(),
+                label: format!("appliance identity {}", current.id()),
+            });
+        }
+        if fresh != trust || !key_files.trust_path().exists() {
+            fresh.sequence += 1;
+            fresh.written_at_us = now_us();
+            fresh.save(&key_files.trust_path(), &signer)?;
+        }
         Ok((
             Protection {
                 engine,
                 regions,
                 key_files,
-                identities,
+                keys: RwLock::new(Keys {
+                    identities,
+                    trust: fresh,
+                }),
                 signer,
                 generation,
-                trusted,
                 status: Mutex::new(status),
                 key_lock: tokio::sync::Mutex::new(()),
             },
@@ -130,16 +196,115 @@ impl Protection {
         }
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identities[0]
+    fn keys(&self) -> Keys {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The current appliance identity.
+    pub fn identity(&self) -> Identity {
+        self.keys().identities[0].clone()
+    }
+
+    /// Every identity of this appliance (current first, then retired ones).
+    pub fn identities(&self) -> Vec<Identity> {
+        self.keys().identities
     }
 
     pub fn signer(&self) -> &Signer {
         &self.signer
     }
 
-    pub fn identities(&self) -> Vec<&Identity> {
-        self.identities.iter().collect()
+    /// The keyring: every data key is wrapped for these recipients.
+    pub fn recipients(&self) -> Vec<RecipientEntry> {
+        self.keys().trust.recipients
+    }
+
+    /// Fingerprint of the keyring ([`crate::kit::keyring_fingerprint`]).
+    pub fn keyring_fingerprint(&self) -> String {
+        keyring_fingerprint(&self.recipients())
+    }
+
+    /// Signing keys whose indexes, states and manifests this appliance believes: its own,
+    /// then those of the trust file.
+    pub fn trusted(&self) -> Vec<[u8; 32]> {
+        let mut v = vec![self.signer.public()];
+        for s in self.keys().trust.signer_keys() {
+            if !v.contains(&s) {
+                v.push(s);
+            }
+        }
+        v
+    }
+
+    /// Whether this appliance is fenced (rebuilt and not promoted): it writes to no region.
+    pub fn fenced(&self) -> bool {
+        self.keys().trust.fenced
+    }
+
+    /// Refuses `what` on a fenced appliance, naming the way out.
+    pub fn require_unfenced(&self, what: &str) -> Result<()> {
+        if self.fenced() {
+            return Err(Error::Fenced(format!(
+                "this appliance was rebuilt from a region and is fenced: it restores and verifies \
+                 but does not {what}, so that it cannot overwrite the regions or take over the \
+                 sources of the appliance it was rebuilt from. When that appliance is gone for \
+                 good, run `cairn catalog promote`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reloads identities and trust state when another process changed them (`cairn key ...`
+    /// while `cairn up` runs). Returns whether anything changed.
+    pub fn refresh(&self) -> Result<bool> {
+        let loaded = TrustState::load(&self.key_files.trust_path(), &self.signer)?;
+        let current_identity = self.key_files.identity()?.recipient;
+        let k = self.keys();
+        let changed = loaded
+            .as_ref()
+            .is_some_and(|t| t.sequence != k.trust.sequence)
+            || current_identity != k.identities[0].recipient;
+        if changed {
+            let mut w = self.keys.write().unwrap_or_else(|e| e.into_inner());
+            w.identities = self.key_files.all_identities();
+            if let Some(t) = loaded {
+                w.trust = t;
+            }
+            tracing::info!("reloaded the keys and keyring changed by another cairn process");
+        }
+        Ok(changed)
+    }
+
+    /// Takes the keyring lock (shared by every cairn process of this home).
+    pub async fn lock_keyring(&self) -> Result<LockGuard> {
+        lock_keyring(&self.engine).await
+    }
+
+    /// Changes the trust state: under the keyring lock (held by the caller), from what is on
+    /// disk now, saved with the next sequence. Returns the new state.
+    pub(crate) fn change_trust(
+        &self,
+        f: impl FnOnce(&mut TrustState) -> Result<()>,
+    ) -> Result<TrustState> {
+        self.refresh()?;
+        let mut t = self.keys().trust;
+        f(&mut t)?;
+        t.sequence += 1;
+        t.written_at_us = now_us();
+        t.save(&self.key_files.trust_path(), &self.signer)?;
+        let mut w = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        w.trust = t.clone();
+        w.identities = self.key_files.all_identities();
+        Ok(t)
+    }
+
+    /// [`Self::change_trust`], taking the keyring lock for the change.
+    pub(crate) async fn change_trust_locked(
+        &self,
+        f: impl FnOnce(&mut TrustState) -> Result<()>,
+    ) -> Result<TrustState> {
+        let _keyring = self.lock_keyring().await?;
+        self.change_trust(f)
     }
 
     pub fn status(&self) -> Vec<RegionStatus> {
@@ -158,41 +323,72 @@ impl Protection {
         }
     }
 
-    pub(crate) fn set_identities(&mut self, v: Vec<Identity>) {
-        self.identities = v;
+    /// Opens a data key with this appliance's identities, reloading them once if another
+    /// process rotated the key meanwhile.
+    pub(crate) fn unwrap_key(&self, ko: &KeyObject, what: &str) -> Result<[u8; 32]> {
+        let ids = self.identities();
+        let refs: Vec<&Identity> = ids.iter().collect();
+        match ko.unwrap(&refs, what) {
+            Err(Error::WrongKey { .. }) if self.refresh()? => {
+                let ids = self.identities();
+                let refs: Vec<&Identity> = ids.iter().collect();
+                ko.unwrap(&refs, what)
+            }
+            r => r,
+        }
     }
 
     /// The data key of a layer, creating it (and its key object) on first use.
     pub async fn ensure_key(&self, layer: &LayerRow) -> Result<(ObjectKeyRow, [u8; 32])> {
+        let path = self.engine.layer_path(layer);
+        let tail = match layer.kind {
+            LayerKind::Wal => {
+                let (len, sha) = tokio::task::spawn_blocking(move || tail_digest(&path))
+                    .await
+                    .map_err(|e| {
+                        Error::io("read a layer", std::io::Error::other(e.to_string()))
+                    })??;
+                Some((len, hex::encode(sha)))
+            }
+            LayerKind::Image => None,
+        };
         self.ensure_object_key(
             &layer.id.to_string(),
             layer.id.0,
             &layer.cluster_id.to_string(),
             Opener::sealed_len(CHUNK_SIZE, layer.file_size),
+            tail,
         )
         .await
     }
 
-    /// The data key of object `name`, creating it (and its key object) on first use.
+    /// The data key of object `name`, creating it (and its key object) on first use. A row
+    /// whose key belongs to another object id (the secrets changed) is replaced.
     pub async fn ensure_object_key(
         &self,
         name: &str,
         object_id: [u8; 32],
         cluster_id: &str,
         sealed_size: u64,
+        tail: Option<(u64, String)>,
     ) -> Result<(ObjectKeyRow, [u8; 32])> {
         let _g = self.key_lock.lock().await;
         let st = self.state();
         let what = format!("data key of {name}");
         if let Some(k) = st.object_key(name).await? {
             let ko = KeyObject::decode(&k.key_object, &what)?;
-            let dek = ko.unwrap(&self.identities(), &what)?;
-            return Ok((k, dek));
+            if ko.object_id == object_id {
+                let dek = self.unwrap_key(&ko, &what)?;
+                return Ok((k, dek));
+            }
+            // New content under the same name: a new data key, never the old one again.
+            st.delete_object_key(name).await?;
         }
+        let _keyring = self.lock_keyring().await?;
+        self.refresh()?;
         let dek: [u8; 32] = random();
         let key_id: [u8; 16] = random();
-        let recipients = st.recipients().await?;
-        let ko = KeyObject::wrap(&dek, object_id, key_id, &recipients)?;
+        let ko = KeyObject::wrap(&dek, object_id, key_id, &self.recipients())?;
         let row = ObjectKeyRow {
             object: name.to_string(),
             cluster_id: cluster_id.to_string(),
@@ -200,33 +396,70 @@ impl Protection {
             key_object: ko.encode(),
             object_sha256: None,
             object_size: sealed_size,
+            dek_commitment: Some(dek_commitment(&object_id, &key_id, &dek)),
+            tail,
         };
         st.insert_object_key(&row).await?;
         Ok((row, dek))
     }
 
-    /// Ships a cluster's secrets (superuser and source passwords) to a region, sealed like any
-    /// other object, so that a region and a key are enough to log into restored computes.
-    async fn ship_secrets(
+    /// Puts the current key object of `object` into `region`, under the keyring lock so that
+    /// a concurrent keyring change (which rewrites key objects) cannot be overtaken by a stale
+    /// copy.
+    pub(crate) async fn put_key_object_of(
         &self,
         region: &Region,
-        c: &ClusterRow,
-        shipped: &HashSet<String>,
+        cluster: &str,
+        object: &str,
     ) -> Result<()> {
-        let name = format!("secrets-{}", c.id);
-        if shipped.contains(&name) {
+        let _keyring = self.lock_keyring().await?;
+        let row = self.state().object_key(object).await?.ok_or_else(|| {
+            Error::tampered("catalog", format!("the data key of {object} disappeared"))
+        })?;
+        region
+            .put(&keys::key_of(cluster, object), Bytes::from(row.key_object))
+            .await
+    }
+
+    /// The secrets of a cluster as shipped: JSON of its superuser and source passwords. A
+    /// secret that exists but cannot be read is an error (shipping `null` would lose it).
+    fn secrets_body(&self, c: &ClusterRow) -> Result<Vec<u8>> {
+        let home = &self.engine.home;
+        let read = |what: &str| -> Result<Option<String>> {
+            let p = home.root.join("secrets").join(format!("{}.{what}", c.id));
+            match std::fs::read_to_string(&p) {
+                Ok(s) => Ok(Some(s.trim().to_string())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(format!("read {}", p.display()), e)),
+            }
+        };
+        Ok(serde_json::json!({
+            "password": read("password")?,
+            "source_password": read("source-password")?,
+        })
+        .to_string()
+        .into_bytes())
+    }
+
+    /// Ships a cluster's secrets (superuser and source passwords) to a region, sealed like any
+    /// other object and named by its content, so that a region and a key are enough to log
+    /// into restored computes. Changed secrets get a new data key.
+    async fn ship_secrets(&self, region: &Region, c: &ClusterRow) -> Result<()> {
+        let name = keys::secrets_object(&c.id.to_string());
+        let body = self.secrets_body(c)?;
+        let object_id: [u8; 32] = Sha256::digest(&body).into();
+        let (key, dek) = self
+            .ensure_object_key(
+                &name,
+                object_id,
+                &c.id.to_string(),
+                Opener::sealed_len(CHUNK_SIZE, body.len() as u64),
+                None,
+            )
+            .await?;
+        if key.object_sha256.is_some() && self.state().shipped_to(&name, &region.name).await? {
             return Ok(());
         }
-        let home = &self.engine.home;
-        let body = serde_json::json!({
-            "password": home.read_secret(c.id, "password").ok(),
-            "source_password": home.read_secret(c.id, "source-password").ok(),
-        })
-        .to_string();
-        let object_id: [u8; 32] = Sha256::digest(name.as_bytes()).into();
-        let (key, dek) = self
-            .ensure_object_key(&name, object_id, &c.id.to_string(), 0)
-            .await?;
         let header = Header {
             kind: ObjectKind::Secrets,
             compression: Compression::None,
@@ -237,21 +470,16 @@ impl Protection {
                 .and_then(|v| v.try_into().ok())
                 .ok_or_else(|| Error::tampered("catalog", format!("bad key id of {name}")))?,
         };
-        let sealed = crate::crypto::stream::seal_all(&dek, &header, body.as_bytes());
+        let sealed = crate::crypto::stream::seal_all(&dek, &header, &body);
         let sha = hex::encode(Sha256::digest(&sealed));
         let cid = c.id.to_string();
         region
             .put(&keys::secrets(&cid), Bytes::from(sealed))
             .await?;
-        region
-            .put(
-                &keys::secrets_key(&cid),
-                Bytes::from(key.key_object.clone()),
-            )
-            .await?;
-        self.state()
-            .record_shipment(&name, &region.name, &sha)
-            .await
+        self.put_key_object_of(region, &cid, &name).await?;
+        let st = self.state();
+        st.set_object_sha(&name, &sha).await?;
+        st.record_shipment(&name, &region.name, &sha).await
     }
 
     /// Layers of `filter` (or every cluster) not yet shipped to `region`, oldest first.
@@ -331,12 +559,7 @@ impl Protection {
             }
         };
         cairn_engine::failpoint::hit("ship-before-key-object");
-        region
-            .put(
-                &keys::key(&cluster, &name),
-                Bytes::from(key.key_object.clone()),
-            )
-            .await?;
+        self.put_key_object_of(region, &cluster, &name).await?;
         let st = self.state();
         st.set_object_sha(&name, &sha).await?;
         st.record_shipment(&name, &region.name, &sha).await?;
@@ -445,17 +668,11 @@ impl Protection {
     }
 
     async fn ship_region_inner(&self, region: &Region, filter: Option<ClusterId>) -> Result<usize> {
-        let shipped_here: HashSet<String> = self
-            .state()
-            .shipments()
-            .await?
-            .into_iter()
-            .filter(|(_, r, _)| *r == region.name)
-            .map(|(o, _, _)| o)
-            .collect();
+        self.require_unfenced("ship to the regions")?;
+        self.refresh()?;
         for c in self.engine.catalog.clusters().await? {
             if filter.is_none_or(|f| f == c.id) {
-                self.ship_secrets(region, &c, &shipped_here).await?;
+                self.ship_secrets(region, &c).await?;
             }
         }
         let pending = self.pending(&region.name, filter).await?;
@@ -542,11 +759,55 @@ impl Protection {
             .collect()
     }
 
-    /// Writes (or rewrites) the index of every timeline whose durable layer set changed.
+    /// Fills in what format-2 indexes bind (data key commitment, WAL tail) for key rows
+    /// written before migration 4.
+    async fn fill_bindings(&self) -> Result<()> {
+        let st = self.state();
+        let missing: Vec<ObjectKeyRow> = st
+            .object_keys()
+            .await?
+            .into_iter()
+            .filter(|k| k.dek_commitment.is_none() && k.key_object != b"shredded")
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut layers: HashMap<String, LayerRow> = HashMap::new();
+        for c in self.engine.catalog.clusters().await? {
+            for l in self.engine.catalog.layers(c.id).await? {
+                layers.insert(l.id.to_string(), l);
+            }
+        }
+        for k in missing {
+            let what = format!("data key of {}", k.object);
+            let ko = KeyObject::decode(&k.key_object, &what)?;
+            let dek = self.unwrap_key(&ko, &what)?;
+            let commitment = dek_commitment(&ko.object_id, &ko.key_id, &dek);
+            let mut tail = None;
+            if let Some(layer) = layers.get(&k.object).filter(|l| l.kind == LayerKind::Wal) {
+                let path = self.engine.layer_path(layer);
+                let (len, sha) = tokio::task::spawn_blocking(move || tail_digest(&path))
+                    .await
+                    .map_err(|e| {
+                        Error::io("read a layer", std::io::Error::other(e.to_string()))
+                    })??;
+                tail = Some((len, hex::encode(sha)));
+            }
+            st.set_bindings(&k.object, &commitment, tail.as_ref())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes (or rewrites) the index of every timeline whose durable layer set changed, then
+    /// the region's state object when any index changed.
     pub async fn write_indexes(&self, region: &Region, filter: Option<ClusterId>) -> Result<usize> {
+        self.require_unfenced("write indexes to the regions")?;
+        self.fill_bindings().await?;
         let copies = self.copies().await?;
         let st = self.state();
         let keys = st.object_keys_by_name().await?;
+        let keyring = self.keyring_fingerprint();
         let mut written = 0;
         for c in self.engine.catalog.clusters().await? {
             if filter.is_some_and(|f| f != c.id) {
@@ -555,6 +816,7 @@ impl Protection {
             let layers = self.engine.catalog.layers(c.id).await?;
             let refs = self.layer_refs(&c).await?;
             let branches = self.engine.catalog.branches(c.id).await?;
+            let secrets = self.secrets_ref(&c, &region.name, &keys).await?;
             for tl in self.engine.catalog.timelines(c.id).await? {
                 let own: Vec<LayerRow> = layers
                     .iter()
@@ -563,7 +825,16 @@ impl Protection {
                     .collect();
                 let chosen = self.eligible(&own, &refs, &copies, &region.name);
                 let branch = branches.iter().find(|b| b.timeline_id == tl.id);
-                let idx = self.build_index(&c, &tl, branch, &chosen, &refs, &copies, &keys);
+                let idx = self.build_index(
+                    &c,
+                    &tl,
+                    branch,
+                    &chosen,
+                    &refs,
+                    &keys,
+                    secrets.clone(),
+                    &keyring,
+                )?;
                 let digest = index_digest(&idx);
                 let prev = st.index_write(&tl.id.to_string(), &region.name).await?;
                 if prev
@@ -578,12 +849,7 @@ impl Protection {
                 };
                 let idx = TimelineIndex { sequence, ..idx };
                 let bytes = idx.encode_signed(&self.signer);
-                region
-                    .put(
-                        &index_key(&c.id.to_string(), &tl.id.to_string(), self.generation),
-                        Bytes::from(bytes),
-                    )
-                    .await?;
+                region.put(&idx.path, Bytes::from(bytes)).await?;
                 st.record_index_write(
                     &tl.id.to_string(),
                     &c.id.to_string(),
@@ -600,7 +866,87 @@ impl Protection {
                 written += 1;
             }
         }
+        self.write_state(region).await?;
         Ok(written)
+    }
+
+    /// Rewrites the region's signed state object when its content changed: the keyring and
+    /// the newest index of every timeline written there (high-water marks for readers).
+    async fn write_state(&self, region: &Region) -> Result<()> {
+        let st = self.state();
+        let mut timelines = BTreeMap::new();
+        for (tl, cluster, w) in st.index_writes_in(&region.name).await? {
+            if w.generation == self.generation {
+                timelines.insert(
+                    tl,
+                    TimelineMark {
+                        cluster,
+                        generation: w.generation,
+                        sequence: w.sequence,
+                    },
+                );
+            }
+        }
+        let keyring = self.recipients();
+        let fingerprint = keyring_fingerprint(&keyring);
+        let digest = hex::encode(Sha256::digest(
+            serde_json::json!({"keyring": fingerprint, "timelines": timelines})
+                .to_string()
+                .as_bytes(),
+        ));
+        let prev = st.region_state(&region.name).await?;
+        if prev
+            .as_ref()
+            .is_some_and(|(g, _, d)| *g == self.generation && *d == digest)
+        {
+            return Ok(());
+        }
+        let sequence = match prev {
+            Some((g, s, _)) if g == self.generation => s + 1,
+            _ => 1,
+        };
+        let state = RegionState {
+            format: 1,
+            path: state_key(self.generation),
+            region: region.name.clone(),
+            generation: self.generation,
+            sequence,
+            written_at_us: now_us(),
+            keyring,
+            keyring_fingerprint: fingerprint,
+            timelines,
+        };
+        region
+            .put(&state.path, Bytes::from(state.encode_signed(&self.signer)))
+            .await?;
+        st.record_region_state(&region.name, self.generation, sequence, &digest)
+            .await
+    }
+
+    /// What an index of cluster `c` in `region` says of its secrets object.
+    async fn secrets_ref(
+        &self,
+        c: &ClusterRow,
+        region: &str,
+        keys: &HashMap<String, ObjectKeyRow>,
+    ) -> Result<Option<SealedRef>> {
+        let name = keys::secrets_object(&c.id.to_string());
+        let Some(k) = keys.get(&name) else {
+            return Ok(None);
+        };
+        if !self.state().shipped_to(&name, region).await? {
+            return Ok(None);
+        }
+        let (Some(sha), Some(commitment)) = (&k.object_sha256, &k.dek_commitment) else {
+            return Ok(None);
+        };
+        let ko = KeyObject::decode(&k.key_object, &format!("data key of {name}"))?;
+        Ok(Some(SealedRef {
+            object_id: hex::encode(ko.object_id),
+            object_size: k.object_size,
+            object_sha256: sha.clone(),
+            dek_commitment: commitment.clone(),
+        }))
     }
 
     /// Which layers each image layer references (from the catalog).
@@ -635,30 +981,55 @@ impl Protection {
         branch: Option<&cairn_engine::catalog::BranchRow>,
         layers: &[&LayerRow],
         refs: &HashMap<String, Vec<String>>,
-        _copies: &HashMap<String, HashSet<String>>,
         keys: &HashMap<String, ObjectKeyRow>,
-    ) -> TimelineIndex {
-        let mut ls: Vec<IndexedLayer> = layers
-            .iter()
-            .map(|l| {
-                let id = l.id.to_string();
-                let k = keys.get(&id);
-                IndexedLayer {
-                    kind: l.kind.as_str().into(),
-                    start: l.start.to_string(),
-                    end: l.end.to_string(),
-                    file_size: l.file_size,
-                    logical_size: l.logical_size,
-                    stored_bytes: l.stored_bytes,
-                    created_at_us: l.created_at_us,
-                    object_size: k.map_or(0, |k| k.object_size),
-                    object_sha256: k.and_then(|k| k.object_sha256.clone()).unwrap_or_default(),
-                    key_id: k.map_or_else(String::new, |k| k.key_id.clone()),
-                    refs: refs.get(&id).cloned().unwrap_or_default(),
-                    id,
+        secrets: Option<SealedRef>,
+        keyring_fingerprint: &str,
+    ) -> Result<TimelineIndex> {
+        let mut ls: Vec<IndexedLayer> = Vec::with_capacity(layers.len());
+        for l in layers {
+            let id = l.id.to_string();
+            let k = keys.get(&id).ok_or_else(|| {
+                Error::tampered(
+                    "catalog",
+                    format!("layer {id} was shipped without a data key"),
+                )
+            })?;
+            let (Some(sha), Some(commitment)) = (&k.object_sha256, &k.dek_commitment) else {
+                return Err(Error::tampered(
+                    "catalog",
+                    format!("layer {id} was shipped without its hash or key commitment"),
+                ));
+            };
+            let tail = match (l.kind, &k.tail) {
+                (LayerKind::Wal, Some((len, sha))) => Some(WalTail {
+                    len: *len,
+                    sha256: sha.clone(),
+                }),
+                (LayerKind::Wal, None) => {
+                    return Err(Error::tampered(
+                        "catalog",
+                        format!("WAL layer {id} has no recorded tail digest"),
+                    ))
                 }
-            })
-            .collect();
+                (LayerKind::Image, _) => None,
+            };
+            ls.push(IndexedLayer {
+                kind: l.kind.as_str().into(),
+                start: l.start.to_string(),
+                end: l.end.to_string(),
+                file_size: l.file_size,
+                logical_size: l.logical_size,
+                stored_bytes: l.stored_bytes,
+                created_at_us: l.created_at_us,
+                object_size: k.object_size,
+                object_sha256: sha.clone(),
+                key_id: k.key_id.clone(),
+                dek_commitment: commitment.clone(),
+                tail,
+                refs: refs.get(&id).cloned().unwrap_or_default(),
+                id,
+            });
+        }
         ls.sort_by(|a, b| (&a.kind, &a.start, &a.id).cmp(&(&b.kind, &b.start, &b.id)));
         let head = layers
             .iter()
@@ -666,13 +1037,16 @@ impl Protection {
             .map(|l| l.end)
             .max()
             .unwrap_or(tl.ancestor.map_or(tl.head, |a| a.1));
-        TimelineIndex {
-            format: 1,
+        let cid = c.id.to_string();
+        let tid = tl.id.to_string();
+        Ok(TimelineIndex {
+            format: 2,
+            path: index_key(&cid, &tid, self.generation),
             generation: self.generation,
             sequence: 0,
             written_at_us: now_us(),
             cluster: ClusterInfo {
-                id: c.id.to_string(),
+                id: cid,
                 name: c.name.clone(),
                 kind: c.kind.as_str().into(),
                 pg_major: c.pg_major,
@@ -682,9 +1056,10 @@ impl Protection {
                 created_at_us: c.created_at_us,
                 source: c.source.clone(),
                 slot: c.slot.clone(),
+                secrets,
             },
             timeline: TimelineInfo {
-                id: tl.id.to_string(),
+                id: tid,
                 ancestor: tl.ancestor.map(|(t, l)| (t.to_string(), l.to_string())),
                 head: head.to_string(),
                 ancestor_prev: tl.ancestor_prev.map(|l| l.to_string()),
@@ -699,14 +1074,16 @@ impl Protection {
                 min_copies: self.regions.min_copies,
                 regions: self.regions.names(),
             },
-        }
+            keyring_fingerprint: keyring_fingerprint.to_string(),
+        })
     }
 }
 
 /// What distinguishes one index from another (everything but sequence and time).
 fn index_digest(idx: &TimelineIndex) -> String {
     let v = serde_json::json!({
-        "cluster": idx.cluster, "timeline": idx.timeline, "layers": idx.layers, "policy": idx.policy
+        "format": idx.format, "cluster": idx.cluster, "timeline": idx.timeline,
+        "layers": idx.layers, "policy": idx.policy, "keyring": idx.keyring_fingerprint
     });
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
 }

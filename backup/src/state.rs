@@ -1,6 +1,10 @@
-//! The protection layer's rows in the catalog (tables of migration 2): data keys, shipments,
-//! index writes, the keyring, the appliance's generation and trusted signers, the deletion
-//! queue and scheduled shreds. All statements are parameterised.
+//! The protection layer's rows in the catalog (tables of migrations 2 and 4): data keys (and
+//! what indexes bind of them), shipments, index and region state writes, the appliance's
+//! generation, the deletion queue and scheduled shreds. All statements are parameterised.
+//!
+//! The catalog decides nothing about trust: the keyring and the trusted signers live in the
+//! signed trust file ([`crate::trust`]); the `key_recipients` table and the `trusted_signers`
+//! column are read once, to create that file on an appliance that predates it.
 
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -27,10 +31,16 @@ pub struct ObjectKeyRow {
     pub key_object: Vec<u8>,
     pub object_sha256: Option<String>,
     pub object_size: u64,
+    /// What a signed index binds of the data key ([`crate::crypto::dek_commitment`]).
+    pub dek_commitment: Option<String>,
+    /// WAL layers: (length, SHA-256 hex) of the plaintext tail (metadata and trailer).
+    pub tail: Option<(u64, String)>,
 }
 
 fn key_row(r: &AnyRow) -> Result<ObjectKeyRow> {
     let hexed: String = get(r, "key_object")?;
+    let tail_len: Option<i64> = get(r, "tail_len")?;
+    let tail_sha: Option<String> = get(r, "tail_sha256")?;
     Ok(ObjectKeyRow {
         object: get(r, "layer_id")?,
         cluster_id: get(r, "cluster_id")?,
@@ -39,6 +49,8 @@ fn key_row(r: &AnyRow) -> Result<ObjectKeyRow> {
             .map_err(|_| Error::tampered("catalog", "a key object is not hex"))?,
         object_sha256: get(r, "object_sha256")?,
         object_size: get::<i64>(r, "object_size")? as u64,
+        dek_commitment: get(r, "dek_commitment")?,
+        tail: tail_len.zip(tail_sha).map(|(l, s)| (l as u64, s)),
     })
 }
 
@@ -118,25 +130,21 @@ impl State<'_> {
         Ok((generation, out))
     }
 
-    pub async fn set_appliance(&self, generation: u64, signers: &[[u8; 32]]) -> Result<()> {
-        let s = signers
-            .iter()
-            .map(hex::encode)
-            .collect::<Vec<_>>()
-            .join(",");
+    pub async fn set_generation(&self, generation: u64) -> Result<()> {
         exec!(
             self,
             "update appliance",
-            "UPDATE appliance SET generation = $1, trusted_signers = $2 WHERE id = 'self'",
-            generation as i64,
-            s
+            "UPDATE appliance SET generation = $1 WHERE id = 'self'",
+            generation as i64
         )?;
         Ok(())
     }
 
-    // ---- keyring ----
+    // ---- keyring (before the trust file) ----
 
-    pub async fn recipients(&self) -> Result<Vec<RecipientEntry>> {
+    /// The keyring rows of an appliance that predates the trust file (read once, to create
+    /// it; never consulted afterwards).
+    pub async fn legacy_recipients(&self) -> Result<Vec<RecipientEntry>> {
         let rows = sqlx::query("SELECT * FROM key_recipients ORDER BY added_at, recipient")
             .fetch_all(self.cat.pool())
             .await
@@ -150,30 +158,6 @@ impl State<'_> {
                 })
             })
             .collect()
-    }
-
-    pub async fn add_recipient(&self, e: &RecipientEntry) -> Result<()> {
-        exec!(
-            self,
-            "add a recipient",
-            "INSERT INTO key_recipients (recipient, role, label, added_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (recipient) DO NOTHING",
-            e.recipient.clone(),
-            e.role.clone(),
-            e.label.clone(),
-            now_us()
-        )?;
-        Ok(())
-    }
-
-    pub async fn remove_recipient(&self, recipient: &str) -> Result<bool> {
-        let r = exec!(
-            self,
-            "remove a recipient",
-            "DELETE FROM key_recipients WHERE recipient = $1",
-            recipient.to_string()
-        )?;
-        Ok(r.rows_affected() > 0)
     }
 
     // ---- object keys ----
@@ -212,15 +196,39 @@ impl State<'_> {
             self,
             "record a data key",
             "INSERT INTO layer_keys (layer_id, cluster_id, key_id, key_object, object_sha256,
-                                     object_size, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                                     object_size, created_at, dek_commitment, tail_len,
+                                     tail_sha256)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             k.object.clone(),
             k.cluster_id.clone(),
             k.key_id.clone(),
             hex::encode(&k.key_object),
             k.object_sha256.clone(),
             k.object_size as i64,
-            now_us()
+            now_us(),
+            k.dek_commitment.clone(),
+            k.tail.as_ref().map(|t| t.0 as i64),
+            k.tail.as_ref().map(|t| t.1.clone())
+        )?;
+        Ok(())
+    }
+
+    /// Records what indexes bind of an object's key (rows written before migration 4).
+    pub async fn set_bindings(
+        &self,
+        object: &str,
+        dek_commitment: &str,
+        tail: Option<&(u64, String)>,
+    ) -> Result<()> {
+        exec!(
+            self,
+            "record a data key commitment",
+            "UPDATE layer_keys SET dek_commitment = $1, tail_len = $2, tail_sha256 = $3
+              WHERE layer_id = $4",
+            dek_commitment.to_string(),
+            tail.map(|t| t.0 as i64),
+            tail.map(|t| t.1.clone()),
+            object.to_string()
         )?;
         Ok(())
     }
@@ -296,6 +304,17 @@ impl State<'_> {
         Ok(())
     }
 
+    /// Whether `object` is recorded as durable in `region`.
+    pub async fn shipped_to(&self, object: &str, region: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM shipments WHERE layer_id = $1 AND region = $2")
+            .bind(object)
+            .bind(region)
+            .fetch_optional(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read shipments", e))?;
+        Ok(row.is_some())
+    }
+
     pub async fn forget_shipment(&self, object: &str, region: &str) -> Result<()> {
         exec!(
             self,
@@ -345,7 +364,7 @@ impl State<'_> {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Records an index write (one statement: a crash leaves the old row or the new one).
     pub async fn record_index_write(
         &self,
         timeline: &str,
@@ -356,16 +375,13 @@ impl State<'_> {
         exec!(
             self,
             "record an index write",
-            "DELETE FROM index_writes WHERE timeline_id = $1 AND region = $2",
-            timeline.to_string(),
-            region.to_string()
-        )?;
-        exec!(
-            self,
-            "record an index write",
             "INSERT INTO index_writes (timeline_id, cluster_id, region, generation, sequence,
                                        layers, digest, written_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (timeline_id, region) DO UPDATE SET
+                 cluster_id = excluded.cluster_id, generation = excluded.generation,
+                 sequence = excluded.sequence, layers = excluded.layers,
+                 digest = excluded.digest, written_at = excluded.written_at",
             timeline.to_string(),
             cluster.to_string(),
             region.to_string(),
@@ -374,6 +390,91 @@ impl State<'_> {
             w.layers as i64,
             w.digest.clone(),
             w.written_at_us
+        )?;
+        Ok(())
+    }
+
+    /// Makes the next round rewrite a region's indexes (with a higher sequence: sequences
+    /// never go back, or readers would take the rewritten index for a replayed one).
+    pub async fn invalidate_index_writes(&self, region: &str) -> Result<()> {
+        exec!(
+            self,
+            "invalidate index writes",
+            "UPDATE index_writes SET digest = '' WHERE region = $1",
+            region.to_string()
+        )?;
+        exec!(
+            self,
+            "invalidate the region state",
+            "UPDATE region_states SET digest = '' WHERE region = $1",
+            region.to_string()
+        )?;
+        Ok(())
+    }
+
+    /// Every index write recorded for `region`: (timeline, cluster, write).
+    pub async fn index_writes_in(&self, region: &str) -> Result<Vec<(String, String, IndexWrite)>> {
+        let rows = sqlx::query("SELECT * FROM index_writes WHERE region = $1 ORDER BY timeline_id")
+            .bind(region)
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read index writes", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    get(r, "timeline_id")?,
+                    get(r, "cluster_id")?,
+                    IndexWrite {
+                        generation: get::<i64>(r, "generation")? as u64,
+                        sequence: get::<i64>(r, "sequence")? as u64,
+                        layers: get::<i64>(r, "layers")? as u64,
+                        digest: get(r, "digest")?,
+                        written_at_us: get(r, "written_at")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    // ---- region states ----
+
+    /// (generation, sequence, digest) of the last state object written to `region`.
+    pub async fn region_state(&self, region: &str) -> Result<Option<(u64, u64, String)>> {
+        let row = sqlx::query("SELECT * FROM region_states WHERE region = $1")
+            .bind(region)
+            .fetch_optional(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read region states", e))?;
+        row.map(|r| {
+            Ok((
+                get::<i64>(&r, "generation")? as u64,
+                get::<i64>(&r, "sequence")? as u64,
+                get(&r, "digest")?,
+            ))
+        })
+        .transpose()
+    }
+
+    pub async fn record_region_state(
+        &self,
+        region: &str,
+        generation: u64,
+        sequence: u64,
+        digest: &str,
+    ) -> Result<()> {
+        exec!(
+            self,
+            "record a region state",
+            "INSERT INTO region_states (region, generation, sequence, digest, written_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (region) DO UPDATE SET generation = excluded.generation,
+                 sequence = excluded.sequence, digest = excluded.digest,
+                 written_at = excluded.written_at",
+            region.to_string(),
+            generation as i64,
+            sequence as i64,
+            digest.to_string(),
+            now_us()
         )?;
         Ok(())
     }
@@ -407,7 +508,7 @@ impl State<'_> {
             key.to_string(),
             reason.to_string(),
             now_us(),
-            now_us() + delay_us
+            now_us().saturating_add(delay_us)
         )?;
         Ok(())
     }

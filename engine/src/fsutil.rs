@@ -30,20 +30,40 @@ pub fn commit_rename(tmp: &Path, dest: &Path) -> io::Result<()> {
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
-/// Writes `data` to `dest` atomically and durably with the given mode.
+/// Makes the complete file `tmp` durable under the name `dest`, only if `dest` does not exist:
+/// fsync, `link` (which never replaces), remove `tmp`, fsync the directory. A `dest` created by
+/// someone else meanwhile is an `AlreadyExists` error and stays untouched; `tmp` is removed
+/// either way.
+pub fn commit_new(tmp: &Path, dest: &Path) -> io::Result<()> {
+    let r = File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| fs::hard_link(tmp, dest));
+    let _ = fs::remove_file(tmp);
+    r?;
+    fsync_dir(dest.parent().unwrap_or(Path::new(".")))
+}
+
+/// Writes `data` to `dest` atomically and durably with the given mode. On failure nothing is
+/// left behind: neither a changed `dest` nor the temporary file.
 pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = temp_path(dir);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, dest)?;
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+        fs::rename(&tmp, dest)
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     fsync_dir(dir)
 }
 
@@ -51,4 +71,57 @@ pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
 pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Writes `data` to `dest` durably with the given mode, only if `dest` does not exist yet:
+/// the file is written under a temporary name and linked into place (`link` never replaces),
+/// so two writers racing for one name leave exactly one complete file. Returns `false`
+/// (writing nothing) when `dest` already exists.
+pub fn write_new(dest: &Path, data: &[u8], mode: u32) -> io::Result<bool> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = temp_path(dir);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+        match fs::hard_link(&tmp, dest) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = fs::remove_file(&tmp);
+    let created = result?;
+    if created {
+        fsync_dir(dir)?;
+    }
+    Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_new_never_replaces_and_leaves_no_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k");
+        assert!(write_new(&p, b"first", 0o600).unwrap());
+        assert!(!write_new(&p, b"second", 0o600).unwrap());
+        assert_eq!(fs::read(&p).unwrap(), b"first");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().flatten().collect();
+        assert_eq!(names.len(), 1, "only the file itself remains");
+        // A failed atomic write (no such directory) leaves nothing either.
+        assert!(write_atomic(&d.path().join("missing/x"), b"x", 0o600).is_err());
+    }
 }

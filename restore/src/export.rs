@@ -49,8 +49,10 @@ pub struct ExportRequest {
     pub from_regions: bool,
     /// With a region source: the region to read first.
     pub region: Option<String>,
+    pub cluster_id: Option<String>,
     pub identity: Option<Identity>,
-    pub trust_signer: Option<String>,
+    /// Signing keys trusted besides the appliance's (a recovery kit's, `--trust-signer`).
+    pub signers: Vec<[u8; 32]>,
     pub parallel: usize,
 }
 
@@ -68,7 +70,7 @@ pub struct ExportPhases {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ExportReport {
     pub manifest: Manifest,
-    /// Key id of the signing key of the manifest (`export decrypt --trust-signer` elsewhere).
+    /// The signing key of the manifest, in full (`export decrypt --trust-signer` elsewhere).
     pub signer: String,
     /// The file written, or `region NAME` for each region.
     pub destinations: Vec<String>,
@@ -283,7 +285,7 @@ pub async fn export(
     drop(work);
     let report = ExportReport {
         manifest: prepared.manifest.clone(),
-        signer: p.signer().id(),
+        signer: hex::encode(p.signer().public()),
         destinations,
         restore,
         phases,
@@ -378,8 +380,9 @@ async fn dump_from_region(
             delta: false,
         },
         region: req.region.clone(),
+        cluster_id: req.cluster_id.clone(),
         identity: req.identity.clone(),
-        trust_signer: req.trust_signer.clone(),
+        signers: req.signers.clone(),
         parallel: req.parallel,
     };
     let report = crate::restore(p, &rreq, progress).await?;

@@ -70,9 +70,12 @@ pub struct RestoreRequest {
     pub target: Target,
     /// The region to read indexes and objects from first.
     pub region: Option<String>,
+    /// The cluster's id, when a name is not enough (several clusters of that name).
+    pub cluster_id: Option<String>,
     /// An identity that opens the data keys, besides the appliance's own.
     pub identity: Option<Identity>,
-    pub trust_signer: Option<String>,
+    /// Signing keys trusted besides the appliance's (a recovery kit's, `--trust-signer`).
+    pub signers: Vec<[u8; 32]>,
     /// Layers fetched at once.
     pub parallel: usize,
 }
@@ -217,9 +220,10 @@ async fn run(
     let (source, view) = Source::open(
         p,
         &req.cluster,
+        req.cluster_id.as_deref(),
         req.region.as_deref(),
         req.identity.clone(),
-        req.trust_signer.as_deref(),
+        &req.signers,
     )
     .await?;
     let restore_root = local.home.root.join("restore");

@@ -1,24 +1,36 @@
 //! Where a restore reads from: the regions, in the order objects are tried.
 //!
 //! The cluster's indexes come from one region: the preferred one when the operator names it,
-//! else the healthiest — every region is probed, and the one whose verified indexes index the
+//! else the healthiest — every region is probed, and the one whose valid indexes index the
 //! most layers of the cluster wins, the fastest answer breaking ties. Objects (layers and their
 //! key objects) are then fetched from that region first and from the others after it: objects
 //! are content-addressed and sealed identically in every region, so any region's copy that
 //! passes verification is the same object. Every object that had to come from another region
 //! is recorded as a [`Substitution`] with the reason, and the restore report lists them.
+//!
+//! Invariants (a region is untrusted storage):
+//! - Only indexes signed by a trusted key count: the appliance's own and those its trust file
+//!   names, a recovery kit's, or a full key given with `--trust-signer`. Objects a region holds
+//!   that are not believed are reported ([`Rejected`]) and never block a valid index.
+//! - A cluster is one id: a name that several ids carry is refused with the ids listed
+//!   (`--cluster-id` chooses); on an appliance that has the cluster, its id decides.
+//! - A data key is believed only if it matches the index's commitment, and the WAL metadata
+//!   that decides where a point in time lies only if its tail hashes to what the index binds.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use cairn_backup::crypto::keyobj::KeyObject;
-use cairn_backup::fetch::{download, Expect, OpenedObject};
+use sha2::{Digest, Sha256};
+
+use cairn_backup::fetch::{download, open_key, Expect, OpenedObject};
 use cairn_backup::index::{ClusterInfo, IndexedLayer, TimelineIndex};
 use cairn_backup::keys::{key_id, Identity};
-use cairn_backup::rebuild::read_indexes;
+use cairn_backup::rebuild::{ambiguous, hex_id};
 use cairn_backup::region::{keys, Region};
+use cairn_backup::view::{read_region, Rejected};
 use cairn_backup::{Error, Protection, Result};
 use cairn_engine::layer::file::{Trailer, TRAILER_LEN};
 use cairn_engine::layer::wal::WalMeta;
@@ -44,9 +56,11 @@ pub struct RegionProbe {
     pub layers: usize,
     pub seconds: f64,
     pub error: Option<String>,
+    /// Objects of this region that were not believed, and why.
+    pub rejected: Vec<Rejected>,
 }
 
-/// One cluster as a region's verified indexes describe it.
+/// One cluster as a region's valid indexes describe it.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
     pub region: String,
@@ -54,14 +68,21 @@ pub struct ClusterView {
     pub indexes: Vec<TimelineIndex>,
     /// Key ids of the signers whose indexes were accepted.
     pub signers: Vec<String>,
+    /// Timelines the region's signed state names (the live ones).
+    pub live: HashSet<String>,
+    /// Every cluster id (with its creation time) the wanted name maps to here.
+    pub ids: BTreeMap<String, i64>,
+    pub rejected: Vec<Rejected>,
 }
 
 impl ClusterView {
-    /// The index of the timeline a branch names.
+    /// The index of the timeline a branch names (a live timeline before a deleted one that
+    /// had the same name, then the newest).
     pub fn branch(&self, name: &str) -> Result<&TimelineIndex> {
         self.indexes
             .iter()
-            .find(|i| i.timeline.branch.as_ref().is_some_and(|b| b.name == name))
+            .filter(|i| i.timeline.branch.as_ref().is_some_and(|b| b.name == name))
+            .max_by_key(|i| (self.live.contains(&i.timeline.id), i.timeline.created_at_us))
             .ok_or_else(|| {
                 let mut names: Vec<&str> = self
                     .indexes
@@ -69,13 +90,31 @@ impl ClusterView {
                     .filter_map(|i| i.timeline.branch.as_ref().map(|b| b.name.as_str()))
                     .collect();
                 names.sort();
+                names.dedup();
                 Error::Refused(format!(
-                    "branch '{name}' of cluster '{}' is not in region '{}'; its branches there: {}",
+                    "branch '{name}' of cluster '{}' is not in region '{}'; its branches there: \
+                     {}{}",
                     self.cluster.name,
                     self.region,
-                    names.join(", ")
+                    names.join(", "),
+                    self.rejected_note()
                 ))
             })
+    }
+
+    fn rejected_note(&self) -> String {
+        if self.rejected.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (objects set aside there: {})",
+                self.rejected
+                    .iter()
+                    .map(|r| format!("{}: {}", r.object, r.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        }
     }
 
     /// The indexes of a timeline and its ancestors, nearest first.
@@ -96,7 +135,10 @@ impl ClusterView {
                 .ok_or_else(|| {
                     Error::tampered(
                         format!("region '{}'", self.region),
-                        format!("timeline {t} is named as an ancestor but has no index"),
+                        format!(
+                            "timeline {t} is named as an ancestor but has no valid index{}",
+                            self.rejected_note()
+                        ),
                     )
                 })?;
             out.push(idx);
@@ -118,14 +160,31 @@ pub struct Source {
     substitutions: Mutex<Vec<Substitution>>,
 }
 
+/// Which cluster a restore means.
+#[derive(Debug, Clone)]
+pub struct Wanted<'a> {
+    pub name: &'a str,
+    /// The id, when the caller knows it (`--cluster-id`, or the local catalog's).
+    pub id: Option<String>,
+}
+
+/// What the caller trusts and has seen.
+pub struct TrustInput<'a> {
+    pub signers: &'a [[u8; 32]],
+    /// region -> timeline -> (generation, sequence) this appliance wrote there.
+    pub seen: &'a HashMap<String, HashMap<String, (u64, u64)>>,
+}
+
 async fn probe(
     region: &Region,
-    cluster: &str,
-    known: &[[u8; 32]],
-    pin: Option<&str>,
+    wanted: &Wanted<'_>,
+    trust: &TrustInput<'_>,
+    rejected: &mut Vec<Rejected>,
 ) -> Result<ClusterView> {
-    let fut = read_indexes(region, known, pin);
-    let (all, signers) = match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
+    let empty = HashMap::new();
+    let seen = trust.seen.get(&region.name).unwrap_or(&empty);
+    let fut = read_region(region, trust.signers, seen);
+    let view = match tokio::time::timeout(PROBE_TIMEOUT, fut).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(Error::Refused(format!(
@@ -135,37 +194,119 @@ async fn probe(
             )))
         }
     };
-    let indexes: Vec<TimelineIndex> = all
+    rejected.extend(view.rejected.iter().cloned());
+    let indexes: Vec<TimelineIndex> = view
+        .indexes
         .into_iter()
-        .filter(|i| i.cluster.name == cluster)
+        .filter(|i| match &wanted.id {
+            Some(id) => &i.cluster.id == id,
+            None => i.cluster.name == wanted.name,
+        })
         .collect();
     let first = indexes.first().ok_or_else(|| {
         Error::Refused(format!(
-            "region '{}' holds no backup of cluster '{cluster}'",
-            region.name
+            "region '{}' holds no backup of cluster '{}'{}{}",
+            region.name,
+            wanted.name,
+            wanted
+                .id
+                .as_deref()
+                .map(|i| format!(" (id {i})"))
+                .unwrap_or_default(),
+            if rejected.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " it can believe; set aside: {}{}",
+                    rejected
+                        .iter()
+                        .take(3)
+                        .map(|r| format!("{}: {}", r.object, r.reason))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    if rejected.len() > 3 {
+                        format!(" (and {} more)", rejected.len() - 3)
+                    } else {
+                        String::new()
+                    }
+                )
+            }
         ))
     })?;
+    let live = view
+        .state
+        .map(|s| s.timelines.into_keys().collect())
+        .unwrap_or_default();
+    let ids = indexes
+        .iter()
+        .map(|i| (i.cluster.id.clone(), i.cluster.created_at_us))
+        .collect();
     Ok(ClusterView {
         region: region.name.clone(),
         cluster: first.cluster.clone(),
-        signers: signers.iter().map(|s| key_id(&s[..])).collect(),
+        ids,
+        signers: view.signers.iter().map(|s| key_id(&s[..])).collect(),
         indexes,
+        live,
+        rejected: rejected.clone(),
     })
+}
+
+/// What this appliance has written to each region: region -> timeline -> (generation,
+/// sequence). A restore refuses anything older.
+pub async fn seen_marks(p: &Protection) -> Result<HashMap<String, HashMap<String, (u64, u64)>>> {
+    let st = p.state();
+    let mut out: HashMap<String, HashMap<String, (u64, u64)>> = HashMap::new();
+    for r in &p.regions.regions {
+        let m = out.entry(r.name.clone()).or_default();
+        for (tl, _, w) in st.index_writes_in(&r.name).await? {
+            m.insert(tl, (w.generation, w.sequence));
+        }
+    }
+    Ok(out)
 }
 
 impl Source {
     /// Chooses the region the cluster's indexes come from and the order objects are tried in.
+    /// `signers` are trusted besides the appliance's own (a recovery kit's, `--trust-signer`).
     pub async fn open(
         p: &Protection,
         cluster: &str,
+        cluster_id: Option<&str>,
         preferred: Option<&str>,
         extra_identity: Option<Identity>,
-        trust_signer: Option<&str>,
+        signers: &[[u8; 32]],
     ) -> Result<(Source, ClusterView)> {
-        let mut known = p.trusted.clone();
-        known.push(p.signer().public());
+        let mut known = p.trusted();
+        for s in signers {
+            if !known.contains(s) {
+                known.push(*s);
+            }
+        }
+        let local_id = p
+            .engine
+            .catalog
+            .cluster_by_name(cluster)
+            .await?
+            .map(|c| c.id.to_string());
+        if let (Some(given), Some(local)) = (cluster_id, &local_id) {
+            if given != local {
+                return Err(Error::Refused(format!(
+                    "cluster '{cluster}' of this appliance has id {local}, not {given}"
+                )));
+            }
+        }
+        let wanted = Wanted {
+            name: cluster,
+            id: cluster_id.map(str::to_string).or(local_id),
+        };
+        let seen = seen_marks(p).await?;
+        let trust = TrustInput {
+            signers: &known,
+            seen: &seen,
+        };
         let mut identities: Vec<Identity> = extra_identity.into_iter().collect();
-        identities.extend(p.identities().into_iter().cloned());
+        identities.extend(p.identities());
         let all = &p.regions.regions;
         if let Some(name) = preferred {
             p.regions.get(name)?;
@@ -183,15 +324,19 @@ impl Source {
             }
             None => vec![(0..all.len()).collect()],
         };
-        let known = &known;
+        let (trust, wanted) = (&trust, &wanted);
         for round in candidates {
             let results = futures::future::join_all(round.iter().map(|&i| async move {
                 let started = Instant::now();
-                let r = probe(&all[i], cluster, known, trust_signer).await;
-                (i, r, started.elapsed().as_secs_f64())
+                let mut rejected = Vec::new();
+                let r = probe(&all[i], wanted, trust, &mut rejected).await;
+                (i, r, started.elapsed().as_secs_f64(), rejected)
             }))
             .await;
-            for (i, r, secs) in results {
+            for (i, r, secs, rejected) in results {
+                for x in &rejected {
+                    tracing::warn!("{x}");
+                }
                 match r {
                     Ok(v) => {
                         probes.push(RegionProbe {
@@ -200,6 +345,7 @@ impl Source {
                             layers: v.layer_count(),
                             seconds: secs,
                             error: None,
+                            rejected,
                         });
                         views.push((i, v, secs));
                     }
@@ -209,12 +355,24 @@ impl Source {
                         layers: 0,
                         seconds: secs,
                         error: Some(e.to_string()),
+                        rejected,
                     }),
                 }
             }
             if !views.is_empty() {
                 break;
             }
+        }
+        // A name that several clusters carry (a deleted cluster's backups outlive it) is the
+        // operator's to resolve, whichever region answered.
+        let ids: BTreeMap<String, i64> = views.iter().flat_map(|(_, v, _)| v.ids.clone()).collect();
+        if ids.len() > 1 {
+            let regions: Vec<&str> = views.iter().map(|(_, v, _)| v.region.as_str()).collect();
+            return Err(ambiguous(
+                cluster,
+                &format!("the regions ({})", regions.join(", ")),
+                &ids,
+            ));
         }
         if views.is_empty() {
             return Err(Error::Refused(format!(
@@ -290,13 +448,23 @@ impl Source {
             .push(s);
     }
 
-    async fn data_key(&self, region: &Region, cluster: &str, layer: &str) -> Result<[u8; 32]> {
-        let k = keys::key(cluster, layer);
-        let what = format!("region '{}', {k}", region.name);
-        let kb = region.get(&k).await?;
-        let ko = KeyObject::decode(&kb, &what)?;
+    /// A layer's data key from `region`, believed only if it matches the index's commitment.
+    async fn data_key(
+        &self,
+        region: &Region,
+        cluster: &str,
+        l: &IndexedLayer,
+        id: &[u8; 32],
+    ) -> Result<[u8; 32]> {
         let ids: Vec<&Identity> = self.identities.iter().collect();
-        ko.unwrap(&ids, &what)
+        open_key(
+            region,
+            &keys::key(cluster, &l.id),
+            id,
+            &l.dek_commitment,
+            &ids,
+        )
+        .await
     }
 
     /// Runs `attempt` against each region in order until one succeeds, noting every failure.
@@ -353,11 +521,11 @@ impl Source {
         dest: &Path,
         progress: &AtomicU64,
     ) -> Result<String> {
-        let id = hex_id(&l.id)?;
+        let id = hex_id(&l.id, &format!("layer {}", l.id))?;
         let object = format!("{} layer {}", l.kind, l.id);
         let (_, region) = self
             .with_failover(&object, |region| async move {
-                let dek = self.data_key(region, cluster, &l.id).await?;
+                let dek = self.data_key(region, cluster, l, &id).await?;
                 download(
                     region,
                     &keys::layer(cluster, &l.id),
@@ -375,35 +543,63 @@ impl Source {
         Ok(region)
     }
 
-    /// Reads only the metadata of a WAL layer (its trailer and metadata chunks).
+    /// Reads only the metadata of a WAL layer: its tail (metadata and trailer), checked
+    /// against the digest the signed index binds before anything in it is believed.
     pub async fn fetch_wal_meta(&self, cluster: &str, l: &IndexedLayer) -> Result<WalMeta> {
-        let id = hex_id(&l.id)?;
+        let id = hex_id(&l.id, &format!("layer {}", l.id))?;
         let object = format!("metadata of WAL layer {}", l.id);
         let (meta, _) = self
             .with_failover(&object, |region| async move {
-                let dek = self.data_key(region, cluster, &l.id).await?;
                 let key = keys::layer(cluster, &l.id);
-                let obj = OpenedObject::open(region, &key, &dek, &id).await?;
                 let what = format!("region '{}', {key}", region.name);
+                let tail = l.tail.as_ref().ok_or_else(|| {
+                    Error::tampered(
+                        &what,
+                        "the index binds no metadata digest of this WAL layer",
+                    )
+                })?;
+                let dek = self.data_key(region, cluster, l, &id).await?;
+                let obj = OpenedObject::open(region, &key, &dek, &id, Some(l.object_size)).await?;
                 let size = obj.layout.plain_len;
-                if size < TRAILER_LEN {
-                    return Err(Error::tampered(&what, "too short to be a layer"));
+                if size != l.file_size || tail.len < TRAILER_LEN || tail.len > size {
+                    return Err(Error::tampered(
+                        &what,
+                        format!(
+                            "holds {size} plaintext bytes with a {}-byte tail; the index says {} \
+                             and {}",
+                            tail.len, l.file_size, tail.len
+                        ),
+                    ));
                 }
-                let tb = obj.read_plain(size - TRAILER_LEN, size).await?;
-                let t = Trailer::parse(&tb, size, &what)?;
-                let mb = obj
-                    .read_plain(t.meta_offset, t.meta_offset + t.meta_len)
-                    .await?;
-                let meta = t.decode_meta(&mb, &what)?;
-                WalMeta::decode(&meta).map_err(|e| Error::tampered(&what, e.0))
+                let tb = obj.read_plain(size - tail.len, size).await?;
+                if hex::encode(Sha256::digest(&tb)) != tail.sha256 {
+                    return Err(Error::tampered(
+                        &what,
+                        "its metadata does not hash to what the signed index binds",
+                    ));
+                }
+                let split = tb.len() - TRAILER_LEN as usize;
+                let t = Trailer::parse(&tb[split..], size, &what)?;
+                if t.meta_offset != size - tail.len {
+                    return Err(Error::tampered(
+                        &what,
+                        "its trailer points outside its tail",
+                    ));
+                }
+                let meta = t.decode_meta(&tb[..split], &what)?;
+                let m = WalMeta::decode(&meta).map_err(|e| Error::tampered(&what, e.0))?;
+                if m.start.to_string() != l.start || m.end.to_string() != l.end {
+                    return Err(Error::tampered(
+                        &what,
+                        format!(
+                            "covers {}..{}, the index says {}..{}",
+                            m.start, m.end, l.start, l.end
+                        ),
+                    ));
+                }
+                Ok(m)
             })
             .await?;
         Ok(meta)
     }
-}
-
-fn hex_id(s: &str) -> Result<[u8; 32]> {
-    let v = hex::decode(s).map_err(|_| Error::tampered(format!("layer {s}"), "bad layer id"))?;
-    v.try_into()
-        .map_err(|_| Error::tampered(format!("layer {s}"), "bad layer id"))
 }

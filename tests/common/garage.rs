@@ -205,6 +205,17 @@ impl Garage {
     }
 }
 
+impl Garage {
+    /// The same region as [`Garage::region_toml`], for a test that talks to it directly
+    /// (through cairn's own region client, as anyone holding the credentials could).
+    pub fn region_config(&self, name: &str, prefix: &str) -> cairn_backup::region::RegionConfig {
+        let toml = self.region_toml(name, prefix);
+        let c: cairn_backup::region::RegionsConfig =
+            toml::from_str(&toml).expect("a region entry parses");
+        c.regions.into_iter().next().expect("one region")
+    }
+}
+
 impl Drop for Garage {
     fn drop(&mut self) {
         self.stop();

@@ -162,6 +162,16 @@ impl Env {
         out
     }
 
+    /// Writes this appliance's recovery kit (once) into the test directory and returns it.
+    #[track_caller]
+    pub fn recovery_kit(&self) -> PathBuf {
+        let kit = self.dir.path().join("recovery.kit");
+        if !kit.exists() {
+            self.ok(&["key", "export-recovery-kit", "--out", kit.to_str().unwrap()]);
+        }
+        kit
+    }
+
     /// Stops every compute this test left running.
     pub fn stop_all(&self) {
         let list = self.run(&["compute", "list", "--json"]);

@@ -8,14 +8,17 @@
 //! ```
 //!
 //! The recipient list is informational (so that a wrong key is reported with the keys that
-//! would work); the binding that matters is inside the age payload, which repeats the object and
-//! key ids: a key object moved to another object's name is refused. Re-wrapping for a new
+//! would work) and never trusted: nothing read from it joins a keyring. The binding that
+//! matters is inside the age payload, which repeats the object and key ids (a key object moved
+//! to another object's name is refused), and the data key commitment in the signed index (a
+//! key object forged for the appliance's public recipient is refused). Re-wrapping for a new
 //! recipient set produces a new key object for the same data key; the payload never changes.
+//! Entries are validated before wrapping (role, label length): every length fits its prefix.
 
 use std::io::{Read, Write};
 
 use crate::error::{Error, Result};
-use crate::keys::{Identity, RecipientEntry};
+use crate::keys::{Identity, RecipientEntry, MAX_RECIPIENTS};
 
 pub const MAGIC: &[u8; 8] = b"CAIRNKEY";
 pub const VERSION: u16 = 1;
@@ -69,6 +72,17 @@ impl KeyObject {
     ) -> Result<KeyObject> {
         if recipients.is_empty() {
             return Err(Error::Refused("the keyring has no recipients".into()));
+        }
+        if recipients.len() > MAX_RECIPIENTS {
+            return Err(Error::Refused(format!(
+                "the keyring has {} recipients; a key object holds at most {MAX_RECIPIENTS}",
+                recipients.len()
+            )));
+        }
+        // Every string is length-prefixed with a u16: an unchecked label would wrap around
+        // and corrupt the key object (and with it every region's copy).
+        for r in recipients {
+            r.validate()?;
         }
         let parsed: Vec<age::x25519::Recipient> = recipients
             .iter()

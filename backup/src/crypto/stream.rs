@@ -95,8 +95,12 @@ impl Header {
             c => return Err(bad(format!("unknown compression {c}"))),
         };
         let chunk_size = u32::from_le_bytes(b[12..16].try_into().expect("4"));
-        if chunk_size == 0 || chunk_size > 64 << 20 {
-            return Err(bad(format!("implausible chunk size {chunk_size}")));
+        if chunk_size == 0 || chunk_size > CHUNK_SIZE {
+            // No version of cairn writes larger chunks; a reader sizes its reads from this
+            // field before any tag is checked, so a larger one is refused, not trusted.
+            return Err(bad(format!(
+                "chunk size {chunk_size} is larger than cairn writes ({CHUNK_SIZE})"
+            )));
         }
         Ok(Header {
             kind,
@@ -257,10 +261,14 @@ pub fn open_all(
     }
     match header.compression {
         Compression::None => Ok(out),
-        Compression::Zstd => zstd::stream::decode_all(&out[..])
+        Compression::Zstd => cairn_engine::layer::codec::decompress_bounded(&out, MAX_INFLATED)
             .map_err(|e| Error::tampered(what, format!("payload does not decompress: {e}"))),
     }
 }
+
+/// The most a whole-object decryption ([`open_all`]) inflates a compressed payload to: it is
+/// used for small objects only, and a zstd bomb must not exhaust memory.
+pub const MAX_INFLATED: u64 = 64 << 20;
 
 #[cfg(test)]
 mod tests {

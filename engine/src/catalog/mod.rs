@@ -288,6 +288,9 @@ impl Catalog {
                     conn.execute("PRAGMA synchronous = FULL").await?;
                     conn.execute("PRAGMA busy_timeout = 30000").await?;
                     conn.execute("PRAGMA foreign_keys = ON").await?;
+                    // Deleted rows (wrapped keys of a shredded cluster) are overwritten with
+                    // zeros, not left in free pages.
+                    conn.execute("PRAGMA secure_delete = ON").await?;
                     Ok(())
                 })
             });

@@ -169,4 +169,22 @@ pub const MIGRATIONS: &[Migration] = &[
             "CREATE INDEX restores_cluster ON restores(cluster_name, started_at)",
         ],
     },
+    Migration {
+        version: 4,
+        description: "untrusted regions: data key commitments, WAL tails, region state objects",
+        statements: &[
+            // What format-2 indexes bind for each object (filled in lazily for older rows).
+            "ALTER TABLE layer_keys ADD COLUMN dek_commitment TEXT",
+            "ALTER TABLE layer_keys ADD COLUMN tail_len BIGINT",
+            "ALTER TABLE layer_keys ADD COLUMN tail_sha256 TEXT",
+            // The last state object written to each region (high-water marks of its indexes).
+            "CREATE TABLE region_states (
+                region TEXT PRIMARY KEY,
+                generation BIGINT NOT NULL,
+                sequence BIGINT NOT NULL,
+                digest TEXT NOT NULL,
+                written_at BIGINT NOT NULL
+            )",
+        ],
+    },
 ];

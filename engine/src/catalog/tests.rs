@@ -20,7 +20,7 @@ fn sample_cluster() -> ClusterRow {
 }
 
 async fn exercise(cat: &Catalog) {
-    assert_eq!(cat.schema_version().await.unwrap(), 3);
+    assert_eq!(cat.schema_version().await.unwrap(), 4);
     // Restores are recorded, with or without a point, and listed newest first per cluster.
     for (i, (cluster, ok)) in [("shop", false), ("shop", true), ("other", true)]
         .into_iter()

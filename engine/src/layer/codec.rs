@@ -154,3 +154,34 @@ mod tests {
         }
     }
 }
+
+/// Decompresses zstd data, refusing to produce more than `limit` bytes: a frame that inflates
+/// further (a zstd bomb, or metadata that cannot be this layer's) is an error, not an
+/// allocation.
+pub fn decompress_bounded(compressed: &[u8], limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut d = zstd::stream::read::Decoder::new(compressed)?;
+    let mut out = Vec::new();
+    (&mut d).take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "inflates to more than {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod bounded_tests {
+    #[test]
+    fn decompression_stops_at_the_limit() {
+        let bomb = zstd::encode_all(&vec![0u8; 10 << 20][..], 3).unwrap();
+        assert!(bomb.len() < 4096);
+        let e = super::decompress_bounded(&bomb, 1 << 20).unwrap_err();
+        assert!(e.to_string().contains("more than"), "{e}");
+        assert_eq!(
+            super::decompress_bounded(&bomb, 10 << 20).unwrap().len(),
+            10 << 20
+        );
+    }
+}

@@ -27,6 +27,9 @@ use crate::ids::LayerId;
 pub const HEADER_LEN: u64 = 16;
 pub const TRAILER_LEN: u64 = 8 + 8 + 32 + 8;
 const END_MAGIC: &[u8; 8] = b"CAIRNEND";
+/// The most a layer's metadata may inflate to (a WAL layer's events and chunks, an image's
+/// file and piece tables): far above any layer cairn writes, far below what exhausts memory.
+pub const MAX_META: u64 = 1 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -205,9 +208,29 @@ impl Trailer {
         if Sha256::digest(compressed).as_slice() != self.meta_sha256 {
             return Err(Error::corrupt(what, "metadata checksum mismatch"));
         }
-        zstd::stream::decode_all(compressed)
+        super::codec::decompress_bounded(compressed, MAX_META)
             .map_err(|e| Error::corrupt(what, format!("metadata does not decompress: {e}")))
     }
+}
+
+/// The tail of a layer file — its compressed metadata and its trailer, `[meta_offset, size)` —
+/// as (length, SHA-256). A reader that reads only the tail (a restore planning from a region)
+/// checks it against this digest, which the signed index carries.
+pub fn tail_digest(path: &Path) -> Result<(u64, [u8; 32])> {
+    let obj = || format!("layer file {}", path.display());
+    let file = File::open(path).ctx("open layer file", path)?;
+    let size = file.metadata().ctx("stat layer file", path)?.len();
+    if size < HEADER_LEN + TRAILER_LEN {
+        return Err(Error::corrupt(obj(), format!("only {size} bytes long")));
+    }
+    let mut trailer = [0u8; TRAILER_LEN as usize];
+    file.read_exact_at(&mut trailer, size - TRAILER_LEN)
+        .ctx("read layer file", path)?;
+    let t = Trailer::parse(&trailer, size, &obj())?;
+    let mut tail = vec![0u8; (size - t.meta_offset) as usize];
+    file.read_exact_at(&mut tail, t.meta_offset)
+        .ctx("read layer file", path)?;
+    Ok((tail.len() as u64, Sha256::digest(&tail).into()))
 }
 
 pub struct LayerFile {

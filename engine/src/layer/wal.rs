@@ -140,10 +140,29 @@ impl WalMeta {
                     c.lsn
                 )));
             }
-            at = Lsn(at.0 + c.raw_len as u64);
+            at = Lsn(at.0.checked_add(c.raw_len as u64).ok_or_else(|| {
+                DecodeError(format!("chunk at {} runs past the end of the WAL", c.lsn))
+            })?);
         }
         if at != end {
             return Err(DecodeError(format!("chunks end at {at}, layer at {end}")));
+        }
+        // What a layer says happened must have happened inside it: an event or a resume point
+        // outside its range would move a point in time that another layer holds.
+        for ev in &events {
+            if !(start <= ev.before && ev.before < ev.end && ev.end <= end) {
+                return Err(DecodeError(format!(
+                    "event {}..{} lies outside the layer's {start}..{end}",
+                    ev.before, ev.end
+                )));
+            }
+        }
+        for (b, p) in &resume_points {
+            if !(start <= *b && *b <= end && p < b) {
+                return Err(DecodeError(format!(
+                    "resume point {b} (prev {p}) lies outside the layer's {start}..{end}"
+                )));
+            }
         }
         Ok(WalMeta {
             system_id,
@@ -233,5 +252,22 @@ mod tests {
         let mut gap = m.clone();
         gap.chunks[0].raw_len = 0x100;
         assert!(WalMeta::decode(&gap.encode()).is_err());
+        // Events planted outside the layer's range (to move a point in time) are refused.
+        for (before, end) in [(0x300_0010, 0x300_0040), (0x300_0150, 0x300_0300)] {
+            let mut planted = m.clone();
+            planted.events[0].before = Lsn(before);
+            planted.events[0].end = Lsn(end);
+            let e = WalMeta::decode(&planted.encode()).unwrap_err();
+            assert!(e.0.contains("outside"), "{}", e.0);
+        }
+        let mut wrapped = m.clone();
+        wrapped.chunks[0].lsn = Lsn(u64::MAX - 4);
+        wrapped.data_start = Lsn(u64::MAX - 4);
+        wrapped.start = Lsn(u64::MAX - 4);
+        wrapped.end = Lsn(u64::MAX - 2);
+        wrapped.events.clear();
+        wrapped.resume_points.clear();
+        let e = WalMeta::decode(&wrapped.encode()).unwrap_err();
+        assert!(e.0.contains("past the end"), "{}", e.0);
     }
 }
