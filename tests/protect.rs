@@ -522,3 +522,44 @@ async fn kills_during_shipping_leave_every_index_naming_only_present_objects() {
     drop(c);
     dr.stop_all();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_damaged_on_the_appliance_disk_is_never_shipped() {
+    let env = Env::new();
+    two_regions(&env, "");
+    env.ok(&["cluster", "create", "shop"]);
+    let image = env
+        .layers()
+        .into_iter()
+        .find(|l| l["kind"] == "image")
+        .unwrap();
+    let id = image["id"].as_str().unwrap().to_string();
+    let path = env
+        .home
+        .join("layers")
+        .join(image["cluster_id"].as_str().unwrap())
+        .join(image["timeline_id"].as_str().unwrap())
+        .join(format!("{id}.img"));
+    assert!(path.exists(), "{}", path.display());
+    // Bit rot in the middle of the file: same size, other bytes.
+    let mut b = std::fs::read(&path).unwrap();
+    let middle = b.len() / 2;
+    b[middle] ^= 0x01;
+    std::fs::write(&path, &b).unwrap();
+    let out = env.run(&["backup", "now", "--no-image"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&id[..16]) || stdout.contains(path.to_str().unwrap()),
+        "names the layer: {stdout}"
+    );
+    assert!(stdout.contains("damaged on disk"), "{stdout}");
+    for r in ["region-a", "region-b"] {
+        assert!(
+            !env.region_objects(r)
+                .iter()
+                .any(|k| k.ends_with(&format!("layers/{id}"))),
+            "the damaged layer reached {r}"
+        );
+    }
+}

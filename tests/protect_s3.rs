@@ -185,3 +185,64 @@ async fn outages_degrade_the_backup_and_shipping_catches_up_by_itself() {
     env.ok(&["regions", "check", "--full"]);
     env.stop_all();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_that_stores_other_bytes_never_counts_toward_min_copies() {
+    let env = Env::new();
+    let garage = Garage::start(&env.dir.path().join("garage"));
+    let liar = common::liar::Liar::start(garage.s3_port);
+    env.write_regions(&format!(
+        "min_copies = 2\n{}\n{}",
+        env.file_region("local"),
+        liar.region_toml(&garage, "liar", "prod")
+    ));
+    env.ok(&["cluster", "create", "shop"]);
+    let c = connect(&env.start("main")).await;
+    c.batch_execute("CREATE TABLE t AS SELECT generate_series(1, 10000) g")
+        .await
+        .unwrap();
+    drop(c);
+    env.stop_all();
+    // Garage acknowledges every write; the region hands back other bytes: not durable.
+    let out = env.run(&["backup", "now"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("DEGRADED"), "{stderr}");
+    assert!(
+        stdout.contains("region liar: FAILED")
+            && stdout.contains("does not keep what it acknowledges"),
+        "{stdout}"
+    );
+    let list = env.json(&["backup", "list"]);
+    assert_eq!(list[0]["status"], "degraded", "{list}");
+    assert!(
+        list[0]["regions"]["liar"]["restorable_to"].is_null(),
+        "{list}"
+    );
+    // No index names anything in the lying region (or anywhere: nothing is in 2 regions).
+    let s3 = cairn_backup::region::Region::connect(&garage.region_config("s3", "prod")).unwrap();
+    let objects = s3.list("clusters").await.unwrap();
+    assert!(
+        !objects.iter().any(|(k, _)| k.contains("/timelines/")),
+        "{objects:?}"
+    );
+    // With two honest regions the backup is durable, and the liar is still reported.
+    env.write_regions(&format!(
+        "min_copies = 2\n{}\n{}\n{}",
+        env.file_region("local"),
+        env.file_region("local-2"),
+        liar.region_toml(&garage, "liar", "prod")
+    ));
+    let out = env.ok(&["backup", "now", "--no-image"]);
+    assert!(out.contains("region liar: FAILED"), "{out}");
+    assert!(out.contains("durable in at least 2 regions"), "{out}");
+    let list = env.json(&["backup", "list"]);
+    assert_eq!(list[0]["status"], "ok", "{list}");
+    assert!(
+        list[0]["regions"]["liar"]["restorable_to"].is_null(),
+        "{list}"
+    );
+}

@@ -230,7 +230,13 @@ pub struct Region {
     pub tags: BTreeMap<String, String>,
     store: Arc<dyn ObjectStore>,
     prefix: String,
+    /// For `file://` regions: the directory, so that writes can be made durable (the object
+    /// store writes and renames but never fsyncs).
+    local_root: Option<PathBuf>,
 }
+
+/// Bytes read per request when a stored object is read back to be proven.
+const VERIFY_READ: u64 = 8 << 20;
 
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -278,10 +284,12 @@ impl Region {
             ..RetryConfig::default()
         };
         let cfg_err = |e: object_store::Error| Error::region(&c.name, "configure", e);
+        let mut local_root = None;
         let (store, prefix): (Arc<dyn ObjectStore>, String) =
             if let Some(path) = c.url.strip_prefix("file://") {
-                std::fs::create_dir_all(path)
+                cairn_engine::fsutil::create_dir_mode(Path::new(path), 0o700)
                     .map_err(|e| Error::io(format!("region '{}': create {path}", c.name), e))?;
+                local_root = Some(PathBuf::from(path));
                 let fs =
                     object_store::local::LocalFileSystem::new_with_prefix(path).map_err(cfg_err)?;
                 (Arc::new(fs), String::new())
@@ -334,7 +342,86 @@ impl Region {
             tags: c.tags.clone(),
             store,
             prefix,
+            local_root,
         })
+    }
+
+    /// Makes a written object of a `file://` region durable: fsyncs the file and every
+    /// directory from it up to the region's root (new directories included). A no-op for
+    /// object stores, which acknowledge only what they stored.
+    pub fn sync(&self, key: &str) -> Result<()> {
+        let Some(root) = &self.local_root else {
+            return Ok(());
+        };
+        let rel = self.path(key)?.to_string();
+        let file = root.join(&rel);
+        let err = |e| Error::io(format!("region '{}': make {key} durable", self.name), e);
+        std::fs::File::open(&file)
+            .and_then(|f| f.sync_all())
+            .map_err(err)?;
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            cairn_engine::fsutil::fsync_dir(d).map_err(err)?;
+            if d == root.as_path() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
+    }
+
+    /// Reads an object back and proves it is `size` bytes hashing to `sha256` (hex): an
+    /// object counts as stored only then. Streams with bounded memory.
+    pub async fn verify_stored(&self, key: &str, size: u64, sha256: &str) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let what = format!("region '{}', {key}", self.name);
+        let found = self
+            .head(key)
+            .await?
+            .ok_or_else(|| Error::tampered(&what, "missing right after it was written"))?;
+        if found != size {
+            return Err(Error::tampered(
+                &what,
+                format!(
+                    "holds {found} bytes right after {size} were written: the region does not \
+                     keep what it acknowledges"
+                ),
+            ));
+        }
+        let mut h = Sha256::new();
+        let mut at = 0u64;
+        while at < size {
+            let to = (at + VERIFY_READ).min(size);
+            let b = self.get_range(key, at, to).await?;
+            if b.len() as u64 != to - at {
+                return Err(Error::tampered(&what, "a read returned a short range"));
+            }
+            h.update(&b);
+            at = to;
+        }
+        let got = hex::encode(h.finalize());
+        if got != sha256 {
+            return Err(Error::tampered(
+                &what,
+                format!(
+                    "stored bytes hash to {} but {} were written: the region does not keep \
+                     what it acknowledges",
+                    &got[..16],
+                    &sha256[..16.min(sha256.len())]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes a small object and reads it back: it counts as written only if the region
+    /// returns exactly these bytes.
+    pub async fn put_verified(&self, key: &str, data: Bytes) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let sha = hex::encode(Sha256::digest(&data));
+        let size = data.len() as u64;
+        self.put(key, data).await?;
+        self.verify_stored(key, size, &sha).await
     }
 
     /// The store path of a key relative to Cairn's root in this region.
@@ -366,7 +453,8 @@ impl Region {
             .put(&self.path(key)?, PutPayload::from(data))
             .await
             .map(|_| ())
-            .map_err(|e| Error::region(&self.name, format!("write {key}"), e))
+            .map_err(|e| Error::region(&self.name, format!("write {key}"), e))?;
+        self.sync(key)
     }
 
     /// Starts a multipart upload (for objects larger than a part).

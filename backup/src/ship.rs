@@ -416,9 +416,8 @@ impl Protection {
         let row = self.state().object_key(object).await?.ok_or_else(|| {
             Error::tampered("catalog", format!("the data key of {object} disappeared"))
         })?;
-        region
-            .put(&keys::key_of(cluster, object), Bytes::from(row.key_object))
-            .await
+        let key = keys::key_of(cluster, object);
+        region.put_verified(&key, Bytes::from(row.key_object)).await
     }
 
     /// The secrets of a cluster as shipped: JSON of its superuser and source passwords. A
@@ -473,8 +472,12 @@ impl Protection {
         let sealed = crate::crypto::stream::seal_all(&dek, &header, &body);
         let sha = hex::encode(Sha256::digest(&sealed));
         let cid = c.id.to_string();
+        let size = sealed.len() as u64;
         region
             .put(&keys::secrets(&cid), Bytes::from(sealed))
+            .await?;
+        region
+            .verify_stored(&keys::secrets(&cid), size, &sha)
             .await?;
         self.put_key_object_of(region, &cid, &name).await?;
         let st = self.state();
@@ -539,23 +542,38 @@ impl Protection {
                 .ok_or_else(|| Error::tampered("catalog", format!("bad key id of {name}")))?,
         };
         let expected = key.object_size;
-        let sha = match region.head(&obj_key).await? {
-            Some(size) if size == expected => {
-                // Already there from an interrupted run: it is complete, and identical.
-                match key.object_sha256.clone() {
-                    Some(s) => s,
-                    None => {
-                        let p = path.clone();
-                        tokio::task::spawn_blocking(move || Self::seal_digest(&p, header, dek))
-                            .await
-                            .map_err(|e| Error::io("seal", std::io::Error::other(e.to_string())))??
-                            .0
+        // An object already there (an interrupted run, another appliance) counts only once its
+        // bytes are proven to be the ones this appliance seals; otherwise it is replaced.
+        let present = match (region.head(&obj_key).await?, &key.object_sha256) {
+            (Some(size), Some(sha)) if size == expected => {
+                match region.verify_stored(&obj_key, expected, sha).await {
+                    Ok(()) => Some(sha.clone()),
+                    Err(e) if e.retryable() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(region = %region.name, error = %e, "replacing a bad copy");
+                        None
                     }
                 }
             }
-            _ => {
-                self.upload(region, &obj_key, &path, header, dek, expected)
-                    .await?
+            _ => None,
+        };
+        let sha = match present {
+            Some(sha) => sha,
+            None => {
+                let sha = self
+                    .upload(region, &obj_key, &path, header, dek, expected)
+                    .await?;
+                if let Some(recorded) = &key.object_sha256 {
+                    if *recorded != sha {
+                        return Err(Error::tampered(
+                            format!("local layer {}", path.display()),
+                            "sealed to other bytes than for an earlier region: the file \
+                             changed on disk; run `cairn check --full`",
+                        ));
+                    }
+                }
+                region.verify_stored(&obj_key, expected, &sha).await?;
+                sha
             }
         };
         cairn_engine::failpoint::hit("ship-before-key-object");
@@ -590,9 +608,19 @@ impl Protection {
         };
         let mut hasher = Sha256::new();
         let mut sent = 0u64;
+        let object_id = header.object_id;
+        let damaged = |path: &std::path::Path| {
+            Error::tampered(
+                format!("local file {}", path.display()),
+                "does not hash to its id (damaged on disk): not shipped; run `cairn check --full`",
+            )
+        };
         if expected <= part_size as u64 {
-            let (_, part) = next(reader).await?;
+            let (r, part) = next(reader).await?;
             let part = part?.unwrap_or_default();
+            if r.plain_digest() != Some(object_id) {
+                return Err(damaged(path));
+            }
             hasher.update(&part);
             sent += part.len() as u64;
             region.put(obj_key, Bytes::from(part)).await?;
@@ -604,7 +632,13 @@ impl Protection {
                 reader = r;
                 let part = match part {
                     Ok(Some(p)) => p,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if reader.plain_digest() != Some(object_id) {
+                            let _ = up.abort().await;
+                            return Err(damaged(path));
+                        }
+                        break;
+                    }
                     Err(e) => {
                         let _ = up.abort().await;
                         return Err(e);
@@ -632,6 +666,7 @@ impl Protection {
                     e,
                 ));
             }
+            region.sync(obj_key)?;
         }
         if sent != expected {
             return Err(Error::io(
@@ -849,7 +884,7 @@ impl Protection {
                 };
                 let idx = TimelineIndex { sequence, ..idx };
                 let bytes = idx.encode_signed(&self.signer);
-                region.put(&idx.path, Bytes::from(bytes)).await?;
+                region.put_verified(&idx.path, Bytes::from(bytes)).await?;
                 st.record_index_write(
                     &tl.id.to_string(),
                     &c.id.to_string(),
@@ -917,7 +952,7 @@ impl Protection {
             timelines,
         };
         region
-            .put(&state.path, Bytes::from(state.encode_signed(&self.signer)))
+            .put_verified(&state.path, Bytes::from(state.encode_signed(&self.signer)))
             .await?;
         st.record_region_state(&region.name, self.generation, sequence, &digest)
             .await
@@ -1088,7 +1123,8 @@ fn index_digest(idx: &TimelineIndex) -> String {
     hex::encode(Sha256::digest(v.to_string().as_bytes()))
 }
 
-/// Reads a layer file and yields its sealed form part by part.
+/// Reads a layer file and yields its sealed form part by part, hashing the plaintext on the
+/// way (so that a file damaged on disk is never shipped as if it were its id).
 pub struct SealedReader {
     file: File,
     sealer: Sealer,
@@ -1096,6 +1132,7 @@ pub struct SealedReader {
     chunk_size: usize,
     remaining: u64,
     finished: bool,
+    plain: Sha256,
 }
 
 impl SealedReader {
@@ -1113,7 +1150,13 @@ impl SealedReader {
             chunk_size: header.chunk_size as usize,
             remaining,
             finished: false,
+            plain: Sha256::new(),
         })
+    }
+
+    /// The SHA-256 of the plaintext, once every part was read.
+    pub fn plain_digest(&self) -> Option<[u8; 32]> {
+        self.finished.then(|| self.plain.clone().finalize().into())
     }
 
     /// The next part of about `max` bytes (whole chunks), or `None` at the end.
@@ -1134,6 +1177,7 @@ impl SealedReader {
                 .map_err(|e| Error::io("read a layer file", e))?;
             self.remaining -= n as u64;
             let last = self.remaining == 0;
+            self.plain.update(&chunk);
             self.sealer.seal(&mut chunk, last);
             out.extend_from_slice(&chunk);
             self.finished = last;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod garage;
+pub mod liar;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
