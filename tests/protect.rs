@@ -563,3 +563,110 @@ async fn a_layer_damaged_on_the_appliance_disk_is_never_shipped() {
         );
     }
 }
+
+fn lsn_value(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
+
+/// Waits until both regions can restore `main` up to at least `target`.
+fn wait_shipped(env: &Env, target: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let list = env.json(&["backup", "list"]);
+        let ok = ["region-a", "region-b"].iter().all(|r| {
+            list[0]["regions"][r]["restorable_to"]
+                .as_str()
+                .is_some_and(|l| lsn_value(l) >= lsn_value(target))
+        });
+        if ok {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the regions did not reach {target}: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_changes_while_up_ships_take_effect_without_stalling_any_region() {
+    let env = Env::new();
+    two_regions(&env, "");
+    env.ok(&["cluster", "create", "shop"]);
+    let c = connect(&env.start("main")).await;
+    let port = free_port();
+    let mut up = env
+        .command(&[
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--sync-interval",
+            "0.2",
+            "--ship-interval",
+            "0.2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let write = |k: i32| {
+        format!(
+            "CREATE TABLE IF NOT EXISTS t (k int, g int, h text);
+             INSERT INTO t SELECT {k}, g, md5(g::text || '{k}') FROM generate_series(1, 3000) g"
+        )
+    };
+    c.batch_execute(&write(1)).await.unwrap();
+    wait_shipped(&env, &scalar(&c, "SELECT pg_current_wal_lsn()::text").await);
+
+    // An escrow key added while the daemon ships: layers written afterwards are wrapped for it.
+    let escrow = env.dir.path().join("escrow.age");
+    let recipient = env.ok(&["key", "new-identity", "--out", escrow.to_str().unwrap()]);
+    env.ok(&["key", "add-recipient", recipient.trim(), "--label", "vault"]);
+    c.batch_execute(&write(2)).await.unwrap();
+    wait_shipped(&env, &scalar(&c, "SELECT pg_current_wal_lsn()::text").await);
+
+    // The appliance key rotated while the daemon ships: it reloads it and keeps going.
+    let old = env.dir.path().join("old.age");
+    std::fs::copy(env.home.join("keys/appliance.age"), &old).unwrap();
+    env.ok(&["key", "rotate"]);
+    c.batch_execute(&write(3)).await.unwrap();
+    let after_rotation = scalar(&c, "SELECT pg_current_wal_lsn()::text").await;
+    wait_shipped(&env, &after_rotation);
+    c.batch_execute(&write(4)).await.unwrap();
+    wait_shipped(&env, &scalar(&c, "SELECT pg_current_wal_lsn()::text").await);
+    let health = {
+        let (_, body) = http_get(port, "/api/health").unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    for r in health["regions"].as_array().unwrap() {
+        assert!(r["last_error"].is_null(), "a region stalled: {health}");
+        assert!(r["last_success_at_us"].is_i64(), "{health}");
+    }
+    drop(c);
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    assert!(up.wait().unwrap().success());
+    env.ok(&["backup", "now", "--no-image"]);
+    // Everything opens with the new appliance key and with the escrow key; the old key no
+    // longer opens everything.
+    env.ok(&["regions", "check", "--full"]);
+    env.ok(&[
+        "regions",
+        "check",
+        "--full",
+        "--identity",
+        escrow.to_str().unwrap(),
+    ]);
+    let out = env.run(&[
+        "regions",
+        "check",
+        "--full",
+        "--identity",
+        old.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
