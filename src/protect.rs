@@ -116,8 +116,8 @@ pub enum RegionsCmd {
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
     },
-    /// Queue objects the catalog no longer has and delete those that are due (`cairn up` does this
-    /// every 30 s).
+    /// Carry out due shreds, queue objects the catalog no longer has and delete those that are
+    /// due (`cairn up` does this every 30 s).
     #[command(
         after_help = "Examples:\n  cairn regions gc\n\nObjects wait `deletion_delay` (regions.toml) \
         and are deleted only when no index in their region names them."
@@ -460,6 +460,9 @@ pub async fn regions(g: &Global, cmd: RegionsCmd) -> Result<()> {
             }
         }
         RegionsCmd::Gc => {
+            for c in p.run_due_shreds().await? {
+                println!("shredded cluster '{c}'");
+            }
             let queued = p.queue_garbage().await?;
             let r = p.process_deletions().await?;
             if g.json {

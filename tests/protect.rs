@@ -415,41 +415,126 @@ async fn deleted_branches_leave_the_regions_through_the_deletion_queue() {
     env.stop_all();
 }
 
+/// Every file below `dir`, recursively.
+fn files_below(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(files_below(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Files below `dirs` holding any of `needles`.
+fn holders(dirs: &[&std::path::Path], needles: &[Vec<u8>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in dirs {
+        for f in files_below(d) {
+            let Ok(b) = std::fs::read(&f) else { continue };
+            if needles
+                .iter()
+                .any(|n| b.windows(n.len()).any(|w| w == n.as_slice()))
+            {
+                out.push(f.display().to_string());
+            }
+        }
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn shredding_is_scheduled_cancellable_and_final() {
+async fn a_shred_leaves_no_key_material_within_reach_and_restores_name_it() {
     let env = Env::new();
     two_regions(&env, "");
     backed_up_cluster(&env).await;
     env.stop_all();
+    env.ok(&["export", "shop", "--to-region", "region-a"]);
     let kit = env.recovery_kit();
-    let out = env.ok(&["key", "shred", "shop", "--grace", "7d"]);
-    assert!(out.contains("will be shredded"), "{out}");
-    env.ok(&["key", "shred", "shop", "--cancel"]);
-    let err = env.fail(&["key", "shred", "shop", "--grace", "0s"]);
-    assert!(err.contains("--yes"), "{err}");
-    env.ok(&["key", "shred", "shop", "--grace", "0s", "--yes"]);
-    assert_eq!(env.json(&["cluster", "list"]), serde_json::json!([]));
+    let identity = cairn_backup::keys::Identity::load(&kit).unwrap();
+    let cid = env.json(&["cluster", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Every data key of the cluster, and a window of every wrapped key, raw and in hex.
+    let mut needles: Vec<Vec<u8>> = Vec::new();
+    let mut exports = 0;
     for r in ["region-a", "region-b"] {
+        for k in env.region_objects(r) {
+            if !k.starts_with(&format!("clusters/{cid}/keys/")) {
+                continue;
+            }
+            exports += k.contains("/keys/export-") as usize;
+            let b = std::fs::read(env.region_root(r).join(&k)).unwrap();
+            let ko = cairn_backup::crypto::keyobj::KeyObject::decode(&b, &k).unwrap();
+            let dek = ko.unwrap(&[&identity], &k).unwrap();
+            let window = ko.wrapped[ko.wrapped.len() - 48..].to_vec();
+            needles.push(dek.to_vec());
+            needles.push(hex::encode(dek).into_bytes());
+            needles.push(hex::encode(&window).into_bytes());
+            needles.push(window);
+        }
+    }
+    assert!(needles.len() >= 4 * 4 && exports == 1, "{needles:?}");
+    let regions = env.dir.path().join("regions");
+    let reach: [&std::path::Path; 2] = [&env.home, &regions];
+    // The scan finds them before the shred (so it can fail).
+    let before = holders(&reach, &needles);
+    assert!(
+        before.iter().any(|f| f.contains("catalog.db")),
+        "{before:?}"
+    );
+    assert!(before.iter().any(|f| f.contains("/keys/")), "{before:?}");
+
+    // Absurd graces are refused, not wrapped around into "now".
+    for g in ["999999999d", "4000d"] {
+        let err = env.fail(&["key", "shred", "shop", "--grace", g]);
         assert!(
-            !env.region_objects(r).iter().any(|k| k.contains("/keys/")),
-            "no key object is left in {r}"
+            err.contains("100 years") || err.contains("3650d"),
+            "{g}: {err}"
         );
     }
-    // With the key objects gone, even the right identity cannot restore from a region.
+    // A cancelled shred does nothing, even after its due time.
+    let out = env.ok(&["key", "shred", "shop", "--grace", "2s"]);
+    assert!(out.contains("will be shredded"), "{out}");
+    env.ok(&["key", "shred", "shop", "--cancel"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    env.ok(&["regions", "gc"]);
+    assert_eq!(env.json(&["cluster", "list"])[0]["name"], "shop");
+    assert_eq!(holders(&reach, &needles).len(), before.len());
+    let err = env.fail(&["key", "shred", "shop", "--grace", "0s"]);
+    assert!(err.contains("--yes"), "{err}");
+
+    // The real one: after its grace, every copy within reach is gone.
+    env.ok(&["key", "shred", "shop", "--grace", "2s"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let out = env.ok(&["regions", "gc"]);
+    assert!(out.contains("shredded cluster 'shop'"), "{out}");
+    assert_eq!(env.json(&["cluster", "list"]), serde_json::json!([]));
+    let left = holders(&reach, &needles);
+    assert!(
+        left.is_empty(),
+        "key material left after the shred: {left:?}"
+    );
+
+    // A restore from a region, with the kit that could open everything before, names the shred.
     let dr = Env::new();
     dr.write_regions(&format!(
         "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-a").display()
+        regions.join("region-a").display()
     ));
-    let out = dr.run(&[
-        "catalog",
-        "rebuild",
-        "--from-region",
-        "region-a",
+    let err = dr.fail(&[
+        "restore",
+        "shop",
+        "--to-datadir",
+        dr.dir.path().join("x").to_str().unwrap(),
         "--recovery-kit",
         kit.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1), "a clean refusal, not a crash");
+    assert!(err.contains("crypto-shredded"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,20 +7,17 @@
 //! index objects themselves are deleted first, so the rule always leaves a region whose every
 //! index names only objects it holds.
 //!
-//! Shredding a cluster (`cairn key shred`) is scheduled with a grace period that can be
-//! cancelled. When it is due, the cluster's key objects are deleted from every region and its
-//! data keys are forgotten locally, together with the cluster itself: from then on its payload
-//! objects cannot be opened with any key, and they are queued for deletion like any garbage.
+//! Shredding a cluster ([`crate::shred`]) leaves its payloads unreadable; they are then queued
+//! for deletion like any garbage.
 
 use std::collections::{HashMap, HashSet};
 
 use cairn_engine::catalog::now_us;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::index::{decode_verified, Trust, MAX_INDEX_BYTES};
 use crate::region::{keys, Region};
 use crate::ship::Protection;
-use crate::state::Shred;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct GcReport {
@@ -212,106 +209,5 @@ impl Protection {
             }
         }
         Ok(report)
-    }
-
-    /// Schedules the crypto-shredding of a cluster after `grace_us`.
-    pub async fn schedule_shred(&self, cluster: &str, grace_us: i64) -> Result<Shred> {
-        let c = self.engine.resolve_cluster(Some(cluster)).await?;
-        let st = self.state();
-        if st
-            .shreds()
-            .await?
-            .iter()
-            .any(|s| s.cluster_id == c.id.to_string())
-        {
-            return Err(Error::Refused(format!(
-                "cluster '{cluster}' is already scheduled for shredding; `cairn key shred \
-                 {cluster} --cancel` cancels it"
-            )));
-        }
-        let s = Shred {
-            cluster_id: c.id.to_string(),
-            cluster_name: c.name.clone(),
-            requested_at_us: now_us(),
-            due_at_us: now_us().checked_add(grace_us).ok_or_else(|| {
-                Error::Refused(format!("a grace of {grace_us} µs is out of range"))
-            })?,
-        };
-        st.schedule_shred(&s).await?;
-        Ok(s)
-    }
-
-    pub async fn cancel_shred(&self, cluster: &str) -> Result<()> {
-        let st = self.state();
-        let found = st
-            .shreds()
-            .await?
-            .into_iter()
-            .find(|s| s.cluster_name == cluster || s.cluster_id == cluster);
-        match found {
-            Some(s) => {
-                st.cancel_shred(&s.cluster_id).await?;
-                Ok(())
-            }
-            None => Err(Error::Refused(format!(
-                "no shred of cluster '{cluster}' is scheduled"
-            ))),
-        }
-    }
-
-    /// Carries out the shreds that are due; returns the clusters shredded.
-    pub async fn run_due_shreds(&self) -> Result<Vec<String>> {
-        self.require_unfenced("shred in the regions")?;
-        let st = self.state();
-        let mut done = Vec::new();
-        for s in st.shreds().await? {
-            if s.due_at_us > now_us() {
-                continue;
-            }
-            let cid: cairn_engine::ClusterId = s
-                .cluster_id
-                .parse()
-                .map_err(|e: String| Error::tampered("catalog", e))?;
-            // 1. Key objects in every region (the payloads become unreadable).
-            let mut all_regions_done = true;
-            for r in &self.regions.regions {
-                match r.list(&format!("clusters/{}/keys", s.cluster_id)).await {
-                    Ok(list) => {
-                        for (k, _) in list {
-                            if let Err(e) = r.delete(&k).await {
-                                tracing::warn!(region = %r.name, error = %e, "shred deferred");
-                                all_regions_done = false;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(region = %r.name, error = %e, "shred deferred");
-                        all_regions_done = false;
-                    }
-                }
-            }
-            if !all_regions_done {
-                continue;
-            }
-            // 2. The data keys here, and the cluster itself.
-            for k in st.object_keys().await? {
-                if k.cluster_id == s.cluster_id {
-                    st.set_key_object(&k.object, b"shredded").await?;
-                }
-            }
-            if self.engine.catalog.cluster(cid).await.is_ok() {
-                for c in self.engine.catalog.computes().await? {
-                    if c.cluster_id == cid {
-                        self.engine.force_stop_compute(cid, c.timeline_id).await?;
-                    }
-                }
-                self.engine.delete_cluster(&s.cluster_name).await?;
-            }
-            // 3. What remains in the regions is unreadable garbage: queue it.
-            self.queue_garbage().await?;
-            st.cancel_shred(&s.cluster_id).await?;
-            done.push(s.cluster_name);
-        }
-        Ok(done)
     }
 }

@@ -29,6 +29,7 @@ pub mod rebuild;
 pub mod region;
 pub mod region_state;
 pub mod ship;
+pub mod shred;
 pub mod state;
 pub mod trust;
 pub mod view;

@@ -53,6 +53,8 @@ pub struct RebuildReport {
     pub keyring_differs: bool,
     /// The rebuilt appliance writes nothing to the regions until promoted.
     pub fenced: bool,
+    /// Clusters the region records as crypto-shredded (left out).
+    pub shredded: Vec<String>,
 }
 
 fn parse<T: std::str::FromStr<Err = String>>(s: &str, what: &str) -> Result<T> {
@@ -188,6 +190,11 @@ impl Protection {
         let kit_recipients: HashSet<&str> =
             kit.keyring.iter().map(|r| r.recipient.as_str()).collect();
         let mut report = RebuildReport {
+            shredded: view
+                .shredded
+                .iter()
+                .map(|r| format!("{} ({})", r.cluster_name, r.cluster_id))
+                .collect(),
             signers: view.signers.iter().map(|s| key_id(&s[..])).collect(),
             rejected: view.rejected.clone(),
             fenced: true,

@@ -385,6 +385,11 @@ impl Protection {
             st.delete_object_key(name).await?;
         }
         let _keyring = self.lock_keyring().await?;
+        if self.shred_due(cluster_id).await? {
+            return Err(Error::Refused(format!(
+                "cluster {cluster_id} is being shredded: no data key of it is created any more"
+            )));
+        }
         self.refresh()?;
         let dek: [u8; 32] = random();
         let key_id: [u8; 16] = random();
@@ -413,6 +418,11 @@ impl Protection {
         object: &str,
     ) -> Result<()> {
         let _keyring = self.lock_keyring().await?;
+        if self.shred_due(cluster).await? {
+            return Err(Error::Refused(format!(
+                "cluster {cluster} is being shredded: no key object of it is written any more"
+            )));
+        }
         let row = self.state().object_key(object).await?.ok_or_else(|| {
             Error::tampered("catalog", format!("the data key of {object} disappeared"))
         })?;
@@ -705,12 +715,18 @@ impl Protection {
     async fn ship_region_inner(&self, region: &Region, filter: Option<ClusterId>) -> Result<usize> {
         self.require_unfenced("ship to the regions")?;
         self.refresh()?;
+        let mut shredding = HashSet::new();
         for c in self.engine.catalog.clusters().await? {
+            if self.shred_due(&c.id.to_string()).await? {
+                shredding.insert(c.id);
+                continue;
+            }
             if filter.is_none_or(|f| f == c.id) {
                 self.ship_secrets(region, &c).await?;
             }
         }
-        let pending = self.pending(&region.name, filter).await?;
+        let mut pending = self.pending(&region.name, filter).await?;
+        pending.retain(|l| !shredding.contains(&l.cluster_id));
         self.update(&region.name, |s| {
             s.pending_objects = pending.len() as u64;
             s.pending_bytes = pending.iter().map(|l| l.file_size).sum();

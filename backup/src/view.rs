@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::index::{decode_verified, generation_of, TimelineIndex, Trust, MAX_INDEX_BYTES};
 use crate::region::Region;
 use crate::region_state::{self, RegionState, MAX_STATE_BYTES};
+use crate::shred::{ShredRecord, MAX_RECORD_BYTES};
 
 /// An object a reader did not believe.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -48,6 +49,8 @@ pub struct RegionView {
     pub rejected: Vec<Rejected>,
     /// Signers of the indexes accepted.
     pub signers: Vec<[u8; 32]>,
+    /// Valid records of clusters that were crypto-shredded (their indexes are left out).
+    pub shredded: Vec<ShredRecord>,
 }
 
 /// Strips the `region 'R', OBJECT: ` prefix an error repeats.
@@ -119,8 +122,25 @@ pub async fn read_region(
     let mut rejected = Vec::new();
     let state = read_state(region, signers, &mut rejected).await?;
     let mut candidates: BTreeMap<(String, String), Vec<Candidate>> = BTreeMap::new();
+    let mut shredded = Vec::new();
     for (key, size) in region.list("clusters").await? {
         let parts: Vec<&str> = key.split('/').collect();
+        if let ["clusters", _, "shredded"] = parts.as_slice() {
+            let r = match region.get_bounded(&key, MAX_RECORD_BYTES).await {
+                Ok(b) => ShredRecord::decode_verified(&b, &key, &region.name, signers),
+                Err(e) if e.retryable() => return Err(e),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(r) => shredded.push(r),
+                Err(e) => rejected.push(Rejected {
+                    region: region.name.clone(),
+                    object: key.clone(),
+                    reason: reason_of(&e),
+                }),
+            }
+            continue;
+        }
         if let ["clusters", c, "timelines", t, name] = parts.as_slice() {
             match generation_of(name) {
                 Some(g) => candidates
@@ -175,6 +195,8 @@ pub async fn read_region(
             }
         }
     }
+    // A shredded cluster's indexes may outlive it for the deletion delay: never serve them.
+    indexes.retain(|i| !shredded.iter().any(|r| r.cluster_id == i.cluster.id));
     // The region's own high-water marks.
     if let Some(s) = &state {
         let mut kept = Vec::with_capacity(indexes.len());
@@ -197,6 +219,9 @@ pub async fn read_region(
         }
         indexes = kept;
         for (t, m) in &s.timelines {
+            if shredded.iter().any(|r| r.cluster_id == m.cluster) {
+                continue;
+            }
             if !indexes.iter().any(|i| &i.timeline.id == t) {
                 rejected.push(Rejected {
                     region: region.name.clone(),
@@ -216,5 +241,6 @@ pub async fn read_region(
         state,
         rejected,
         signers: accepted_signers,
+        shredded,
     })
 }

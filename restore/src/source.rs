@@ -195,6 +195,15 @@ async fn probe(
         }
     };
     rejected.extend(view.rejected.iter().cloned());
+    if let Some(r) = view.shredded.iter().find(|r| match &wanted.id {
+        Some(id) => &r.cluster_id == id,
+        None => {
+            r.cluster_name == wanted.name
+                && !view.indexes.iter().any(|i| i.cluster.name == wanted.name)
+        }
+    }) {
+        return Err(r.refusal());
+    }
     let indexes: Vec<TimelineIndex> = view
         .indexes
         .into_iter()
