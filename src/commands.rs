@@ -24,7 +24,8 @@ pub enum ClusterCmd {
     },
     /// Protect an existing, running PostgreSQL: base backup plus continuous WAL streaming.
     #[command(after_help = concat!(
-        "Examples:\n  cairn cluster adopt erp --from postgres://cairn:secret@db1.internal:5432/postgres\n\n",
+        "Examples:\n  cairn cluster adopt erp --from 'postgres://cairn@db1.internal:5432/postgres?sslmode=verify-full&sslrootcert=/etc/cairn/db-ca.pem' --password-file /etc/cairn/erp.pw\n  \
+         CAIRN_SOURCE_PASSWORD=... cairn cluster adopt erp --from postgres://cairn@127.0.0.1:5432/postgres\n\n",
         "Nothing is installed on the source. It needs: a role with REPLICATION \
          (CREATE ROLE cairn LOGIN REPLICATION PASSWORD '...'), wal_level = replica or logical, \
          two free max_wal_senders and max_replication_slots, and pg_hba.conf lines allowing \
@@ -34,12 +35,18 @@ pub enum ClusterCmd {
     Adopt {
         /// Name for the cluster in Cairn.
         name: String,
-        /// Connection URL of the source (the password is stored in HOME/secrets, mode 0600).
+        /// Connection URL of the source, without its password; `sslmode` and `sslrootcert`
+        /// are honoured (default: disable on loopback, require elsewhere; verify-full to
+        /// authenticate the server).
         #[arg(long, value_name = "URL")]
         from: String,
         /// Replication slot to create on the source (default cairn_NAME).
         #[arg(long)]
         slot: Option<String>,
+        /// A file holding the source role's password (else CAIRN_SOURCE_PASSWORD, else the
+        /// URL's). It is stored in HOME/secrets, mode 0600.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<std::path::PathBuf>,
     },
     /// List clusters.
     #[command(after_help = "Examples:\n  cairn cluster list\n  cairn cluster list --json")]
@@ -292,12 +299,31 @@ async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<()> {
             );
             println!("next: cairn compute start main --cluster {}", s.name);
         }
-        ClusterCmd::Adopt { name, from, slot } => {
+        ClusterCmd::Adopt {
+            name,
+            from,
+            slot,
+            password_file,
+        } => {
+            let mut src = cairn_engine::adopt::SourceUrl::parse(&from)?;
+            if src.password.is_some() {
+                eprintln!(
+                    "warning: a password in --from is visible to every local user while cairn \
+                     runs (ps); prefer --password-file or CAIRN_SOURCE_PASSWORD"
+                );
+            }
+            if let Some(f) = &password_file {
+                let pw = std::fs::read_to_string(f)
+                    .with_context(|| format!("read --password-file {}", f.display()))?;
+                src.password = Some(pw.trim_end_matches(['\n', '\r']).to_string());
+            } else if let Ok(pw) = std::env::var("CAIRN_SOURCE_PASSWORD") {
+                src.password = Some(pw);
+            }
             let progress = Arc::new(Progress::new());
             let s = with_progress(
                 &progress,
                 !g.json,
-                engine.adopt_cluster(&name, &from, slot.as_deref(), &progress),
+                engine.adopt_cluster(&name, src, slot.as_deref(), &progress),
             )
             .await?;
             if g.json {

@@ -337,6 +337,14 @@ async fn start_receivers(d: &Daemon, out: &mut Vec<Receiver>) {
         if out.iter().any(|r| r.cluster == c.id) {
             continue;
         }
+        // pg_receivewal cannot be told to refuse a cleartext password: vet the source first.
+        if let Err(e) = d.engine.vet_source(&c).await {
+            d.status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .error(format!("cannot stream WAL of cluster '{}': {e}", c.name));
+            continue;
+        }
         match d.engine.start_receiver(&c, None) {
             Ok(r) => out.push(r),
             Err(e) => d

@@ -7,17 +7,19 @@
 //! must hash to the recorded SHA-256, the data key must unwrap with one of the identities, every
 //! chunk must authenticate, and the plaintext must hash to the layer's id.
 //!
-//! Repair copies a good object from another region (its ciphertext hash checked on the way) or,
-//! when no region has one, ships it again from the local layer file.
+//! Repair copies a good object from another region, streamed and committed only once it hashes
+//! to the recorded SHA-256, or, when no region has one, ships it again from the local layer
+//! file (or the secrets). Nothing is deleted: a damaged copy is replaced by a proven one or
+//! left in place and reported. Memory stays bounded by one part, whatever the object's size.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
+use crate::crypto::dek_commitment;
 use crate::crypto::keyobj::KeyObject;
-use crate::crypto::stream::open_all;
 use crate::error::{Error, Result};
+use crate::fetch::{stream_verified, Expect, MAX_KEY_OBJECT_BYTES};
 use crate::index::{decode_verified, index_key, Trust, MAX_INDEX_BYTES};
 use crate::keys::Identity;
 use crate::region::{keys, Region};
@@ -65,7 +67,8 @@ fn key_object_key(k: &ObjectKeyRow) -> String {
 }
 
 impl Protection {
-    /// Reads a payload back and proves it: ciphertext hash, key, chunks, plaintext hash.
+    /// Reads a payload back and proves it: size, ciphertext hash, key, every chunk, plaintext
+    /// hash — streamed, with memory bounded whatever the object's size.
     pub async fn verify_object(
         &self,
         region: &Region,
@@ -74,42 +77,45 @@ impl Protection {
         identities: &[&Identity],
     ) -> std::result::Result<(), String> {
         let pk = payload_key(k);
-        let bytes = region.get(&pk).await.map_err(|e| e.to_string())?;
         let kk = key_object_key(k);
+        let what = format!("region '{}', {}", region.name, kk);
         let kb = region
-            .get(&kk)
+            .get_bounded(&kk, MAX_KEY_OBJECT_BYTES)
             .await
             .map_err(|e| format!("its key object: {e}"))?;
-        let what = format!("region '{}', {}", region.name, kk);
         let ko = KeyObject::decode(&kb, &what).map_err(|e| e.to_string())?;
         let dek = ko.unwrap(identities, &what).map_err(|e| e.to_string())?;
-        // Decrypt first: the authentication failure says what happened to the object.
-        let what = format!("region '{}', {}", region.name, pk);
-        let plain = open_all(&dek, &bytes, &ko.object_id, &what).map_err(|e| e.to_string())?;
-        // A layer is named by its plaintext hash; an export's header carries it.
-        let expected_id = if k.object.starts_with("secrets-") {
-            None
-        } else if k.object.starts_with("export-") {
-            Some(hex::encode(ko.object_id))
-        } else {
-            Some(k.object.clone())
-        };
-        if let Some(expected_id) = expected_id {
-            let id = hex::encode(Sha256::digest(&plain));
-            if id != expected_id {
+        if let Some(c) = &k.dek_commitment {
+            if dek_commitment(&ko.object_id, &ko.key_id, &dek) != *c {
                 return Err(format!(
-                    "plaintext hashes to {}, not to the object's id",
-                    &id[..16]
+                    "its key object {kk} opens another data key than the one recorded (forged)"
                 ));
             }
         }
-        let sha = hex::encode(Sha256::digest(&bytes));
-        if sha != expected_sha {
-            return Err(format!(
-                "content hash {} differs from the recorded {}",
-                &sha[..16],
-                &expected_sha[..16.min(expected_sha.len())]
-            ));
+        // Every object is named by the SHA-256 of its plaintext (a layer's id, an export's
+        // dump hash, the secrets' JSON hash).
+        stream_verified(
+            region,
+            &pk,
+            &dek,
+            Expect {
+                object_id: &ko.object_id,
+                sealed: Some((k.object_size, expected_sha)),
+            },
+            None,
+            |_| Ok(()),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            Error::Tampered { reason, .. } => reason,
+            other => other.to_string(),
+        })?;
+        if !k.object.starts_with("secrets-")
+            && !k.object.starts_with("export-")
+            && hex::encode(ko.object_id) != k.object
+        {
+            return Err("its key object belongs to another layer".into());
         }
         Ok(())
     }
@@ -156,7 +162,7 @@ impl Protection {
                 match listing.get(&pk) {
                     None => report.problems.push(problem(&pk, "missing".into())),
                     Some(size) => {
-                        let wrong_size = !obj.starts_with("secrets-") && *size != k.object_size;
+                        let wrong_size = *size != k.object_size;
                         let reason = if full {
                             // Reading it back says precisely what happened to it.
                             self.verify_object(region, k, sha, &ids).await.err()
@@ -252,44 +258,79 @@ impl Protection {
                 // Key objects are ours: write the current one.
                 let _keyring = self.lock_keyring().await?;
                 let fresh = st.object_key(&k.object).await?.unwrap_or_else(|| k.clone());
-                broken.put(&p.object, Bytes::from(fresh.key_object)).await?;
+                broken
+                    .put_verified(&p.object, Bytes::from(fresh.key_object))
+                    .await?;
                 out.copied.push(format!(
                     "{} in '{}' (key object rewritten)",
                     p.object, p.region
                 ));
                 continue;
             }
-            let sha = shipments
-                .iter()
-                .find(|(o, _, _)| *o == k.object)
-                .map(|(_, _, s)| s.clone())
-                .unwrap_or_default();
+            let Some(sha) = k.object_sha256.clone() else {
+                out.unrepaired
+                    .push(format!("{p} (no recorded hash to prove a copy against)"));
+                continue;
+            };
             let mut fixed = false;
+            let mut tried = Vec::new();
             for good in self.regions.regions.iter().filter(|r| r.name != p.region) {
-                let Ok(bytes) = good.get(&p.object).await else {
-                    continue;
-                };
-                if hex::encode(Sha256::digest(&bytes)) != sha {
+                if !shipments
+                    .iter()
+                    .any(|(o, r, _)| *o == k.object && *r == good.name)
+                {
                     continue;
                 }
-                broken.put(&p.object, bytes).await?;
-                out.copied.push(format!(
-                    "{} from '{}' to '{}'",
-                    p.object, good.name, p.region
-                ));
-                fixed = true;
-                break;
+                match broken
+                    .copy_from(good, &p.object, k.object_size, &sha, self.regions.part_size)
+                    .await
+                {
+                    Ok(()) => {
+                        out.copied.push(format!(
+                            "{} from '{}' to '{}'",
+                            p.object, good.name, p.region
+                        ));
+                        fixed = true;
+                        break;
+                    }
+                    Err(e) => tried.push(e.to_string()),
+                }
             }
-            if !fixed {
-                // No good copy anywhere: ship again from the local layer, if it is still here.
-                st.forget_shipment(&k.object, &p.region).await?;
-                let _ = broken.delete(&p.object).await;
-                match self.ship_region(broken, None).await {
-                    Ok(_) => out
+            if fixed {
+                continue;
+            }
+            // No good copy anywhere: ship it again from what this appliance holds. The broken
+            // copy is replaced by the upload, never deleted first.
+            let layer = if k.object.starts_with("secrets-") || k.object.starts_with("export-") {
+                None
+            } else {
+                self.local_layer(&k.object).await?
+            };
+            match (k.object.starts_with("secrets-"), layer) {
+                (true, _) => {
+                    st.forget_shipment(&k.object, &p.region).await?;
+                    match self.ship_region(broken, None).await {
+                        Ok(_) => out
+                            .reshipped
+                            .push(format!("{} to '{}'", p.object, p.region)),
+                        Err(e) => out.unrepaired.push(format!("{p}: {e}")),
+                    }
+                }
+                (false, Some(layer)) => match self.ship_layer_again(broken, &layer).await {
+                    Ok(()) => out
                         .reshipped
                         .push(format!("{} to '{}'", p.object, p.region)),
                     Err(e) => out.unrepaired.push(format!("{p}: {e}")),
-                }
+                },
+                (false, None) => out.unrepaired.push(format!(
+                    "{p}: no other region holds a good copy ({}) and this appliance keeps none \
+                     to ship again; the damaged copy was left in place",
+                    if tried.is_empty() {
+                        "no other region has it".to_string()
+                    } else {
+                        tried.join("; ")
+                    }
+                )),
             }
         }
         index_regions.sort();

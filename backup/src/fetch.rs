@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::dek_commitment;
 use crate::crypto::keyobj::KeyObject;
-use crate::crypto::stream::{Header, Opener, HEADER_LEN, TAG_LEN};
+use crate::crypto::stream::{Compression, Header, Opener, HEADER_LEN, TAG_LEN};
 use crate::error::{Error, Result};
 use crate::keys::Identity;
 use crate::region::Region;
@@ -127,14 +127,6 @@ impl<'r> OpenedObject<'r> {
             .head(key)
             .await?
             .ok_or_else(|| Error::tampered(&what, "missing"))?;
-        if let Some(expected) = expected_size {
-            if size != expected {
-                return Err(Error::tampered(
-                    &what,
-                    format!("is {size} bytes, the index recorded {expected}"),
-                ));
-            }
-        }
         let head = region
             .get_range(key, 0, (HEADER_LEN as u64).min(size))
             .await?;
@@ -144,6 +136,16 @@ impl<'r> OpenedObject<'r> {
                 &what,
                 "holds another object (objects swapped)",
             ));
+        }
+        if let Some(expected) = expected_size {
+            if size != expected {
+                return Err(Error::tampered(
+                    &what,
+                    format!(
+                        "is {size} bytes, the index recorded {expected} (truncated or extended)"
+                    ),
+                ));
+            }
         }
         let layout = Layout::of(&header, size, &what)?;
         Ok(OpenedObject {
@@ -219,15 +221,17 @@ impl<'r> OpenedObject<'r> {
     }
 }
 
-/// Downloads an object, decrypting it chunk by chunk into `dest`, and verifies it against
-/// `expect`. Adds sealed bytes to `progress` as they arrive. Returns the plaintext length.
-pub async fn download(
+/// Reads an object chunk by chunk, handing each verified plaintext chunk to `sink`, and checks
+/// it whole against `expect` (every tag, the plaintext hash, the sealed hash) before returning.
+/// What `sink` received is only trustworthy once this returns `Ok`. Memory stays bounded by
+/// [`CHUNKS_PER_GET`] chunks. Returns the plaintext length.
+pub async fn stream_verified(
     region: &Region,
     key: &str,
     dek: &[u8; 32],
     expect: Expect<'_>,
-    dest: &Path,
     progress: Option<&AtomicU64>,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
     let obj = OpenedObject::open(
         region,
@@ -238,6 +242,62 @@ pub async fn download(
     )
     .await?;
     let what = obj.what.clone();
+    if obj.opener.header.compression != Compression::None {
+        return Err(Error::tampered(
+            &what,
+            "is compressed, which no object cairn writes to a region is",
+        ));
+    }
+    let mut plain_hash = Sha256::new();
+    let mut sealed_hash = Sha256::new();
+    // The header bytes were checked to decode to this header, and encoding is canonical.
+    sealed_hash.update(obj.opener.header.encode());
+    let mut written = 0u64;
+    let mut i = 0u64;
+    while i < obj.layout.chunks {
+        let n = CHUNKS_PER_GET.min(obj.layout.chunks - i);
+        obj.chunks(i, n, Some(&mut sealed_hash), |_, plain| {
+            plain_hash.update(plain);
+            written += plain.len() as u64;
+            sink(plain)
+        })
+        .await?;
+        if let Some(p) = progress {
+            let bytes = (n * obj.layout.sealed()).min(obj.layout.size);
+            p.fetch_add(bytes, Ordering::Relaxed);
+        }
+        i += n;
+    }
+    let digest: [u8; 32] = plain_hash.finalize().into();
+    if &digest != expect.object_id {
+        return Err(Error::tampered(&what, "plaintext does not hash to its id"));
+    }
+    if let Some((_, sha)) = expect.sealed {
+        let got = hex::encode(sealed_hash.finalize());
+        if got != sha {
+            return Err(Error::tampered(
+                &what,
+                format!(
+                    "content hash {} differs from the recorded {}",
+                    &got[..16],
+                    &sha[..16.min(sha.len())]
+                ),
+            ));
+        }
+    }
+    Ok(written)
+}
+
+/// Downloads an object, decrypting it chunk by chunk into `dest`, and verifies it against
+/// `expect`. Adds sealed bytes to `progress` as they arrive. Returns the plaintext length.
+pub async fn download(
+    region: &Region,
+    key: &str,
+    dek: &[u8; 32],
+    expect: Expect<'_>,
+    dest: &Path,
+    progress: Option<&AtomicU64>,
+) -> Result<u64> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let tmp = cairn_engine::fsutil::temp_path(dir);
@@ -250,56 +310,24 @@ pub async fn download(
             .open(&tmp)
             .map_err(|e| Error::io(format!("create {}", tmp.display()), e))?,
     );
-    let mut plain_hash = Sha256::new();
-    let mut sealed_hash = Sha256::new();
-    sealed_hash.update(
-        obj.opener.header.encode(), // the header bytes were checked to decode to this header
-    );
-    let mut written = 0u64;
-    let result: Result<()> = async {
-        let mut i = 0u64;
-        while i < obj.layout.chunks {
-            let n = CHUNKS_PER_GET.min(obj.layout.chunks - i);
-            obj.chunks(i, n, Some(&mut sealed_hash), |_, plain| {
-                plain_hash.update(plain);
-                written += plain.len() as u64;
-                out.write_all(plain)
-                    .map_err(|e| Error::io(format!("write {}", tmp.display()), e))
-            })
-            .await?;
-            if let Some(p) = progress {
-                let bytes = (n * obj.layout.sealed()).min(obj.layout.size);
-                p.fetch_add(bytes, Ordering::Relaxed);
-            }
-            i += n;
-        }
+    let result = stream_verified(region, key, dek, expect, progress, |plain| {
+        out.write_all(plain)
+            .map_err(|e| Error::io(format!("write {}", tmp.display()), e))
+    })
+    .await
+    .and_then(|n| {
         out.flush()
             .map_err(|e| Error::io(format!("write {}", tmp.display()), e))?;
-        let digest: [u8; 32] = plain_hash.finalize().into();
-        if &digest != expect.object_id {
-            return Err(Error::tampered(&what, "plaintext does not hash to its id"));
-        }
-        if let Some((_, sha)) = expect.sealed {
-            let got = hex::encode(sealed_hash.finalize());
-            if got != sha {
-                return Err(Error::tampered(
-                    &what,
-                    format!(
-                        "content hash {} differs from the index's {}",
-                        &got[..16],
-                        &sha[..16.min(sha.len())]
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-    .await;
+        Ok(n)
+    });
     drop(out);
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let written = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     cairn_engine::fsutil::commit_rename(&tmp, dest)
         .map_err(|e| Error::io(format!("write {}", dest.display()), e))?;
     Ok(written)

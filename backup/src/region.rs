@@ -414,6 +414,93 @@ impl Region {
         Ok(())
     }
 
+    /// Copies object `key` of `src` into this region, streaming `part` bytes at a time
+    /// (multipart above one part), and commits it only if what was read hashes to `sha256`
+    /// (hex) and is `size` bytes; then reads the copy back. A bad source aborts the upload: the
+    /// object already here is never replaced by anything unproven, and nothing is deleted.
+    pub async fn copy_from(
+        &self,
+        src: &Region,
+        key: &str,
+        size: u64,
+        sha256: &str,
+        part: u64,
+    ) -> Result<()> {
+        use sha2::{Digest, Sha256};
+        let what = format!("region '{}', {key}", src.name);
+        let what = what.as_str();
+        let mut h = Sha256::new();
+        let read = |at: u64| async move {
+            let to = (at + part).min(size);
+            let b = src.get_range(key, at, to).await?;
+            if b.len() as u64 != to - at {
+                return Err(Error::tampered(what, "a read returned a short range"));
+            }
+            Ok::<Bytes, Error>(b)
+        };
+        let mismatch = |got: String| {
+            Error::tampered(
+                format!("region '{}', {key}", src.name),
+                format!(
+                    "hashes to {} instead of the recorded {}: not a good copy",
+                    &got[..16],
+                    &sha256[..16.min(sha256.len())]
+                ),
+            )
+        };
+        if src.head(key).await? != Some(size) {
+            return Err(Error::tampered(
+                format!("region '{}', {key}", src.name),
+                format!("is not the recorded {size} bytes: not a good copy"),
+            ));
+        }
+        if size <= part {
+            let b = if size == 0 {
+                Bytes::new()
+            } else {
+                read(0).await?
+            };
+            h.update(&b);
+            let got = hex::encode(h.finalize());
+            if got != sha256 {
+                return Err(mismatch(got));
+            }
+            self.put(key, b).await?;
+        } else {
+            let mut up = self.put_multipart(key).await?;
+            let mut at = 0;
+            while at < size {
+                let b = match read(at).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = up.abort().await;
+                        return Err(e);
+                    }
+                };
+                h.update(&b);
+                at += b.len() as u64;
+                if let Err(e) = up.put_part(PutPayload::from(b)).await {
+                    let _ = up.abort().await;
+                    return Err(Error::region(
+                        &self.name,
+                        format!("upload part of {key}"),
+                        e,
+                    ));
+                }
+            }
+            let got = hex::encode(h.finalize());
+            if got != sha256 {
+                let _ = up.abort().await;
+                return Err(mismatch(got));
+            }
+            up.complete()
+                .await
+                .map_err(|e| Error::region(&self.name, format!("complete {key}"), e))?;
+            self.sync(key)?;
+        }
+        self.verify_stored(key, size, sha256).await
+    }
+
     /// Writes a small object and reads it back: it counts as written only if the region
     /// returns exactly these bytes.
     pub async fn put_verified(&self, key: &str, data: Bytes) -> Result<()> {

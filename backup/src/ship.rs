@@ -594,6 +594,32 @@ impl Protection {
         Ok(expected)
     }
 
+    /// The catalog row of layer `id`, when this appliance still has its file.
+    pub(crate) async fn local_layer(&self, id: &str) -> Result<Option<LayerRow>> {
+        for c in self.engine.catalog.clusters().await? {
+            if let Some(l) = self
+                .engine
+                .catalog
+                .layers(c.id)
+                .await?
+                .into_iter()
+                .find(|l| l.id.to_string() == id)
+            {
+                return Ok(self.engine.layer_path(&l).exists().then_some(l));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ships a layer to `region` again (repair): the copy there is replaced by a proven one.
+    pub(crate) async fn ship_layer_again(&self, region: &Region, layer: &LayerRow) -> Result<()> {
+        self.require_unfenced("repair the regions")?;
+        self.state()
+            .forget_shipment(&layer.id.to_string(), &region.name)
+            .await?;
+        self.ship_layer(region, layer).await.map(|_| ())
+    }
+
     pub(crate) async fn upload(
         &self,
         region: &Region,

@@ -15,7 +15,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::catalog::{now_us, ClusterKind, ClusterRow, TimelineRow};
@@ -35,71 +34,13 @@ pub const SOURCE_REQUIREMENTS: &str = "the source needs a role with REPLICATION 
     'replication' connection and a normal one from this host (e.g. 'host replication cairn \
     10.0.0.5/32 scram-sha-256')";
 
-/// A connection URL split into its password and the rest.
-#[derive(Clone)]
-pub struct SourceUrl {
-    /// The URL without its password: safe to store and show.
-    pub public: String,
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for SourceUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SourceUrl({})", self.public)
-    }
-}
-
-impl SourceUrl {
-    pub fn parse(url: &str) -> Result<SourceUrl> {
-        let bad = || {
-            Error::Refused(
-                "the source must be a URL such as postgres://cairn:PASSWORD@db1:5432/postgres"
-                    .to_string(),
-            )
-        };
-        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
-        if scheme != "postgres" && scheme != "postgresql" {
-            return Err(bad());
-        }
-        let (public, password) = match rest.rsplit_once('@') {
-            Some((creds, host)) => match creds.split_once(':') {
-                Some((user, pw)) => (
-                    format!("{scheme}://{user}@{host}"),
-                    Some(percent_decode(pw)),
-                ),
-                None => (url.to_string(), None),
-            },
-            None => (url.to_string(), None),
-        };
-        tokio_postgres::Config::from_str(&public).map_err(|e| {
-            Error::Refused(format!("the source URL does not parse ({e}); expected postgres://USER:PASSWORD@HOST:PORT/DB"))
-        })?;
-        Ok(SourceUrl { public, password })
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub use crate::pg::url::PgUrl as SourceUrl;
 
 /// The user named in a connection URL.
 pub fn source_user(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
-    let (creds, _) = rest.rsplit_once('@')?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (creds, _) = rest[..end].rsplit_once('@')?;
     Some(creds.split(':').next()?.to_string()).filter(|u| !u.is_empty())
 }
 
@@ -120,22 +61,15 @@ fn advise(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Refused(format!("{context}: {e}; {SOURCE_REQUIREMENTS}"))
 }
 
+/// Cairn's own connection to a source: TLS as its URL asks, no password in clear.
 async fn connect_source(src: &SourceUrl) -> Result<tokio_postgres::Client> {
-    let mut cfg = tokio_postgres::Config::from_str(&src.public)
-        .map_err(|e| advise("cannot parse the source URL", e))?;
-    if let Some(pw) = &src.password {
-        cfg.password(pw);
-    }
+    let (mut cfg, policy) = src.config()?;
     cfg.application_name("cairn")
         .connect_timeout(std::time::Duration::from_secs(15));
-    let (client, conn) = cfg
-        .connect(tokio_postgres::NoTls)
+    let (host, port) = src.host_port()?;
+    crate::pg::tls::connect(cfg, &host, port, &policy, &src.public)
         .await
-        .map_err(|e| advise(&format!("cannot connect to {}", src.public), e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
+        .map_err(|e| advise("cannot connect to the source", e))
 }
 
 /// A `pg_*` client program pointed at the source, with the password in its environment.
@@ -278,6 +212,12 @@ impl Engine {
         Ok(SourceUrl { public, password })
     }
 
+    /// Connects to an adopted cluster's source as Cairn does (TLS per its URL, no password in
+    /// clear) and disconnects: run before a libpq tool is pointed at it.
+    pub async fn vet_source(&self, c: &ClusterRow) -> Result<()> {
+        connect_source(&self.source_of(c)?).await.map(|_| ())
+    }
+
     /// Starts streaming WAL of an adopted cluster into its spool (until `endpos`, if given).
     pub fn start_receiver(&self, c: &ClusterRow, endpos: Option<Lsn>) -> Result<Receiver> {
         let src = self.source_of(c)?;
@@ -288,7 +228,7 @@ impl Engine {
         let slot = c.slot.clone().unwrap_or_default();
         let mut cmd = client_command(&prog, &src);
         cmd.arg("-d")
-            .arg(&src.public)
+            .arg(src.libpq()?)
             .arg("-D")
             .arg(&spool)
             .args(["--slot", &slot, "--synchronous", "--no-loop", "-w"])
@@ -383,12 +323,11 @@ impl Engine {
     pub async fn adopt_cluster(
         &self,
         name: &str,
-        url: &str,
+        src: SourceUrl,
         slot: Option<&str>,
         progress: &Arc<Progress>,
     ) -> Result<ClusterSummary> {
         validate_name("cluster", name)?;
-        let src = SourceUrl::parse(url)?;
         let _g = self.home.lock_clusters()?;
         if self.catalog.cluster_by_name(name).await?.is_some() {
             return Err(Error::Refused(format!("cluster '{name}' already exists")));
@@ -459,7 +398,7 @@ impl Engine {
         progress.phase("base backup", 0);
         let mut cmd = client_command(basebackup, src);
         cmd.arg("-d")
-            .arg(&src.public)
+            .arg(src.libpq()?)
             .arg("-D")
             .arg(&staging)
             .args(["-Fp", "-X", "none", "-c", "fast", "--no-sync", "-w", "-l"])
@@ -555,5 +494,25 @@ mod tests {
         assert!(SourceUrl::parse("host=x user=y").is_err());
         let n = SourceUrl::parse("postgresql://db1/postgres").unwrap();
         assert!(n.password.is_none());
+        // A password given as a parameter is taken out of the stored URL too.
+        let q =
+            SourceUrl::parse("postgres://cairn@db1/postgres?password=s3cret&sslmode=verify-full")
+                .unwrap();
+        assert_eq!(q.password.as_deref(), Some("s3cret"));
+        assert_eq!(
+            q.public,
+            "postgres://cairn@db1/postgres?sslmode=verify-full"
+        );
+        assert!(q.libpq().unwrap().ends_with("?sslmode=verify-full"));
+        // An '@' in the query names no host.
+        let at = SourceUrl::parse("postgres://cairn@db1/postgres?application_name=a@evil").unwrap();
+        assert_eq!(at.host_port().unwrap(), ("db1".to_string(), 5432));
+        // Non-ASCII after '%' is kept as it is, not a panic.
+        let u = SourceUrl::parse("postgres://cairn:%a\u{e9}x@db1/postgres").unwrap();
+        assert_eq!(u.password.as_deref(), Some("%a\u{e9}x"));
+        // A remote source without sslmode: TLS is required of the tools too.
+        assert!(n.libpq().unwrap().ends_with("?sslmode=require"));
+        let local = SourceUrl::parse("postgres://cairn@127.0.0.1:5433/postgres").unwrap();
+        assert!(local.libpq().unwrap().ends_with("?sslmode=disable"));
     }
 }

@@ -247,16 +247,16 @@ pub enum Backend {
     Postgres,
 }
 
-/// Describes a catalog URL without any password it may hold.
+/// Describes a catalog URL without any password it may hold (in the user part or as a
+/// `password` parameter).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{}@{}", &url[..s + 3], user, &url[at + 1..])
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if let Ok(u) = crate::pg::url::PgUrl::parse(url) {
+            return u.public;
         }
-        _ => url.to_string(),
+        return "postgres://(unparsable URL)".into();
     }
+    url.to_string()
 }
 
 impl Catalog {
@@ -295,6 +295,35 @@ impl Catalog {
                 })
             });
         }
+        // A PostgreSQL catalog is reached over TLS as its sslmode says (remote hosts: at least
+        // `require`), and first vetted by a connection of Cairn's own that refuses to send a
+        // password in clear; only then is the pool opened, with the same TLS settings.
+        let vetted;
+        let url = if backend == Backend::Postgres {
+            let parsed = crate::pg::url::PgUrl::parse(url)?;
+            let (mut cfg, policy) = parsed.config()?;
+            cfg.application_name("cairn catalog");
+            let (host, port) = parsed.host_port()?;
+            crate::pg::tls::connect(
+                cfg,
+                &host,
+                port,
+                &policy,
+                &format!("catalog {}", parsed.public),
+            )
+            .await
+            .map_err(|e| {
+                Error::Refused(format!(
+                    "cannot open catalog {} (check the URL, its sslmode, that the server is \
+                         up and the credentials): {e}",
+                    parsed.public
+                ))
+            })?;
+            vetted = parsed.with_password_and_tls(url)?;
+            vetted.as_str()
+        } else {
+            url
+        };
         let pool = opts.connect(url).await.map_err(|e| {
             Error::catalog(
                 format!(

@@ -7,6 +7,8 @@ pub mod process;
 pub mod relfile;
 pub mod scratch;
 pub mod server;
+pub mod tls;
+pub mod url;
 
 pub use binaries::PgBinaries;
 pub use process::OsUser;
