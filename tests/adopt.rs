@@ -289,3 +289,108 @@ async fn adopt_a_server_without_data_checksums() {
     drop(c);
     env.stop_all();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sources_configuration_runs_nothing_on_the_appliance() {
+    let env = Env::new();
+    let src = Source::start(env.dir.path(), "replica");
+    let admin = connect(&src.admin_url()).await;
+    admin
+        .batch_execute("CREATE ROLE cairn LOGIN REPLICATION PASSWORD 'repl pw'")
+        .await
+        .unwrap();
+    // The source's DBA plants a command that PostgreSQL runs at start-up (to decrypt an
+    // encrypted TLS key) and a library to load, in postgresql.auto.conf, without restarting.
+    let pwned = env.dir.path().join("pwned");
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(&src.datadir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-aes256",
+        "-pass",
+        "pass:secret",
+        "-out",
+        "server.key",
+    ]);
+    sh(&[
+        "req",
+        "-new",
+        "-x509",
+        "-key",
+        "server.key",
+        "-passin",
+        "pass:secret",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    chown_postgres(&src.datadir);
+    for f in ["server.key", "server.crt"] {
+        std::fs::set_permissions(
+            src.datadir.join(f),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    for stmt in [
+        "ALTER SYSTEM SET ssl = on".to_string(),
+        "ALTER SYSTEM SET ssl_cert_file = 'server.crt'".into(),
+        "ALTER SYSTEM SET ssl_key_file = 'server.key'".into(),
+        format!(
+            "ALTER SYSTEM SET ssl_passphrase_command = 'touch {} && echo secret'",
+            pwned.display()
+        ),
+        "ALTER SYSTEM SET shared_preload_libraries = 'no_such_library'".into(),
+    ] {
+        admin.batch_execute(&stmt).await.unwrap();
+    }
+    std::fs::set_permissions(
+        env.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    env.ok(&["cluster", "adopt", "erp", "--from", &src.cairn_url()]);
+    // A compute starts (it would not with the library) and nothing ran.
+    let c = start_as_admin(&env, "main").await;
+    assert_eq!(scalar(&c, "SHOW ssl").await, "off");
+    assert_eq!(scalar(&c, "SHOW shared_preload_libraries").await, "");
+    drop(c);
+    env.stop_all();
+    assert!(!pwned.exists(), "the source's ssl_passphrase_command ran");
+
+    // A source with a tablespace is refused before a base backup writes it anywhere.
+    let ts = env.dir.path().join("ts");
+    std::fs::create_dir_all(&ts).unwrap();
+    chown_postgres(&ts);
+    admin
+        .batch_execute(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display()))
+        .await
+        .unwrap();
+    let err = env.fail(&["cluster", "adopt", "erp2", "--from", &src.cairn_url()]);
+    assert!(
+        err.contains("tablespaces") && err.contains("nothing was copied"),
+        "{err}"
+    );
+    assert!(
+        !env.home.join("spool").exists()
+            || std::fs::read_dir(env.home.join("spool")).unwrap().count() == 1,
+        "only erp's spool"
+    );
+}

@@ -145,6 +145,27 @@ async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Res
         );
     }
     let segment_size = seg.parse::<u64>().unwrap_or(16 << 20);
+    // A plain-format base backup writes each tablespace at the absolute path the source names,
+    // on this machine: refuse before anything is written (the engine keeps no tablespaces yet).
+    let spaces = client
+        .query(
+            "SELECT spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+             WHERE spcname NOT IN ('pg_default', 'pg_global')",
+            &[],
+        )
+        .await
+        .map_err(|e| advise("cannot list the source's tablespaces", e))?;
+    if !spaces.is_empty() {
+        return Err(Error::Refused(format!(
+            "the source has tablespaces ({}); cairn does not adopt tablespaces yet, and a base \
+             backup would write them at the source's paths on this machine: nothing was copied",
+            spaces
+                .iter()
+                .map(|r| format!("{} at {}", r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     Ok(SourceFacts {
         major,
         system_id: sysid

@@ -36,9 +36,9 @@ pub const MAX_WAL_LAYER: u64 = 256 << 20;
 /// Settings every compute runs with, whatever the cluster's configuration says.
 pub fn compute_settings(branch: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("cluster_name", format!("'cairn-{branch}'")),
+        ("cluster_name", format!("cairn-{branch}")),
         ("archive_mode", "off".into()),
-        ("synchronous_standby_names", "''".into()),
+        ("synchronous_standby_names", String::new()),
         ("wal_level", "replica".into()),
         ("full_page_writes", "on".into()),
         ("max_replication_slots", "10".into()),
@@ -454,7 +454,16 @@ impl Engine {
         if cluster.kind == ClusterKind::Adopted {
             settings.push((
                 "hba_file",
-                format!("'{}'", server.datadir.join("pg_hba.cairn.conf").display()),
+                server
+                    .datadir
+                    .join("pg_hba.cairn.conf")
+                    .display()
+                    .to_string(),
+            ));
+            // The source's configuration came with its data directory: nothing in it runs
+            // on the appliance.
+            settings.extend(crate::pg::server::untrusted_config_overrides(
+                cluster.pg_major,
             ));
         }
         progress.phase("start", 0);

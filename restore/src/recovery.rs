@@ -68,12 +68,17 @@ impl PrivateServer {
         user.check_reachable(datadir)?;
         let port = free_port()?;
         let server = Server::new(bins, user, datadir, port, &run.0.join("postgres.log"));
-        let settings = [
-            ("listen_addresses", "''".to_string()),
-            ("unix_socket_directories", format!("'{}'", run.0.display())),
-            ("hba_file", format!("'{}'", hba.display())),
+        let mut settings = vec![
+            ("listen_addresses", String::new()),
+            ("unix_socket_directories", run.0.display().to_string()),
+            ("hba_file", hba.display().to_string()),
             ("archive_mode", "off".into()),
         ];
+        // The data directory came from a region (and perhaps from an adopted source): its
+        // configuration runs nothing here.
+        settings.extend(cairn_engine::pg::server::untrusted_config_overrides(
+            cluster.pg_major,
+        ));
         let started = Instant::now();
         if let Err(e) = server.start(&settings) {
             let _ = server.stop("immediate");

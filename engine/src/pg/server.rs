@@ -109,21 +109,39 @@ impl Server {
         res.map(|_| ())
     }
 
-    /// Starts the server and waits until it accepts connections.
+    /// Starts the server and waits until it accepts connections. `settings` are plain
+    /// values (no quoting): they override every configuration file, and are quoted here for
+    /// the shell `pg_ctl` passes them through.
     pub fn start(&self, settings: &[(&str, String)]) -> Result<()> {
         if port_in_use(self.port) {
             return Err(port_busy(self.port));
+        }
+        for p in [&self.datadir, &self.log] {
+            shell_safe_path(p)?;
         }
         if !self.log.exists() {
             fs::write(&self.log, b"").ctx("create log file", &self.log)?;
         }
         self.user.chown(&self.log)?;
-        let mut opts = format!(
-            "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
-            self.port
-        );
-        for (k, v) in settings {
-            opts.push_str(&format!(" -c {k}={v}"));
+        let base = [
+            ("port", self.port.to_string()),
+            ("listen_addresses", "127.0.0.1".to_string()),
+            ("unix_socket_directories", String::new()),
+        ];
+        let mut opts = String::new();
+        for (k, v) in base
+            .iter()
+            .map(|(k, v)| (*k, v))
+            .chain(settings.iter().map(|(k, v)| (*k, v)))
+        {
+            if !k
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+            {
+                return Err(Error::Refused(format!("'{k}' is not a setting name")));
+            }
+            opts.push_str(" -c ");
+            opts.push_str(&shell_quote(&format!("{k}={v}")));
         }
         let res = run(
             self.user
@@ -305,6 +323,51 @@ pub fn parse_control_data(out: &str) -> std::result::Result<ControlData, String>
         state: field("Database cluster state")?,
         checksums: num("Data page checksum version")? != 0,
     })
+}
+
+/// Settings that neutralise what a data directory's own configuration could make the
+/// appliance run or load: its `postgresql.conf` and `postgresql.auto.conf` come from a source
+/// whose administrators are not the appliance's (an adopted cluster), or from a region (a
+/// restore). Command-line settings override both files.
+pub fn untrusted_config_overrides(pg_major: u32) -> Vec<(&'static str, String)> {
+    let mut v: Vec<(&'static str, String)> = vec![
+        ("ssl", "off".into()),
+        ("ssl_passphrase_command", String::new()),
+        ("shared_preload_libraries", String::new()),
+        ("local_preload_libraries", String::new()),
+        ("session_preload_libraries", String::new()),
+        ("dynamic_library_path", "$libdir".into()),
+        ("archive_command", String::new()),
+        ("restore_command", String::new()),
+        ("archive_cleanup_command", String::new()),
+        ("recovery_end_command", String::new()),
+    ];
+    if pg_major >= 15 {
+        v.push(("archive_library", String::new()));
+    }
+    v
+}
+
+/// One shell word: `pg_ctl` hands `-o` to `/bin/sh`, so every setting is single-quoted (a
+/// quote inside becomes `'"'"'`) and nothing in it can be run.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\"'\"'"))
+}
+
+/// `pg_ctl` puts the data directory and the log file inside double quotes of a shell
+/// command: refuse paths that could end them or expand there.
+pub fn shell_safe_path(p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if s.chars()
+        .any(|c| matches!(c, '"' | '$' | '`' | '\\' | '\n' | '\r'))
+    {
+        return Err(Error::Refused(format!(
+            "{}: PostgreSQL is started through a shell by pg_ctl, and this path holds one of \
+             \" $ ` \\ or a line break; choose a path without them",
+            p.display()
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
