@@ -1,5 +1,10 @@
 //! The JSON API of `cairn up` (read-only for now): health, clusters, branches, computes.
 //! It binds to 127.0.0.1 by default and carries no secrets (connection URLs are omitted).
+//!
+//! Access ([`Access`]): a request must name this server in its `Host` header (a loopback
+//! name, the address it listens on, or a name given with `--api-host`), so that a web page
+//! cannot read the API through DNS rebinding; with `--api-token-file`, every request must carry
+//! `Authorization: Bearer TOKEN`. Listening beyond loopback without a token is refused.
 
 use std::sync::Arc;
 
@@ -12,7 +17,7 @@ use serde_json::json;
 
 use crate::daemon::Daemon;
 
-pub fn router(d: Arc<Daemon>) -> Router {
+pub fn router(d: Arc<Daemon>, access: Arc<Access>) -> Router {
     Router::new()
         .route("/api/health", get(health))
         .route("/api/clusters", get(clusters))
@@ -21,6 +26,99 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/api/regions", get(regions))
         .route("/api/backups", get(backups))
         .with_state(d)
+        .layer(axum::middleware::from_fn_with_state(access, guard))
+}
+
+/// Who may call the API.
+pub struct Access {
+    token: Option<String>,
+    hosts: Vec<String>,
+}
+
+impl Access {
+    /// Refuses to serve beyond loopback without a token.
+    pub fn new(
+        listen: std::net::SocketAddr,
+        token: Option<String>,
+        extra_hosts: &[String],
+    ) -> Result<Access, String> {
+        if !listen.ip().is_loopback() && token.is_none() {
+            return Err(format!(
+                "refusing to serve the API on {listen} without --api-token-file: anyone who can \
+                 reach that address could read it; keep the default 127.0.0.1 or give a token"
+            ));
+        }
+        let mut hosts = vec!["127.0.0.1".to_string(), "localhost".into(), "[::1]".into()];
+        if !listen.ip().is_loopback() {
+            hosts.push(match listen.ip() {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                ip => ip.to_string(),
+            });
+        }
+        hosts.extend(extra_hosts.iter().map(|h| h.to_ascii_lowercase()));
+        Ok(Access { token, hosts })
+    }
+
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        // "name" or "name:port" (an IPv6 literal keeps its brackets).
+        let name = match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty() => n,
+            _ => host.as_str(),
+        };
+        self.hosts.iter().any(|h| h == name)
+    }
+
+    fn token_ok(&self, header: Option<&str>) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let given = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("")
+            .as_bytes();
+        let expected = expected.as_bytes();
+        // Constant time in the token's content.
+        given.len() == expected.len()
+            && given
+                .iter()
+                .zip(expected)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+async fn guard(
+    State(access): State<Arc<Access>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !access.host_allowed(host) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            Json(json!({"error": format!(
+                "Host '{host}' is not this appliance's (add it with --api-host if it is)"
+            )})),
+        )
+            .into_response();
+    }
+    let auth = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    if !access.token_ok(auth) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "an API token is required: Authorization: Bearer TOKEN"})),
+        )
+            .into_response();
+    }
+    next.run(req).await
 }
 
 fn fail(e: impl std::fmt::Display) -> Response {

@@ -31,9 +31,18 @@ pub struct UpArgs {
     /// On an empty data directory, create a managed cluster 'demo' with sample data.
     #[arg(long)]
     pub demo: bool,
-    /// Address of the JSON API (loopback by default; it has no authentication yet).
+    /// Address of the JSON API (loopback by default; any other address needs
+    /// --api-token-file).
     #[arg(long, default_value = "127.0.0.1:7480")]
     pub listen: SocketAddr,
+    /// A file (mode 0600) holding the token every API request must carry as
+    /// `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub api_token_file: Option<std::path::PathBuf>,
+    /// A host name the API answers to besides loopback names and the --listen address
+    /// (requests naming any other Host are refused: DNS rebinding). Repeat for several.
+    #[arg(long, value_name = "NAME")]
+    pub api_host: Vec<String>,
     /// Take a new image layer of a branch once this much WAL accumulated since its last one.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     pub image_after: u64,
@@ -105,7 +114,40 @@ pub struct Daemon {
     last_sync: Mutex<HashMap<TimelineId, Instant>>,
 }
 
+/// Reads the API token file: private, one non-empty line.
+fn read_token(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("read --api-token-file {}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "--api-token-file {} has mode {:o}: others can read it; run chmod 600 {}",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("read --api-token-file {}", path.display()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "--api-token-file {} holds a token of {} characters; use at least 16 random ones",
+            path.display(),
+            token.len()
+        );
+    }
+    Ok(token)
+}
+
 pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
+    let token = args.api_token_file.as_deref().map(read_token).transpose()?;
+    let access = Arc::new(
+        crate::api::Access::new(args.listen, token, &args.api_host).map_err(anyhow::Error::msg)?,
+    );
     let engine = Arc::new(open_engine(g).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -161,7 +203,7 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
             }
         }));
     }
-    let app = crate::api::router(daemon.clone());
+    let app = crate::api::router(daemon.clone(), access);
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

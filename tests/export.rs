@@ -320,6 +320,17 @@ async fn an_export_of_a_past_point_decrypts_and_loads_into_a_fresh_server_as_it_
     ]);
     assert!(err.contains("nosuch"), "{err}");
     assert!(!env.dir.path().join("n.cairnexp").exists());
+    // A "database name" that libpq would read as a connection string (another host): refused
+    // before anything runs.
+    let err = env.fail(&[
+        "export",
+        "shop",
+        "--database",
+        "host=203.0.113.9 dbname=postgres",
+        "--to",
+        env.dir.path().join("m.cairnexp").to_str().unwrap(),
+    ]);
+    assert!(err.contains("cannot be exported by name"), "{err}");
     let err = env.fail(&[
         "export", "decrypt", "../etc", "--region", "region-a", "--out", "x",
     ]);

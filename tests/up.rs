@@ -207,3 +207,75 @@ async fn a_home_the_postgres_user_cannot_reach_still_runs_computes() {
         "the compute directory is removed on stop"
     );
 }
+
+/// A raw GET with the given Host and Authorization headers: the status code.
+fn get_status(port: u16, host: &str, auth: Option<&str>) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET /api/health HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_needs_a_token_beyond_loopback_and_its_own_host_name() {
+    let env = Env::new();
+    let port = free_port();
+    // Beyond loopback without a token: refused before anything starts.
+    let err = env.fail(&["up", "--listen", &format!("0.0.0.0:{port}")]);
+    assert!(err.contains("--api-token-file"), "{err}");
+    let token = env.dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let err = env.fail(&[
+        "up",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--api-token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut up = env
+        .command(&[
+            "up",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--api-token-file",
+            token.to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let here = format!("127.0.0.1:{port}");
+    let bearer = "Bearer 0123456789abcdef0123456789abcdef";
+    wait_for("the API", 60, || {
+        (get_status(port, &here, Some(bearer)) == Some(200)).then_some(())
+    });
+    assert_eq!(get_status(port, &here, None), Some(401), "no token");
+    assert_eq!(
+        get_status(port, &here, Some("Bearer 0123456789abcdef0123456789abcdee")),
+        Some(401),
+        "wrong token"
+    );
+    // DNS rebinding: a page of evil.example resolving to 127.0.0.1 names its own host.
+    assert_eq!(get_status(port, "evil.example", Some(bearer)), Some(421));
+    assert_eq!(
+        get_status(port, &format!("localhost:{port}"), Some(bearer)),
+        Some(200)
+    );
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(up.id() as i32, libc::SIGTERM);
+    }
+    assert!(up.wait().unwrap().success());
+}

@@ -371,9 +371,9 @@ impl Protection {
                 Bytes::from(prepared.manifest_bytes.clone()),
             )
             .await?;
-        self.state()
-            .record_shipment(&m.object(), &region.name, &sha)
-            .await
+        let st = self.state();
+        st.set_object_sha(&m.object(), &sha).await?;
+        st.record_shipment(&m.object(), &region.name, &sha).await
     }
 }
 

@@ -495,6 +495,42 @@ impl Protection {
         st.record_shipment(&name, &region.name, &sha).await
     }
 
+    /// Puts the current key object of every export this region holds but whose shipment was
+    /// forgotten (a keyring change could not reach the region): otherwise its old key object,
+    /// wrapped for a removed recipient, would stay there.
+    async fn restore_export_keys(
+        &self,
+        region: &Region,
+        shredding: &HashSet<ClusterId>,
+    ) -> Result<()> {
+        let st = self.state();
+        for k in st.object_keys().await? {
+            let Some(id) = k.object.strip_prefix("export-") else {
+                continue;
+            };
+            if k.key_object == b"shredded"
+                || shredding.iter().any(|c| c.to_string() == k.cluster_id)
+                || st.shipped_to(&k.object, &region.name).await?
+            {
+                continue;
+            }
+            let Some(sha) = k.object_sha256.clone() else {
+                continue;
+            };
+            if region
+                .head(&keys::export_manifest(&k.cluster_id, id))
+                .await?
+                .is_none()
+            {
+                continue;
+            }
+            self.put_key_object_of(region, &k.cluster_id, &k.object)
+                .await?;
+            st.record_shipment(&k.object, &region.name, &sha).await?;
+        }
+        Ok(())
+    }
+
     /// Layers of `filter` (or every cluster) not yet shipped to `region`, oldest first.
     async fn pending(&self, region: &str, filter: Option<ClusterId>) -> Result<Vec<LayerRow>> {
         let shipped: HashSet<String> = self
@@ -510,8 +546,11 @@ impl Protection {
             if filter.is_some_and(|f| f != c.id) {
                 continue;
             }
+            let scratch = self.scratch_timelines(&c).await?;
             let mut layers = self.engine.catalog.layers(c.id).await?;
-            layers.retain(|l| !shipped.contains(&l.id.to_string()));
+            layers.retain(|l| {
+                !shipped.contains(&l.id.to_string()) && !scratch.contains(&l.timeline_id)
+            });
             out.extend(layers);
         }
         out.sort_by_key(|l| l.created_at_us);
@@ -751,6 +790,7 @@ impl Protection {
                 self.ship_secrets(region, &c).await?;
             }
         }
+        self.restore_export_keys(region, &shredding).await?;
         let mut pending = self.pending(&region.name, filter).await?;
         pending.retain(|l| !shredding.contains(&l.cluster_id));
         self.update(&region.name, |s| {
@@ -803,6 +843,19 @@ impl Protection {
             }
         }
         results
+    }
+
+    /// Timelines of an export's scratch branches: never shipped or indexed.
+    async fn scratch_timelines(&self, c: &ClusterRow) -> Result<HashSet<cairn_engine::TimelineId>> {
+        Ok(self
+            .engine
+            .catalog
+            .branches(c.id)
+            .await?
+            .into_iter()
+            .filter(|b| b.name.starts_with(cairn_engine::branch::SCRATCH_PREFIX))
+            .map(|b| b.timeline_id)
+            .collect())
     }
 
     /// (object -> regions holding it) from the catalog.
@@ -894,7 +947,11 @@ impl Protection {
             let refs = self.layer_refs(&c).await?;
             let branches = self.engine.catalog.branches(c.id).await?;
             let secrets = self.secrets_ref(&c, &region.name, &keys).await?;
+            let scratch = self.scratch_timelines(&c).await?;
             for tl in self.engine.catalog.timelines(c.id).await? {
+                if scratch.contains(&tl.id) {
+                    continue;
+                }
                 let own: Vec<LayerRow> = layers
                     .iter()
                     .filter(|l| l.timeline_id == tl.id)

@@ -19,6 +19,10 @@ use crate::layer::file::{LayerFile, LayerKind};
 use crate::layer::wal::WalMeta;
 use crate::wal::{ParseLimits, WalParser};
 
+/// Branches named so are an export's scratch copies: never shipped, removed after the export
+/// (or by the next sweep when the export was killed).
+pub const SCRATCH_PREFIX: &str = "export-";
+
 /// A point in a branch's history, as the user names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PointSpec {

@@ -252,6 +252,33 @@ impl Engine {
     /// Removes what crashed processes left outside any timeline: directories of clusters and
     /// timelines the catalog does not know, and computes that are not in it (stopping any
     /// server still running there). Skipped while another process creates a cluster.
+    /// Deletes the scratch branches of exports whose process is gone (their lock is free),
+    /// with their computes: they held a point's data for a dump, nothing else.
+    async fn sweep_scratch_branches(&self) -> Result<usize> {
+        let mut removed = 0;
+        for c in self.catalog.clusters().await? {
+            for b in self.catalog.branches(c.id).await? {
+                if !b.name.starts_with(crate::branch::SCRATCH_PREFIX) {
+                    continue;
+                }
+                let Ok(_g) = self.home.lock(
+                    &format!("scratch-branch-{}", b.name),
+                    "an export's scratch branch",
+                    std::time::Duration::ZERO,
+                ) else {
+                    continue;
+                };
+                tracing::info!(branch = %b.name, "removing the scratch branch of a killed export");
+                if self.catalog.compute(b.timeline_id).await?.is_some() {
+                    self.force_stop_compute(c.id, b.timeline_id).await?;
+                }
+                self.branch_delete(&c, &b.name).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn recover_orphans(&self) -> Result<usize> {
         match self
             .home
@@ -264,7 +291,8 @@ impl Engine {
     }
 
     async fn recover_orphans_locked(&self) -> Result<usize> {
-        let mut removed = 0;
+        let mut removed = self.home.sweep_scratch();
+        removed += self.sweep_scratch_branches().await?;
         let clusters = self.catalog.clusters().await?;
         let mut known_tls = std::collections::HashSet::new();
         for c in &clusters {

@@ -17,6 +17,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -169,6 +170,73 @@ impl Home {
         Ok(LockGuard { _file: f })
     }
 
+    fn scratch_lock_name(area: &str, name: &str) -> String {
+        format!("scratch-{area}-{name}")
+    }
+
+    /// Creates `HOME/area/name` (the area with `area_mode`, the directory with `mode`) and
+    /// locks it for the life of the returned guard.
+    pub fn scratch_dir(
+        &self,
+        area: &str,
+        name: &str,
+        area_mode: u32,
+        mode: u32,
+    ) -> Result<ScratchDir> {
+        let root = self.root.join(area);
+        fsutil::create_dir_mode(&root, area_mode).ctx("create directory", &root)?;
+        let lock = self.lock(
+            &Self::scratch_lock_name(area, name),
+            "a scratch directory",
+            Duration::ZERO,
+        )?;
+        let path = root.join(name);
+        fs::create_dir(&path).ctx("create directory", &path)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).ctx("set mode", &path)?;
+        Ok(ScratchDir { path, _lock: lock })
+    }
+
+    /// Removes the scratch directories of restores and exports that no longer run (their
+    /// process was killed): plaintext is never left behind for longer than until the next
+    /// `cairn up`, restore or export. Returns how many were removed.
+    pub fn sweep_scratch(&self) -> usize {
+        let mut removed = 0;
+        for area in SCRATCH_AREAS {
+            for e in fs::read_dir(self.root.join(area))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !e.path().is_dir() || name.starts_with('.') {
+                    continue;
+                }
+                let Ok(_g) = self.lock(
+                    &Self::scratch_lock_name(area, &name),
+                    "a scratch directory",
+                    Duration::ZERO,
+                ) else {
+                    continue; // in use
+                };
+                match fs::remove_dir_all(e.path()) {
+                    Ok(()) => {
+                        tracing::info!(dir = %e.path().display(), "removed plaintext a killed restore or export left");
+                        let _ = fs::remove_file(
+                            self.root
+                                .join("locks")
+                                .join(format!("{}.lock", Self::scratch_lock_name(area, &name))),
+                        );
+                        removed += 1;
+                    }
+                    Err(err) => {
+                        tracing::warn!(dir = %e.path().display(), error = %err, "could not remove a scratch directory")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Lock serialising all changes to one timeline (its layers, head and compute).
     pub fn lock_timeline(&self, t: TimelineId, what: &str) -> Result<LockGuard> {
         self.lock(&format!("timeline-{t}"), what, Duration::from_secs(600))
@@ -193,4 +261,26 @@ impl Home {
 /// Held while a lock is owned; released on drop (or when the process dies).
 pub struct LockGuard {
     _file: File,
+}
+
+/// Where plaintext lives while a restore or an export runs.
+pub const SCRATCH_AREAS: [&str; 2] = ["restore", "export"];
+
+/// A directory holding plaintext for the life of one restore or export (a staging area, a
+/// dump, a scratch data directory): created under `HOME/AREA/`, locked while it lives, removed
+/// when dropped. One that a killed process left behind has a free lock, and
+/// [`Home::sweep_scratch`] removes it.
+pub struct ScratchDir {
+    pub path: PathBuf,
+    _lock: LockGuard,
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.path.display(), error = %e, "could not remove a scratch directory");
+            }
+        }
+    }
 }

@@ -398,6 +398,7 @@ fn delta_file(
         .create(true)
         .truncate(false)
         .mode(f.mode & 0o777 | 0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(p)
         .ctx("open file", p)?;
     let have = out.metadata().ctx("stat", p)?.len();
@@ -421,7 +422,7 @@ fn delta_file(
         progress.fetch_add(len, Ordering::Relaxed);
     }
     out.set_len(pos).ctx("truncate", p)?;
-    fs::set_permissions(p, fs::Permissions::from_mode(f.mode & 0o777 | 0o600))
+    out.set_permissions(fs::Permissions::from_mode(f.mode & 0o777 | 0o600))
         .ctx("set mode", p)?;
     Ok(pos)
 }

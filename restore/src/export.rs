@@ -80,19 +80,6 @@ pub struct ExportReport {
     pub total_seconds: f64,
 }
 
-/// A directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.0.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&self.0) {
-                tracing::warn!(dir = %self.0.display(), error = %e, "could not remove an export's scratch directory");
-            }
-        }
-    }
-}
-
 /// How `pg_dump` reaches the scratch copy.
 struct DumpFrom {
     host: String,
@@ -129,9 +116,30 @@ fn pgpass_field(s: &str) -> String {
     s.replace('\\', "\\\\").replace(':', "\\:")
 }
 
+/// A database name handed to `pg_dump --dbname`: libpq would read one holding `=` or a URI
+/// scheme as a whole connection string (another host, another user), so such names are
+/// refused.
+pub fn validate_database(name: &str) -> Result<()> {
+    let lower = name.to_ascii_lowercase();
+    if name.is_empty()
+        || name.len() > 63
+        || name.contains('=')
+        || lower.starts_with("postgres://")
+        || lower.starts_with("postgresql://")
+        || name.chars().any(char::is_control)
+    {
+        return Err(Error::Refused(format!(
+            "'{name}' cannot be exported by name: a database name for --database must be 1 to 63 \
+             characters without '=', control characters or a postgres:// prefix"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `pg_dump -Fc` of `database` into `out`. The password goes through a 0600 password
-/// file, never the command line or the environment.
+/// file, never the command line or the environment, and only for this host and port.
 fn run_pg_dump(bin: &Path, from: &DumpFrom, database: &str, work: &Path, out: &Path) -> Result<()> {
+    validate_database(database)?;
     let mut cmd = Command::new(bin);
     cmd.arg("--format=custom")
         .arg("--no-password")
@@ -151,7 +159,19 @@ fn run_pg_dump(bin: &Path, from: &DumpFrom, database: &str, work: &Path, out: &P
         let pass = work.join("pgpass");
         cairn_engine::fsutil::write_atomic(
             &pass,
-            format!("*:*:*:{}:{}\n", pgpass_field(&from.user), pgpass_field(pw)).as_bytes(),
+            format!(
+                "{}:{}:*:{}:{}\n",
+                // libpq matches a socket directory against "localhost".
+                if from.host.starts_with('/') {
+                    "localhost".to_string()
+                } else {
+                    pgpass_field(&from.host)
+                },
+                from.port,
+                pgpass_field(&from.user),
+                pgpass_field(pw)
+            )
+            .as_bytes(),
             0o600,
         )
         .map_err(|e| Error::io(format!("write {}", pass.display()), e))?;
@@ -183,6 +203,7 @@ pub async fn export(
     let t0 = Instant::now();
     let engine = &p.engine;
     // Refusals before any work.
+    validate_database(&req.database)?;
     match &req.dest {
         Destination::File(f) => {
             if f.exists() {
@@ -203,22 +224,22 @@ pub async fn export(
     }
     let local = engine.catalog.cluster_by_name(&req.cluster).await?;
     let id = new_id();
-    let root = engine.home.root.join("export");
-    cairn_engine::fsutil::create_dir_mode(&root, 0o711)
-        .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
-    let work = Scratch(root.join(format!("work-{id}")));
-    cairn_engine::fsutil::create_dir_mode(&work.0, 0o700)
-        .map_err(|e| Error::io(format!("create {}", work.0.display()), e))?;
-    let dump = work.0.join("dump");
+    engine.home.sweep_scratch();
+    // HOME/export is 0711: the postgres OS user reaches the scratch data directory in it.
+    let work = engine
+        .home
+        .scratch_dir("export", &format!("work-{id}"), 0o711, 0o700)?;
+    let dump = work.path.join("dump");
     let mut phases = ExportPhases::default();
 
     let (cluster, lsn, point_time, source, restore) = match local {
         Some(c) if !req.from_regions => {
-            let (lsn, time) = dump_local(p, &c, req, &work.0, &dump, progress, &mut phases).await?;
+            let (lsn, time) =
+                dump_local(p, &c, req, &work.path, &dump, progress, &mut phases).await?;
             (c, lsn, time, "local layers".to_string(), None)
         }
         _ => {
-            let r = dump_from_region(p, req, &root, &work.0, &dump, progress, &mut phases).await?;
+            let r = dump_from_region(p, req, &work.path, &dump, progress, &mut phases).await?;
             let c = r
                 .cluster_row
                 .clone()
@@ -310,7 +331,17 @@ async fn dump_local(
     let bin = pg_dump_bin(engine.bins_for(c)?)?;
     let t = Instant::now();
     progress.phase("scratch branch", 0);
-    let scratch = format!("export-{}", scratch_suffix());
+    let scratch = format!(
+        "{}{}",
+        cairn_engine::branch::SCRATCH_PREFIX,
+        scratch_suffix()
+    );
+    // Held while the scratch branch lives: a sweep of another process leaves it alone.
+    let _lock = engine.home.lock(
+        &format!("scratch-branch-{scratch}"),
+        "an export's scratch branch",
+        std::time::Duration::ZERO,
+    )?;
     let info = engine
         .branch_create(c, &scratch, &req.branch, &req.point)
         .await
@@ -361,7 +392,6 @@ async fn dump_local(
 async fn dump_from_region(
     p: &Protection,
     req: &ExportRequest,
-    root: &Path,
     work: &Path,
     dump: &Path,
     progress: &Arc<Progress>,
@@ -369,13 +399,18 @@ async fn dump_from_region(
 ) -> Result<RestoreReport> {
     let t = Instant::now();
     // Beside the work directory: the postgres OS user must reach it (HOME/export is 0711).
-    let data = Scratch(root.join(format!("data-{}", scratch_suffix())));
+    let data = p.engine.home.scratch_dir(
+        "export",
+        &format!("data-{}", scratch_suffix()),
+        0o711,
+        0o700,
+    )?;
     let rreq = RestoreRequest {
         cluster: req.cluster.clone(),
         branch: req.branch.clone(),
         point: req.point.clone(),
         target: Target::Datadir {
-            dir: data.0.clone(),
+            dir: data.path.clone(),
             recover: true,
             delta: false,
         },
@@ -391,7 +426,7 @@ async fn dump_from_region(
         .clone()
         .ok_or_else(|| Error::Refused("the restore did not name its cluster".into()))?;
     let bin = pg_dump_bin(p.engine.bins_for(&cluster)?)?;
-    let server = PrivateServer::start(&p.engine, &cluster, &data.0)?;
+    let server = PrivateServer::start(&p.engine, &cluster, &data.path)?;
     phases.scratch = t.elapsed().as_secs_f64();
     let from = DumpFrom {
         host: server.socket_dir().display().to_string(),

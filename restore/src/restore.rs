@@ -226,16 +226,9 @@ async fn run(
         &req.signers,
     )
     .await?;
-    let restore_root = local.home.root.join("restore");
-    let staging = Staging::build(
-        &restore_root,
-        None,
-        &view,
-        &req.branch,
-        &source,
-        req.parallel,
-    )
-    .await?;
+    local.home.sweep_scratch();
+    let staging =
+        Staging::build(&local.home, None, &view, &req.branch, &source, req.parallel).await?;
     let cluster = staging.cluster.clone();
     let se = &staging.engine;
     let (_, tl) = se.resolve_branch(&cluster, &req.branch).await?;
@@ -405,6 +398,11 @@ async fn run(
             };
             let t2 = Instant::now();
             progress.phase("write", image_size);
+            if delta {
+                // The earlier restore belongs to the postgres OS user: root takes it over
+                // before writing through its paths (no link can be slipped in meanwhile).
+                local.user.take_over_tree(dir)?;
+            }
             let (pl, pa, d, pr) = (plan.clone(), paths.clone(), dir.clone(), progress.clone());
             let stats = tokio::task::spawn_blocking(move || {
                 if delta {

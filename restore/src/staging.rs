@@ -5,11 +5,14 @@
 //! region's verified indexes and the metadata of the WAL layers on the branch's ancestry
 //! (fetched by ranged reads, not whole), so the engine's own point resolution and layer map
 //! answer "which layers rebuild this point" exactly as they would locally. Only the layers of
-//! the chosen plan are then downloaded into it. The directory is removed when the staging
-//! area is dropped, whatever happened.
+//! the chosen plan are then downloaded into it. The directory (plaintext layers) is removed
+//! when the staging area is dropped, and, if the process is killed, by the next sweep of
+//! scratch directories ([`cairn_engine::home::Home::sweep_scratch`]).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use cairn_engine::home::{Home, ScratchDir};
 
 use futures::StreamExt;
 
@@ -28,22 +31,16 @@ pub struct Staging {
     pub cluster: ClusterRow,
     /// Every layer of the staged history: its catalog row and what the index says of it.
     pub layers: HashMap<LayerId, (LayerRow, IndexedLayer)>,
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the staging area");
-            }
-        }
-    }
+    /// Locks the directory while the staging area lives; removes it when dropped (after the
+    /// engine's catalog is closed: fields drop in order).
+    _scratch: ScratchDir,
 }
 
 impl Staging {
-    /// Stages the ancestry of `branch` from `view` under `root` (created, removed on drop).
+    /// Stages the ancestry of `branch` from `view` in a scratch directory of `home` (created,
+    /// removed on drop).
     pub async fn build(
-        root: &Path,
+        home: &Home,
         pg_bin: Option<PathBuf>,
         view: &ClusterView,
         branch: &str,
@@ -75,22 +72,19 @@ impl Staging {
         let metas: HashMap<_, _> = metas.into_iter().collect::<Result<_>>()?;
         let indexes: Vec<_> = ancestry.iter().map(|i| (*i).clone()).collect();
         let rows = catalog_rows(&indexes, &metas, &view.region)?;
-        let dir = root.join(format!("staging-{}", cairn_engine::TimelineId::generate()));
-        cairn_engine::fsutil::create_dir_mode(&dir, 0o700)
-            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-        let engine = match Engine::open(EngineOptions {
+        let scratch = home.scratch_dir(
+            "restore",
+            &format!("staging-{}", cairn_engine::TimelineId::generate()),
+            0o700,
+            0o700,
+        )?;
+        let dir = scratch.path.clone();
+        let engine = Engine::open(EngineOptions {
             home: dir.clone(),
             catalog_url: None,
             pg_bin,
         })
-        .await
-        {
-            Ok(e) => e,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e.into());
-            }
-        };
+        .await?;
         let cluster = rows
             .clusters
             .first()
@@ -112,6 +106,7 @@ impl Staging {
             dir,
             cluster,
             layers,
+            _scratch: scratch,
         };
         rows.insert(&staging.engine).await?;
         Ok(staging)

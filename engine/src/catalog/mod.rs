@@ -259,6 +259,29 @@ pub fn redact_url(url: &str) -> String {
     url.to_string()
 }
 
+/// An embedded catalog's files are the appliance's alone (its directory is 0711, so that the
+/// postgres OS user can reach computes): the database is created 0600 before SQLite opens it
+/// (SQLite gives its -wal and -shm files the same mode), and existing ones are set so.
+fn private_sqlite_files(url: &str) -> Result<()> {
+    use crate::error::IoContext;
+    use std::os::unix::fs::PermissionsExt;
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        return Ok(());
+    };
+    let path = Path::new(rest.split('?').next().unwrap_or(rest));
+    if !path.exists() {
+        crate::fsutil::write_new(path, b"", 0o600).ctx("create catalog", path)?;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                .ctx("set mode", &p)?;
+        }
+    }
+    Ok(())
+}
+
 impl Catalog {
     /// The embedded catalog of a data directory.
     pub fn sqlite_url(home: &Path) -> String {
@@ -278,6 +301,9 @@ impl Catalog {
                 redact_url(url)
             )));
         };
+        if backend == Backend::Sqlite {
+            private_sqlite_files(url)?;
+        }
         let mut opts = AnyPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30));

@@ -122,6 +122,12 @@ impl Server {
         if !self.log.exists() {
             fs::write(&self.log, b"").ctx("create log file", &self.log)?;
         }
+        // Server logs can quote SQL and key values: the server's OS user only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&self.log, fs::Permissions::from_mode(0o600))
+                .ctx("set mode", &self.log)?;
+        }
         self.user.chown(&self.log)?;
         let base = [
             ("port", self.port.to_string()),
