@@ -776,6 +776,50 @@ async fn keyring_entries_that_would_corrupt_key_objects_are_refused() {
             .len(),
         2
     );
+
+    // Whoever can write the catalog (a remote PostgreSQL catalog's administrators) cannot add
+    // a recipient or a trusted signer: trust lives in the signed trust file, not in rows.
+    let attacker = Attacker::new();
+    let cat = cairn_engine::catalog::Catalog::open(&cairn_engine::catalog::Catalog::sqlite_url(
+        &env.home,
+    ))
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO key_recipients (recipient, role, label, added_at) VALUES ($1, 'escrow', 'x', 0)")
+        .bind(attacker.identity.recipient.clone())
+        .execute(cat.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE appliance SET trusted_signers = $1")
+        .bind(hex::encode(attacker.signer.public()))
+        .execute(cat.pool())
+        .await
+        .unwrap();
+    cat.close().await;
+    let list = env.json(&["key", "list"]).to_string();
+    assert!(!list.contains(&attacker.identity.recipient), "{list}");
+    assert!(
+        !list.contains(&hex::encode(attacker.signer.public())),
+        "{list}"
+    );
+    // The trust file itself, edited outside cairn, is refused rather than believed.
+    let trust = env.home.join("keys/trust");
+    let mut b = std::fs::read(&trust).unwrap();
+    let n = b.len();
+    b[n - 2] ^= 1;
+    std::fs::write(&trust, &b).unwrap();
+    let err = env.fail(&["key", "list"]);
+    assert!(
+        err.contains("keys/trust") && err.contains("signature"),
+        "{err}"
+    );
+    // The catalog is the appliance's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.home.join("catalog.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }
 
 #[tokio::test(flavor = "multi_thread")]

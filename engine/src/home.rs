@@ -284,3 +284,28 @@ impl Drop for ScratchDir {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_directories_live_while_locked_and_are_swept_after() {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::open(d.path()).unwrap();
+        let live = home
+            .scratch_dir("restore", "staging-live", 0o700, 0o700)
+            .unwrap();
+        std::fs::write(live.path.join("plain"), b"plaintext").unwrap();
+        // What a killed export left: a directory nobody holds the lock of.
+        let dead = d.path().join("export/work-dead");
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("dump"), b"plaintext").unwrap();
+        assert_eq!(home.sweep_scratch(), 1);
+        assert!(!dead.exists(), "the dead one is gone");
+        assert!(live.path.join("plain").exists(), "the live one is kept");
+        let p = live.path.clone();
+        drop(live);
+        assert!(!p.exists(), "removed when dropped");
+    }
+}

@@ -332,6 +332,11 @@ mod tests {
         check(&swapped, "chunk 0 fails");
         let other = seal_all(&dek, &hdr(2), &p);
         check(&other, "objects swapped");
+        // A chunk size above what cairn writes is refused before any read is sized by it.
+        let mut big = hdr(1);
+        big.chunk_size = CHUNK_SIZE + 1;
+        let e = Header::decode(&big.encode(), "h").unwrap_err().to_string();
+        assert!(e.contains("larger than cairn writes"), "{e}");
         let mut hdr_flip = s.clone();
         hdr_flip[12] ^= 1; // chunk size
         assert!(open_all(&dek, &hdr_flip, &[1; 32], "x").is_err());

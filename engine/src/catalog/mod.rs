@@ -256,7 +256,19 @@ pub fn redact_url(url: &str) -> String {
         }
         return "postgres://(unparsable URL)".into();
     }
-    url.to_string()
+    // Any other scheme: drop the password of the authority, keep the rest.
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((creds, host)) => {
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// An embedded catalog's files are the appliance's alone (its directory is 0711, so that the

@@ -409,3 +409,34 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
     }
 }
+
+#[cfg(test)]
+mod shell_tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_quoted_for_the_shell() {
+        // What /bin/sh makes of the quoted word is the word itself.
+        for v in [
+            "plain",
+            "with space",
+            "it's",
+            "$(touch /tmp/x)",
+            "`x`",
+            "a\"b",
+            "",
+        ] {
+            let word = shell_quote(&format!("k={v}"));
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("printf %s {word}"))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), format!("k={v}"));
+        }
+        assert!(shell_safe_path(Path::new("/srv/pg data/x")).is_ok());
+        for bad in ["/srv/\"x", "/srv/$HOME", "/srv/`id`", "/srv/a\\b"] {
+            assert!(shell_safe_path(Path::new(bad)).is_err(), "{bad}");
+        }
+    }
+}
