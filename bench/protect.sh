@@ -110,7 +110,8 @@ Produced by \`bash bench/protect.sh $SCALE\` on $(date -u +%Y-%m-%d): $(nproc) c
 $(pgbackrest version), release build of cairn. Each tool backs up its own fresh pgbench
 scale-$SCALE cluster (the same data generator, the same size) to two local repositories,
 compressed (zstd level 1) and encrypted: Cairn to two regions with AES-256-GCM envelope
-encryption (\`cairn backup now\`: ingest, image, seal, ship, signed indexes); pgBackRest with
+encryption (\`cairn backup now\`: ingest, image, seal, ship, read every object back from each
+region to prove it is stored before it counts, signed indexes); pgBackRest with
 aes-256-cbc and process-max 2, one \`backup\` per repository (it backs up to one repository per
 run) plus WAL archiving to both. Bytes are what the repositories grew by.
 

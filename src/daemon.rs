@@ -158,6 +158,8 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
                 args.listen
             )
         })?;
+    // With --listen 127.0.0.1:0 the system picks the port: say which one.
+    let bound = listener.local_addr().unwrap_or(args.listen);
     engine.recover_orphans().await?;
     if args.demo && engine.catalog.clusters().await?.is_empty() {
         demo(&engine).await.context("setting up the demo cluster")?;
@@ -210,7 +212,7 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     eprintln!(
         "cairn is up: data in {}, API on http://{}/api/health (Ctrl-C to stop)",
         daemon.engine.home.root.display(),
-        args.listen
+        bound
     );
     if daemon.protection.fenced() {
         eprintln!(

@@ -284,42 +284,51 @@ async fn plant_commit_times(
     panic!("no WAL layer with commits could be re-encoded to the same size");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn junk_forged_signers_forged_keys_and_planted_metadata_never_decide_a_restore() {
-    let env = Env::new();
-    let v = victim(&env, "").await;
-    let a = file_region_of(&env, "region-a");
-    let attacker = Attacker::new();
-    let idx = indexes(&a).await;
+/// Plants, next to main's index in `region`: junk under the highest generation name, and one
+/// generation below a well-formed index signed by the attacker's own key. Returns main's
+/// genuine index and the prefix of its timeline.
+async fn plant_indexes(region: &Region, attacker: &Attacker) -> (TimelineIndex, String) {
+    let idx = indexes(region).await;
     let (main_key, main_idx) = idx
         .iter()
         .find(|(_, i)| i.timeline.branch.as_ref().is_some_and(|b| b.name == "main"))
         .cloned()
         .unwrap();
     let prefix = main_key.rsplit_once('/').unwrap().0.to_string();
-    // 1. Junk under the highest generation name.
-    a.put(
-        &format!("{prefix}/index-ffffffffffffffff"),
-        Bytes::from_static(b"not an index at all"),
-    )
-    .await
-    .unwrap();
-    // 2. A well-formed index signed by the attacker's own key, one generation below.
+    region
+        .put(
+            &format!("{prefix}/index-ffffffffffffffff"),
+            Bytes::from_static(b"not an index at all"),
+        )
+        .await
+        .unwrap();
     let mut forged = main_idx.clone();
     forged.generation = u64::MAX - 1;
     forged.path = format!("{prefix}/index-fffffffffffffffe");
     forged.layers.truncate(1);
-    a.put(
-        &forged.path,
-        Bytes::from(sign_blob(
-            b"CAIRNIDX",
-            2,
-            &attacker.signer,
-            &serde_json::to_vec(&forged).unwrap(),
-        )),
-    )
-    .await
-    .unwrap();
+    region
+        .put(
+            &forged.path,
+            Bytes::from(sign_blob(
+                b"CAIRNIDX",
+                2,
+                &attacker.signer,
+                &serde_json::to_vec(&forged).unwrap(),
+            )),
+        )
+        .await
+        .unwrap();
+    (main_idx, prefix)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn junk_forged_signers_forged_keys_and_planted_metadata_never_decide_a_restore() {
+    let env = Env::new();
+    let v = victim(&env, "").await;
+    let a = file_region_of(&env, "region-a");
+    let attacker = Attacker::new();
+    // 1, 2. Junk under the highest generation name; an index signed by the attacker.
+    let (main_idx, prefix) = plant_indexes(&a, &attacker).await;
     // 3. A forged key object (and envelope) for the newest image layer.
     let image = main_idx
         .layers
@@ -829,33 +838,7 @@ async fn an_s3_region_under_attack_is_read_around_not_trusted() {
     let v = victim(&env, &garage.region_toml("s3", "prod")).await;
     let s3 = Region::connect(&garage.region_config("s3", "prod")).unwrap();
     let attacker = Attacker::new();
-    let idx = indexes(&s3).await;
-    let (main_key, main_idx) = idx
-        .iter()
-        .find(|(_, i)| i.timeline.branch.as_ref().is_some_and(|b| b.name == "main"))
-        .cloned()
-        .unwrap();
-    let prefix = main_key.rsplit_once('/').unwrap().0.to_string();
-    s3.put(
-        &format!("{prefix}/index-ffffffffffffffff"),
-        Bytes::from_static(b"junk"),
-    )
-    .await
-    .unwrap();
-    let mut forged = main_idx.clone();
-    forged.generation = u64::MAX - 1;
-    forged.path = format!("{prefix}/index-fffffffffffffffe");
-    s3.put(
-        &forged.path,
-        Bytes::from(sign_blob(
-            b"CAIRNIDX",
-            2,
-            &attacker.signer,
-            &serde_json::to_vec(&forged).unwrap(),
-        )),
-    )
-    .await
-    .unwrap();
+    let (main_idx, _) = plant_indexes(&s3, &attacker).await;
     let image = main_idx
         .layers
         .iter()

@@ -245,17 +245,7 @@ async fn the_api_needs_a_token_beyond_loopback_and_its_own_host_name() {
     ]);
     assert!(err.contains("chmod 600"), "{err}");
     std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let mut up = env
-        .command(&[
-            "up",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--api-token-file",
-            token.to_str().unwrap(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut up, port) = env.spawn_up(&["--api-token-file", token.to_str().unwrap()]);
     let here = format!("127.0.0.1:{port}");
     let bearer = "Bearer 0123456789abcdef0123456789abcdef";
     wait_for("the API", 60, || {

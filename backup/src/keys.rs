@@ -293,6 +293,23 @@ pub fn open_blob_versions<'a>(
     Ok((v, signer, body))
 }
 
+/// Opens a signed blob whose body is JSON: magic, version and signature checked, the signer
+/// required to be in `trusted`, the body parsed. Returns the body and the signer.
+pub fn open_signed_json<T: serde::de::DeserializeOwned>(
+    magic: &[u8; 8],
+    version: u16,
+    bytes: &[u8],
+    trusted: &[[u8; 32]],
+    what: &str,
+    kind: &str,
+) -> Result<(T, [u8; 32])> {
+    let (signer, body) = open_blob(magic, version, bytes, what, kind)?;
+    require_trusted(&signer, trusted, what)?;
+    let v = serde_json::from_slice(body)
+        .map_err(|e| Error::tampered(what, format!("body does not parse: {e}")))?;
+    Ok((v, signer))
+}
+
 /// Refuses a blob signed by a key outside `trusted`, naming both and the way out.
 pub fn require_trusted(signer: &[u8; 32], trusted: &[[u8; 32]], what: &str) -> Result<()> {
     if trusted.contains(signer) {

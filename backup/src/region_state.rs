@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::keys::{open_blob, require_trusted, sign_blob, RecipientEntry, Signer};
+use crate::keys::{open_signed_json, sign_blob, RecipientEntry, Signer};
 
 pub const MAGIC: &[u8; 8] = b"CAIRNRST";
 pub const VERSION: u16 = 1;
@@ -80,10 +80,8 @@ impl RegionState {
         signers: &[[u8; 32]],
     ) -> Result<RegionState> {
         let what = format!("region '{region}', state {name}");
-        let (signer, body) = open_blob(MAGIC, VERSION, bytes, &what, "region state")?;
-        require_trusted(&signer, signers, &what)?;
-        let s: RegionState = serde_json::from_slice(body)
-            .map_err(|e| Error::tampered(&what, format!("body does not parse: {e}")))?;
+        let (s, _): (RegionState, _) =
+            open_signed_json(MAGIC, VERSION, bytes, signers, &what, "region state")?;
         if s.format != 1 {
             return Err(Error::tampered(
                 &what,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use cairn_engine::catalog::{now_us, Backend};
 
 use crate::error::{Error, Result};
-use crate::keys::{open_blob, require_trusted, sign_blob, Signer};
+use crate::keys::{open_signed_json, sign_blob, Signer};
 use crate::ship::Protection;
 use crate::state::Shred;
 
@@ -67,10 +67,8 @@ impl ShredRecord {
         signers: &[[u8; 32]],
     ) -> Result<ShredRecord> {
         let what = format!("region '{region}', {name}");
-        let (signer, body) = open_blob(MAGIC, VERSION, bytes, &what, "shred record")?;
-        require_trusted(&signer, signers, &what)?;
-        let r: ShredRecord = serde_json::from_slice(body)
-            .map_err(|e| Error::tampered(&what, format!("body does not parse: {e}")))?;
+        let (r, _): (ShredRecord, _) =
+            open_signed_json(MAGIC, VERSION, bytes, signers, &what, "shred record")?;
         if r.format != 1 || r.path != name || record_key(&r.cluster_id) != name {
             return Err(Error::tampered(&what, "not the shred record of this name"));
         }

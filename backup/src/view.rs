@@ -64,6 +64,46 @@ fn reason_of(e: &Error) -> String {
 /// An index object found by listing: (generation, key, size).
 type Candidate = (u64, String, u64);
 
+/// Reads a small object of `size` bytes (as listed) and decodes it with `decode`. Anything
+/// wrong with it — too large, unreadable for good, not decoding — is set aside in `rejected`
+/// (`None`); only a region that cannot be reached now is an error.
+async fn fetch_decoded<T>(
+    region: &Region,
+    key: &str,
+    size: u64,
+    max: u64,
+    kind: &str,
+    rejected: &mut Vec<Rejected>,
+    decode: impl FnOnce(&[u8]) -> Result<T>,
+) -> Result<Option<T>> {
+    let reject = |reason: String| Rejected {
+        region: region.name.clone(),
+        object: key.to_string(),
+        reason,
+    };
+    if size > max {
+        rejected.push(reject(format!(
+            "is {size} bytes, more than {kind} can be: not read"
+        )));
+        return Ok(None);
+    }
+    let bytes = match region.get_bounded(key, max).await {
+        Ok(b) => b,
+        Err(e) if e.retryable() => return Err(e),
+        Err(e) => {
+            rejected.push(reject(reason_of(&e)));
+            return Ok(None);
+        }
+    };
+    match decode(&bytes) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            rejected.push(reject(reason_of(&e)));
+            Ok(None)
+        }
+    }
+}
+
 /// Reads the newest valid state object of a region.
 async fn read_state(
     region: &Region,
@@ -78,28 +118,19 @@ async fn read_state(
         .collect();
     names.sort_by_key(|n| std::cmp::Reverse(n.0));
     for (_, key, size) in names {
-        let reject = |reason: String| Rejected {
-            region: region.name.clone(),
-            object: key.clone(),
-            reason,
-        };
-        if size > MAX_STATE_BYTES {
-            rejected.push(reject(format!(
-                "is {size} bytes, more than a state object can be: not read"
-            )));
-            continue;
-        }
-        let bytes = match region.get_bounded(&key, MAX_STATE_BYTES).await {
-            Ok(b) => b,
-            Err(e) if e.retryable() => return Err(e),
-            Err(e) => {
-                rejected.push(reject(reason_of(&e)));
-                continue;
-            }
-        };
-        match RegionState::decode_verified(&bytes, &key, &region.name, signers) {
-            Ok(s) => return Ok(Some(s)),
-            Err(e) => rejected.push(reject(reason_of(&e))),
+        let decode = |b: &[u8]| RegionState::decode_verified(b, &key, &region.name, signers);
+        let found = fetch_decoded(
+            region,
+            &key,
+            size,
+            MAX_STATE_BYTES,
+            "a state object",
+            rejected,
+            decode,
+        )
+        .await?;
+        if found.is_some() {
+            return Ok(found);
         }
     }
     Ok(None)
@@ -126,19 +157,19 @@ pub async fn read_region(
     for (key, size) in region.list("clusters").await? {
         let parts: Vec<&str> = key.split('/').collect();
         if let ["clusters", _, "shredded"] = parts.as_slice() {
-            let r = match region.get_bounded(&key, MAX_RECORD_BYTES).await {
-                Ok(b) => ShredRecord::decode_verified(&b, &key, &region.name, signers),
-                Err(e) if e.retryable() => return Err(e),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(r) => shredded.push(r),
-                Err(e) => rejected.push(Rejected {
-                    region: region.name.clone(),
-                    object: key.clone(),
-                    reason: reason_of(&e),
-                }),
-            }
+            let decode = |b: &[u8]| ShredRecord::decode_verified(b, &key, &region.name, signers);
+            shredded.extend(
+                fetch_decoded(
+                    region,
+                    &key,
+                    size,
+                    MAX_RECORD_BYTES,
+                    "a shred record",
+                    &mut rejected,
+                    decode,
+                )
+                .await?,
+            );
             continue;
         }
         if let ["clusters", c, "timelines", t, name] = parts.as_slice() {
@@ -164,34 +195,23 @@ pub async fn read_region(
             seen: seen.get(&t).copied(),
         };
         for (_, key, size) in list {
-            let reject = |reason: String| Rejected {
-                region: region.name.clone(),
-                object: key.clone(),
-                reason,
-            };
-            if size > MAX_INDEX_BYTES {
-                rejected.push(reject(format!(
-                    "is {size} bytes, more than an index can be: not read"
-                )));
-                continue;
-            }
-            let bytes = match region.get_bounded(&key, MAX_INDEX_BYTES).await {
-                Ok(b) => b,
-                Err(e) if e.retryable() => return Err(e),
-                Err(e) => {
-                    rejected.push(reject(reason_of(&e)));
-                    continue;
+            let decode = |b: &[u8]| decode_verified(b, &key, &region.name, &trust);
+            let found = fetch_decoded(
+                region,
+                &key,
+                size,
+                MAX_INDEX_BYTES,
+                "an index",
+                &mut rejected,
+                decode,
+            )
+            .await?;
+            if let Some((idx, signer)) = found {
+                if !accepted_signers.contains(&signer) {
+                    accepted_signers.push(signer);
                 }
-            };
-            match decode_verified(&bytes, &key, &region.name, &trust) {
-                Ok((idx, signer)) => {
-                    if !accepted_signers.contains(&signer) {
-                        accepted_signers.push(signer);
-                    }
-                    indexes.push(idx);
-                    break;
-                }
-                Err(e) => rejected.push(reject(reason_of(&e))),
+                indexes.push(idx);
+                break;
             }
         }
     }

@@ -43,10 +43,9 @@ pub fn commit_new(tmp: &Path, dest: &Path) -> io::Result<()> {
     fsync_dir(dest.parent().unwrap_or(Path::new(".")))
 }
 
-/// Writes `data` to `dest` atomically and durably with the given mode. On failure nothing is
-/// left behind: neither a changed `dest` nor the temporary file.
-pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
+/// Writes `data` durably to a fresh temporary file of `dir` with `mode`; returns its path.
+/// On failure nothing is left behind.
+fn write_temp(dir: &Path, data: &[u8], mode: u32) -> io::Result<PathBuf> {
     let tmp = temp_path(dir);
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -57,10 +56,23 @@ pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
         drop(f);
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-        fs::rename(&tmp, dest)
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
     })();
-    if let Err(e) = result {
+    match result {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Writes `data` to `dest` atomically and durably with the given mode. On failure nothing is
+/// left behind: neither a changed `dest` nor the temporary file.
+pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = write_temp(dir, data, mode)?;
+    if let Err(e) = fs::rename(&tmp, dest) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
@@ -79,29 +91,17 @@ pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
 /// (writing nothing) when `dest` already exists.
 pub fn write_new(dest: &Path, data: &[u8], mode: u32) -> io::Result<bool> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    let tmp = temp_path(dir);
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-        match fs::hard_link(&tmp, dest) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(e),
-        }
-    })();
+    let tmp = write_temp(dir, data, mode)?;
+    let linked = fs::hard_link(&tmp, dest);
     let _ = fs::remove_file(&tmp);
-    let created = result?;
-    if created {
-        fsync_dir(dir)?;
+    match linked {
+        Ok(()) => {
+            fsync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
     }
-    Ok(created)
 }
 
 #[cfg(test)]

@@ -173,6 +173,39 @@ impl Env {
         kit
     }
 
+    /// Starts `cairn up` on a port the system picks (`--listen 127.0.0.1:0`, so that no other
+    /// test can take it meanwhile) with `extra` arguments; returns it and its API port.
+    pub fn spawn_up(&self, extra: &[&str]) -> (std::process::Child, u16) {
+        use std::io::BufRead;
+        let mut args = vec!["up", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut up = self
+            .command(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start cairn up");
+        let mut lines = std::io::BufReader::new(up.stderr.take().expect("stderr")).lines();
+        let mut seen = Vec::new();
+        let port = loop {
+            let Some(line) = lines.next() else {
+                panic!("cairn up ended before it was up:\n{}", seen.join("\n"));
+            };
+            let line = line.expect("read cairn up's log");
+            if let Some(rest) = line.split("API on http://127.0.0.1:").nth(1) {
+                break rest
+                    .split('/')
+                    .next()
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .expect("a port");
+            }
+            seen.push(line);
+        };
+        // Keep draining its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        (up, port)
+    }
+
     /// Stops every compute this test left running.
     pub fn stop_all(&self) {
         let list = self.run(&["compute", "list", "--json"]);
