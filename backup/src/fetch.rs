@@ -299,7 +299,8 @@ pub async fn download(
     progress: Option<&AtomicU64>,
 ) -> Result<u64> {
     let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    cairn_engine::fsutil::create_dirs_durable(dir)
+        .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let tmp = cairn_engine::fsutil::temp_path(dir);
     let mut out = std::io::BufWriter::with_capacity(
         1 << 20,

@@ -79,6 +79,30 @@ pub fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     fsync_dir(dir)
 }
 
+/// Creates `dir` and any missing parents, fsyncing the directory that received each new
+/// entry: a new directory survives a power loss once this returns (some filesystems log a
+/// directory's entries only when the directory itself is synced).
+pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur {
+        if d.as_os_str().is_empty() || d.exists() {
+            break;
+        }
+        missing.push(d.to_path_buf());
+        cur = d.parent();
+    }
+    for d in missing.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        fsync_dir(d.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(())
+}
+
 /// Creates `dir` (and parents) with the given mode on the last component.
 pub fn create_dir_mode(dir: &Path, mode: u32) -> io::Result<()> {
     fs::create_dir_all(dir)?;
@@ -123,5 +147,8 @@ mod tests {
         assert_eq!(names.len(), 1, "only the file itself remains");
         // A failed atomic write (no such directory) leaves nothing either.
         assert!(write_atomic(&d.path().join("missing/x"), b"x", 0o600).is_err());
+        create_dirs_durable(&d.path().join("a/b/c")).unwrap();
+        assert!(d.path().join("a/b/c").is_dir());
+        create_dirs_durable(&d.path().join("a/b/c")).unwrap();
     }
 }

@@ -99,7 +99,8 @@ pub struct LayerWriter {
 
 impl LayerWriter {
     pub fn create(dir: &Path, kind: LayerKind) -> Result<LayerWriter> {
-        fs::create_dir_all(dir).ctx("create layer directory", dir)?;
+        // A new timeline's directory must survive a power loss with its first layer.
+        fsutil::create_dirs_durable(dir).ctx("create layer directory", dir)?;
         let tmp = fsutil::temp_path(dir);
         let f = OpenOptions::new()
             .write(true)
