@@ -36,8 +36,8 @@ pub enum ClusterCmd {
         /// Name for the cluster in Cairn.
         name: String,
         /// Connection URL of the source, without its password; `sslmode` and `sslrootcert`
-        /// are honoured (default: disable on loopback, require elsewhere; verify-full to
-        /// authenticate the server).
+        /// are honoured (default: disable on loopback, require elsewhere, where disable is
+        /// refused; verify-full to authenticate the server).
         #[arg(long, value_name = "URL")]
         from: String,
         /// Replication slot to create on the source (default cairn_NAME).

@@ -5,8 +5,9 @@
 //! - `sslmode` is honoured: `disable`; `require` (encrypted, any certificate); `verify-ca` (a
 //!   chain to `sslrootcert`, or to the system's roots); `verify-full` (that, and the host name).
 //!   `allow` and `prefer` are taken as `require` for a remote host: a connection that a
-//!   network attacker can silently downgrade to plain text is never chosen. Without an
-//!   `sslmode`, a loopback host or a socket directory means `disable`, any other host `require`.
+//!   network attacker can silently downgrade to plain text is never chosen, and `disable` is
+//!   refused for a remote host. Without an `sslmode`, a loopback host or a socket directory
+//!   means `disable`, any other host `require`.
 //! - No password leaves in clear: on a connection without verified TLS, a server that asks for
 //!   a cleartext or MD5 password is refused before anything is sent (the authentication
 //!   request is read on the way in, [`AuthWatch`]). SCRAM (with channel binding over TLS),
@@ -114,6 +115,14 @@ impl TlsPolicy {
         } else {
             SslMode::Require
         });
+        if mode == SslMode::Disable && !is_local(host) {
+            // libpq tools (before PostgreSQL 16) answer any password request: across a
+            // network without TLS, an attacker in the middle could ask for it in clear.
+            return Err(Error::Refused(format!(
+                "sslmode=disable for {host}: a password would cross the network without TLS; \
+                 use sslmode=verify-full (with sslrootcert=FILE) or at least require"
+            )));
+        }
         let rest = if kept.is_empty() {
             base.to_string()
         } else {
@@ -627,6 +636,8 @@ mod tests {
             SslMode::Disable
         );
         assert!(TlsPolicy::from_url("postgres://u@db1/x?sslmode=bogus", "db1").is_err());
+        let e = TlsPolicy::from_url("postgres://u@db1/x?sslmode=disable", "db1").unwrap_err();
+        assert!(e.to_string().contains("without TLS"), "{e}");
         assert_eq!(percent_decode("%41%zz%4"), "A%zz%4");
         assert_eq!(percent_decode("%aé"), "%aé");
     }
