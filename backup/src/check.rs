@@ -22,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::fetch::{stream_verified, Expect, MAX_KEY_OBJECT_BYTES};
 use crate::index::{decode_verified, index_key, Trust, MAX_INDEX_BYTES};
 use crate::keys::Identity;
+use crate::protection::Protection;
 use crate::region::{keys, Region};
-use crate::ship::Protection;
 use crate::state::ObjectKeyRow;
 
 #[derive(Debug, Clone, serde::Serialize)]

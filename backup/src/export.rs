@@ -43,8 +43,9 @@ use crate::error::{Error, Result};
 use crate::fetch::MAX_KEY_OBJECT_BYTES;
 use crate::fetch::{download, Expect, Layout};
 use crate::keys::{open_blob, require_trusted, sign_blob, Identity};
+use crate::protection::Protection;
 use crate::region::{keys, Region};
-use crate::ship::{Protection, SealedReader};
+use crate::ship::SealedReader;
 
 pub const MANIFEST_MAGIC: &[u8; 8] = b"CAIRNEXM";
 pub const FILE_MAGIC: &[u8; 8] = b"CAIRNEXP";

@@ -16,8 +16,8 @@ use cairn_engine::catalog::now_us;
 
 use crate::error::Result;
 use crate::index::{decode_verified, Trust, MAX_INDEX_BYTES};
+use crate::protection::Protection;
 use crate::region::{keys, Region};
-use crate::ship::Protection;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct GcReport {

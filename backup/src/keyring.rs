@@ -22,8 +22,8 @@ use bytes::Bytes;
 use crate::crypto::keyobj::KeyObject;
 use crate::error::{Error, Result};
 use crate::keys::{parse_recipient, validate_label, RecipientEntry};
+use crate::protection::Protection;
 use crate::region::keys;
-use crate::ship::Protection;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct RewrapReport {

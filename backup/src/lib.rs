@@ -25,6 +25,8 @@ pub mod index;
 pub mod keyring;
 pub mod keys;
 pub mod kit;
+pub mod protection;
+pub mod publish;
 pub mod rebuild;
 pub mod region;
 pub mod region_state;
@@ -35,4 +37,4 @@ pub mod trust;
 pub mod view;
 
 pub use error::{Error, Result};
-pub use ship::Protection;
+pub use protection::Protection;

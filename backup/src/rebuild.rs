@@ -29,8 +29,8 @@ use crate::fetch::{download, open_key, Expect, MAX_KEY_OBJECT_BYTES};
 use crate::index::{SealedRef, TimelineIndex};
 use crate::keys::{key_id, Identity, RecipientEntry};
 use crate::kit::{keyring_fingerprint, RecoveryKit};
+use crate::protection::Protection;
 use crate::region::{keys, Region};
-use crate::ship::Protection;
 use crate::state::ObjectKeyRow;
 use crate::view::{read_region, Rejected};
 

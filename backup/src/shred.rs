@@ -30,7 +30,7 @@ use cairn_engine::catalog::{now_us, Backend};
 
 use crate::error::{Error, Result};
 use crate::keys::{open_signed_json, sign_blob, Signer};
-use crate::ship::Protection;
+use crate::protection::Protection;
 use crate::state::Shred;
 
 pub const MAGIC: &[u8; 8] = b"CAIRNSHR";
