@@ -274,7 +274,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Backup(c) => crate::protect::backup(&g, c).await,
         Command::Key(c) => crate::protect::key(&g, c).await,
         Command::Regions(c) => crate::protect::regions(&g, c).await,
-        Command::Catalog(c) => crate::protect::catalog(&g, c).await,
+        Command::Catalog(c) => crate::dr::catalog(&g, c).await,
         Command::Restore(a) => crate::restore::restore(&g, a).await,
         Command::Export(a) => crate::export::export(&g, a).await,
     }

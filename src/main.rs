@@ -7,6 +7,7 @@ mod api;
 mod bar;
 mod commands;
 mod daemon;
+mod dr;
 mod export;
 mod output;
 mod protect;
@@ -99,9 +100,10 @@ pub enum Command {
     /// Object-store regions: list, check (missing or corrupt objects), repair.
     #[command(subcommand)]
     Regions(protect::RegionsCmd),
-    /// Rebuild the catalog of an empty appliance from one region.
+    /// Disaster recovery: rebuild an empty appliance from one region and the recovery kit
+    /// (fenced), then promote it.
     #[command(subcommand)]
-    Catalog(protect::CatalogCmd),
+    Catalog(dr::CatalogCmd),
     /// Restore any point of a branch from a region: as a new branch, or a data directory.
     #[command(after_help = restore::AFTER_HELP)]
     Restore(restore::RestoreArgs),

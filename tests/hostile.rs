@@ -15,87 +15,13 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use cairn_backup::crypto::keyobj::KeyObject;
-use cairn_backup::crypto::stream::{open_all, seal_all, Compression, Header, ObjectKind};
-use cairn_backup::index::TimelineIndex;
-use cairn_backup::keys::{sign_blob, Identity, RecipientEntry, Signer};
-use cairn_backup::region::{Region, RegionConfig};
-use cairn_engine::layer::wal::WalMeta;
+use cairn_backup::crypto::stream::{seal_all, Compression, Header, ObjectKind};
+use cairn_backup::keys::{Identity, RecipientEntry};
+use cairn_backup::region::Region;
+use common::attacker::*;
 use common::garage::Garage;
 use common::*;
 use serde_json::Value;
-
-/// Someone with write access to a region and none of the appliance's keys.
-struct Attacker {
-    identity: Identity,
-    signer: Signer,
-}
-
-impl Attacker {
-    fn new() -> Attacker {
-        let inner = age::x25519::Identity::generate();
-        let recipient = inner.to_public().to_string();
-        Attacker {
-            identity: Identity { inner, recipient },
-            signer: Signer::generate().0,
-        }
-    }
-
-    fn entry(&self) -> RecipientEntry {
-        RecipientEntry {
-            recipient: self.identity.recipient.clone(),
-            role: "escrow".into(),
-            label: "vault".into(),
-        }
-    }
-
-    /// Opens every key object of `region` with the attacker's identity: none may open.
-    async fn assert_opens_nothing(&self, region: &Region) {
-        let mut tried = 0;
-        for (k, _) in region.list("clusters").await.unwrap() {
-            if !k.contains("/keys/") {
-                continue;
-            }
-            let b = region.get(&k).await.unwrap();
-            let Ok(ko) = KeyObject::decode(&b, &k) else {
-                continue;
-            };
-            tried += 1;
-            assert!(
-                ko.unwrap(&[&self.identity], &k).is_err(),
-                "the attacker opened {k} in '{}'",
-                region.name
-            );
-        }
-        assert!(
-            tried > 0,
-            "there were key objects to try in '{}'",
-            region.name
-        );
-    }
-}
-
-fn connect_region(name: &str, url: String) -> Region {
-    Region::connect(&RegionConfig {
-        name: name.into(),
-        url,
-        endpoint: None,
-        s3_region: None,
-        credentials_file: None,
-        allow_http: false,
-        tags: BTreeMap::new(),
-    })
-    .unwrap()
-}
-
-fn file_region_of(env: &Env, name: &str) -> Region {
-    connect_region(
-        name,
-        format!(
-            "file://{}",
-            env.dir.path().join("regions").join(name).display()
-        ),
-    )
-}
 
 /// A backed-up cluster: what a successful restore must bring back.
 struct Victim {
@@ -141,21 +67,6 @@ async fn victim(env: &Env, extra_regions: &str) -> Victim {
     }
 }
 
-/// The signed indexes of a region, by object key (decoded without verification: the attacker
-/// reads what anyone can read).
-async fn indexes(region: &Region) -> Vec<(String, TimelineIndex)> {
-    let mut out = Vec::new();
-    for (k, _) in region.list("clusters").await.unwrap() {
-        if k.contains("/timelines/") {
-            let b = region.get(&k).await.unwrap();
-            if let Ok(idx) = serde_json::from_slice::<TimelineIndex>(&b[106..]) {
-                out.push((k, idx));
-            }
-        }
-    }
-    out
-}
-
 /// The restored data directory's table checksum, checked on a plain PostgreSQL.
 async fn restored_sum(dir: &Path, password: &str) -> String {
     let server = Plain::start(dir);
@@ -193,132 +104,6 @@ fn substitutions(report: &Value) -> Vec<(String, String, String)> {
             )
         })
         .collect()
-}
-
-/// Replaces a layer's key object and envelope with the attacker's: a data key of their own,
-/// wrapped for the appliance's public recipient (read from the region's key objects), sealing
-/// junk under the layer's id.
-async fn forge_layer(region: &Region, cluster: &str, layer: &str) {
-    let kk = format!("clusters/{cluster}/keys/{layer}");
-    let real = KeyObject::decode(&region.get(&kk).await.unwrap(), "k").unwrap();
-    let dek = [7u8; 32];
-    let forged = KeyObject::wrap(&dek, real.object_id, real.key_id, &real.recipients).unwrap();
-    region.put(&kk, Bytes::from(forged.encode())).await.unwrap();
-    let header = Header {
-        kind: ObjectKind::Layer,
-        compression: Compression::None,
-        chunk_size: 1 << 20,
-        object_id: real.object_id,
-        key_id: real.key_id,
-    };
-    let junk = vec![0x41u8; 4096];
-    region
-        .put(
-            &format!("clusters/{cluster}/layers/{layer}"),
-            Bytes::from(seal_all(&dek, &header, &junk)),
-        )
-        .await
-        .unwrap();
-}
-
-/// Someone who knows a WAL layer's data key (a removed escrow holder) moves the times of its
-/// commits: same object size, valid AEAD, valid metadata checksum. Returns the layer id.
-async fn plant_commit_times(
-    region: &Region,
-    cluster: &str,
-    wal_layers: &[String],
-    key_holder: &Identity,
-) -> String {
-    for layer in wal_layers {
-        let kk = format!("clusters/{cluster}/keys/{layer}");
-        let pk = format!("clusters/{cluster}/layers/{layer}");
-        let ko = KeyObject::decode(&region.get(&kk).await.unwrap(), "k").unwrap();
-        let dek = ko.unwrap(&[key_holder], "k").unwrap();
-        let sealed = region.get(&pk).await.unwrap();
-        let plain = open_all(&dek, &sealed, &ko.object_id, "p").unwrap();
-        let n = plain.len();
-        let trailer = &plain[n - 56..];
-        let meta_offset = u64::from_le_bytes(trailer[0..8].try_into().unwrap()) as usize;
-        let meta_len = u64::from_le_bytes(trailer[8..16].try_into().unwrap()) as usize;
-        let compressed = &plain[meta_offset..meta_offset + meta_len];
-        let meta = WalMeta::decode(&zstd::decode_all(compressed).unwrap()).unwrap();
-        if !meta
-            .events
-            .iter()
-            .any(|e| e.kind == cairn_engine::wal::EventKind::Commit)
-        {
-            continue;
-        }
-        // Every commit an hour earlier, compressed hard and padded with a zstd skippable
-        // frame to exactly the old length: a valid frame sequence of the same size.
-        let mut m = meta.clone();
-        for e in &mut m.events {
-            e.time_us -= 3_600_000_000;
-        }
-        let mut c = zstd::encode_all(&m.encode()[..], 19).unwrap();
-        if c.len() + 8 > meta_len {
-            continue;
-        }
-        let pad = meta_len - c.len() - 8;
-        c.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
-        c.extend_from_slice(&(pad as u32).to_le_bytes());
-        c.extend(std::iter::repeat_n(0u8, pad));
-        assert_eq!(
-            WalMeta::decode(&zstd::decode_all(&c[..]).unwrap()).unwrap(),
-            m,
-            "the forged metadata decodes"
-        );
-        let mut forged = plain[..meta_offset].to_vec();
-        forged.extend_from_slice(&c);
-        forged.extend_from_slice(&(meta_offset as u64).to_le_bytes());
-        forged.extend_from_slice(&(meta_len as u64).to_le_bytes());
-        forged.extend_from_slice(&Sha256::digest(&c));
-        forged.extend_from_slice(b"CAIRNEND");
-        assert_eq!(forged.len(), n);
-        let header = Header::decode(&sealed, "h").unwrap();
-        let resealed = seal_all(&dek, &header, &forged);
-        assert_eq!(resealed.len(), sealed.len(), "same object size");
-        region.put(&pk, Bytes::from(resealed)).await.unwrap();
-        return layer.clone();
-    }
-    panic!("no WAL layer with commits could be re-encoded to the same size");
-}
-
-/// Plants, next to main's index in `region`: junk under the highest generation name, and one
-/// generation below a well-formed index signed by the attacker's own key. Returns main's
-/// genuine index and the prefix of its timeline.
-async fn plant_indexes(region: &Region, attacker: &Attacker) -> (TimelineIndex, String) {
-    let idx = indexes(region).await;
-    let (main_key, main_idx) = idx
-        .iter()
-        .find(|(_, i)| i.timeline.branch.as_ref().is_some_and(|b| b.name == "main"))
-        .cloned()
-        .unwrap();
-    let prefix = main_key.rsplit_once('/').unwrap().0.to_string();
-    region
-        .put(
-            &format!("{prefix}/index-ffffffffffffffff"),
-            Bytes::from_static(b"not an index at all"),
-        )
-        .await
-        .unwrap();
-    let mut forged = main_idx.clone();
-    forged.generation = u64::MAX - 1;
-    forged.path = format!("{prefix}/index-fffffffffffffffe");
-    forged.layers.truncate(1);
-    region
-        .put(
-            &forged.path,
-            Bytes::from(sign_blob(
-                b"CAIRNIDX",
-                2,
-                &attacker.signer,
-                &serde_json::to_vec(&forged).unwrap(),
-            )),
-        )
-        .await
-        .unwrap();
-    (main_idx, prefix)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -367,14 +152,8 @@ async fn junk_forged_signers_forged_keys_and_planted_metadata_never_decide_a_res
         if runner.is_some() {
             e.write_regions(&format!(
                 "min_copies = 1\n{}\n{}",
-                format_args!(
-                    "[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
-                    env.dir.path().join("regions/region-a").display()
-                ),
-                format_args!(
-                    "[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-                    env.dir.path().join("regions/region-b").display()
-                )
+                env.file_region("region-a"),
+                env.file_region("region-b")
             ));
             // Without a trust anchor nothing is believed: no trust on first use.
             let target = e.dir.path().join("refused");
@@ -509,10 +288,9 @@ async fn a_rebuild_takes_its_keyring_from_the_kit_and_stays_fenced_until_promote
     // Disaster recovery from region-b, with region-a configured too.
     let dr = Env::new();
     dr.write_regions(&format!(
-        "min_copies = 2\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n\
-         [[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-b").display(),
-        env.dir.path().join("regions/region-a").display()
+        "min_copies = 2\n{}\n{}",
+        env.file_region("region-b"),
+        env.file_region("region-a")
     ));
     let r = dr.json(&[
         "catalog",
@@ -619,10 +397,7 @@ async fn a_rebuild_takes_its_keyring_from_the_kit_and_stays_fenced_until_promote
     // The promoted appliance's backup restores on yet another machine, with its own kit.
     let kit2 = dr.recovery_kit();
     let third = Env::new();
-    third.write_regions(&format!(
-        "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-a").display()
-    ));
+    third.write_regions(&format!("min_copies = 1\n{}", env.file_region("region-a")));
     let target = third.dir.path().join("restored");
     third.ok(&[
         "restore",
@@ -668,10 +443,9 @@ async fn replayed_indexes_and_clusters_sharing_a_name_are_refused() {
     }
     let dr = Env::new();
     dr.write_regions(&format!(
-        "min_copies = 1\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n\
-         [[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-a").display(),
-        env.dir.path().join("regions/region-b").display()
+        "min_copies = 1\n{}\n{}",
+        env.file_region("region-a"),
+        env.file_region("region-b")
     ));
     for (e, why) in [(&env, "already seen"), (&dr, "rolled back")] {
         let target = e.dir.path().join("after-replay");
@@ -850,9 +624,9 @@ async fn an_s3_region_under_attack_is_read_around_not_trusted() {
     // On an empty machine with the S3 region first and the file region as a fallback.
     let dr = Env::new();
     dr.write_regions(&format!(
-        "min_copies = 1\n{}\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
+        "min_copies = 1\n{}\n{}",
         garage.region_toml("s3", "prod"),
-        env.dir.path().join("regions/region-a").display()
+        env.file_region("region-a")
     ));
     let target = dr.dir.path().join("restored");
     let report = dr.json(&[

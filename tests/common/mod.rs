@@ -2,6 +2,7 @@
 //! binary, real PostgreSQL servers.
 #![allow(dead_code)]
 
+pub mod attacker;
 pub mod garage;
 pub mod liar;
 
