@@ -51,6 +51,13 @@ async fn victim(env: &Env, extra_regions: &str) -> Victim {
     )
     .await
     .unwrap();
+    // Commits of their own, so that WAL layers carry metadata worth forging.
+    c.batch_execute("CREATE TABLE ticks (n int)").await.unwrap();
+    for n in 0..100 {
+        c.execute("INSERT INTO ticks VALUES ($1)", &[&n])
+            .await
+            .unwrap();
+    }
     let sum = table_checksum(&c, "t").await;
     drop(c);
     env.stop_all();

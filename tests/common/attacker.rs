@@ -159,20 +159,22 @@ pub async fn plant_commit_times(
         {
             continue;
         }
-        // Every commit an hour earlier, compressed hard and padded with a zstd skippable
-        // frame to exactly the old length: a valid frame sequence of the same size.
+        // Every event moved to one time an hour before the earliest, re-compressed and padded
+        // with a zstd skippable frame to exactly the old length: a valid frame sequence of the
+        // same size (equal times compress better than the genuine ones, which makes room for
+        // the padding frame's header).
+        let earliest = meta.events.iter().map(|e| e.time_us).min().unwrap_or(0);
         let mut m = meta.clone();
         for e in &mut m.events {
-            e.time_us -= 3_600_000_000;
+            e.time_us = earliest - 3_600_000_000;
         }
-        let mut c = zstd::encode_all(&m.encode()[..], 19).unwrap();
-        if c.len() + 8 > meta_len {
+        let raw = m.encode();
+        let Some(c) = (1..=22)
+            .rev()
+            .find_map(|level| same_length_frames(&raw, level, meta_len))
+        else {
             continue;
-        }
-        let pad = meta_len - c.len() - 8;
-        c.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
-        c.extend_from_slice(&(pad as u32).to_le_bytes());
-        c.extend(std::iter::repeat_n(0u8, pad));
+        };
         assert_eq!(
             WalMeta::decode(&zstd::decode_all(&c[..]).unwrap()).unwrap(),
             m,
@@ -192,6 +194,24 @@ pub async fn plant_commit_times(
         return layer.clone();
     }
     panic!("no WAL layer with commits could be re-encoded to the same size");
+}
+
+/// `raw` as one zstd frame at `level` (no content size, checksum or dictionary id), padded
+/// with a skippable frame to exactly `len` bytes; `None` when it does not fit.
+fn same_length_frames(raw: &[u8], level: i32, len: usize) -> Option<Vec<u8>> {
+    let mut z = zstd::bulk::Compressor::new(level).ok()?;
+    z.include_contentsize(false).ok()?;
+    z.include_checksum(false).ok()?;
+    z.include_dictid(false).ok()?;
+    let mut c = z.compress(raw).ok()?;
+    if c.len() == len {
+        return Some(c);
+    }
+    let pad = len.checked_sub(c.len() + 8)?;
+    c.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
+    c.extend_from_slice(&(pad as u32).to_le_bytes());
+    c.extend(std::iter::repeat_n(0u8, pad));
+    Some(c)
 }
 
 /// Plants, next to main's index in `region`: junk under the highest generation name, and one
