@@ -1,10 +1,13 @@
 //! A real S3-compatible server for the tests: Garage, single node, on loopback ports.
 //!
-//! The binary comes from `CAIRN_GARAGE_BIN`, `$HOME/.cache/cairn/garage/bin/garage` (where
-//! `.ci/run` builds it with `cargo install garage`), or `PATH`.
+//! The binary comes from `CAIRN_GARAGE_BIN`, `$CAIRN_GARAGE_ROOT/bin/garage` (default root
+//! `$HOME/.cache/cairn/garage`) or `PATH`. When none has one, the first test that needs it
+//! builds it into the root with `tests/support/install-garage` (also what `.ci/run` calls):
+//! once per process here, and once per machine through the script's file lock.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::free_port;
@@ -19,27 +22,74 @@ pub struct Garage {
     child: Option<Child>,
 }
 
+/// The Garage binary, found or built on first use. A failed build fails every test that needs
+/// Garage with the same message, without building again.
 pub fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAIRN_GARAGE_BIN") {
-        return PathBuf::from(p);
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BINARY.get_or_init(find_or_build) {
+        Ok(p) => p.clone(),
+        Err(e) => panic!("{e}"),
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = Path::new(&home).join(".cache/cairn/garage/bin/garage");
-        if p.exists() {
-            return p;
+}
+
+fn find_or_build() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("CAIRN_GARAGE_BIN") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            return Err(format!(
+                "CAIRN_GARAGE_BIN={} is not a file: point it at a garage binary, or unset it \
+                 to have the tests build one",
+                p.display()
+            ));
         }
+        return Ok(p);
+    }
+    let root = match std::env::var_os("CAIRN_GARAGE_ROOT") {
+        Some(r) => PathBuf::from(r),
+        None => match std::env::var_os("HOME") {
+            Some(h) => Path::new(&h).join(".cache/cairn/garage"),
+            None => {
+                return Err(
+                    "neither CAIRN_GARAGE_BIN, CAIRN_GARAGE_ROOT nor HOME is set: \
+                            the tests cannot find or build Garage"
+                        .into(),
+                )
+            }
+        },
+    };
+    let cached = root.join("bin/garage");
+    if cached.is_file() {
+        return Ok(cached);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&path) {
             if d.join("garage").is_file() {
-                return d.join("garage");
+                return Ok(d.join("garage"));
             }
         }
     }
-    panic!(
-        "the Garage S3 server is needed for this test: build it with `cargo install garage \
-         --locked --root ~/.cache/cairn/garage` (bash .ci/run does) or set CAIRN_GARAGE_BIN"
-    );
+    build(&root, &cached)
+}
+
+/// Runs `tests/support/install-garage ROOT`; it prints why the test waits (the build takes
+/// about 10 minutes, once) on stderr, which the test harness does not capture.
+fn build(root: &Path, cached: &Path) -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/install-garage");
+    let shown = format!("bash {} {}", script.display(), root.display());
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(root)
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("building Garage for the S3 tests: cannot run `{shown}`: {e}"))?;
+    if !status.success() || !cached.is_file() {
+        return Err(format!(
+            "building Garage for the S3 tests failed: `{shown}` ({status}; its output above \
+             says why). Fix that and run the command again, or set CAIRN_GARAGE_BIN to a \
+             garage binary"
+        ));
+    }
+    Ok(cached.to_path_buf())
 }
 
 fn cli(conf: &Path, args: &[&str]) -> String {
