@@ -56,6 +56,24 @@ pub enum ClusterCmd {
         after_help = "Examples:\n  cairn cluster sync erp\n\n`cairn up` does this continuously."
     )]
     Sync { name: String },
+    /// Print the password of a role of the cluster: the owner role (cairn_owner) by default.
+    /// The owner can create databases, roles (SELECT cairn.create_role(name, password)),
+    /// schemas, tables and trusted extensions; it is not a superuser.
+    #[command(after_help = "Examples:\n  cairn cluster password shop
+  cairn cluster password shop --superuser
+
+        --superuser is refused unless the computes' OS user reaches nothing but this cluster \
+        (Cairn runs as root and holds one cluster); --source prints an adopted cluster's source \
+        role password.")]
+    Password {
+        name: String,
+        /// The superuser's password instead (same rule as `compute start --superuser`).
+        #[arg(long, conflicts_with = "source")]
+        superuser: bool,
+        /// An adopted cluster's source role password instead.
+        #[arg(long)]
+        source: bool,
+    },
     /// Delete a cluster and all its layers (its computes must be stopped).
     #[command(after_help = "Examples:\n  cairn cluster delete scratch --yes")]
     Delete {
@@ -164,6 +182,10 @@ pub enum ComputeCmd {
         /// Print only the connection URL.
         #[arg(long)]
         url_only: bool,
+        /// Print a superuser URL instead of the owner role's. Refused unless the computes'
+        /// OS user reaches nothing but this cluster (Cairn runs as root, one cluster).
+        #[arg(long)]
+        superuser: bool,
         #[command(flatten)]
         cluster: ClusterOpt,
     },
@@ -383,6 +405,25 @@ async fn cluster(g: &Global, cmd: ClusterCmd) -> Result<()> {
                 r.to, r.layers
             );
         }
+        ClusterCmd::Password {
+            name,
+            superuser,
+            source,
+        } => {
+            let c = engine.resolve_cluster(Some(&name)).await?;
+            let which = match (superuser, source) {
+                (true, _) => cairn_engine::tenant::Login::Superuser,
+                (_, true) => cairn_engine::tenant::Login::Source,
+                _ => cairn_engine::tenant::Login::Owner,
+            };
+            let creds = engine.login(&c, which).await?;
+            if g.json {
+                return print_json(&serde_json::json!({
+                    "role": creds.user, "password": creds.password
+                }));
+            }
+            println!("{}", creds.password);
+        }
         ClusterCmd::Delete { name, yes } => {
             if !yes {
                 bail!("deleting cluster '{name}' removes every branch and layer of it; add --yes to confirm");
@@ -538,16 +579,25 @@ async fn compute(g: &Global, cmd: ComputeCmd) -> Result<()> {
             branch,
             port,
             url_only,
+            superuser,
             cluster,
         } => {
             let c = engine.resolve_cluster(cluster.cluster.as_deref()).await?;
+            // Refused before anything starts.
+            let su = match superuser {
+                true => Some(engine.superuser_credentials(&c).await?),
+                false => None,
+            };
             let progress = Arc::new(Progress::new());
-            let info = with_progress(
+            let mut info = with_progress(
                 &progress,
                 !g.json && !url_only,
                 engine.compute_start(&c, &branch, port, &progress),
             )
             .await?;
+            if let Some(su) = su {
+                info.login_as(su);
+            }
             if url_only {
                 println!("{}", info.url);
                 return Ok(());

@@ -296,8 +296,8 @@ async fn demo(engine: &Engine) -> Result<()> {
     engine.create_cluster("demo", &progress).await?;
     let c = engine.resolve_cluster(Some("demo")).await?;
     let info = engine.compute_start(&c, "main", None, &progress).await?;
-    let creds = engine.credentials(&c)?;
-    let client = cairn_engine::pg::server::connect(info.port, &creds, "postgres").await?;
+    // The demo data belongs to the owner role, as an application's would.
+    let client = cairn_engine::pg::server::connect(info.port, &info.login, "postgres").await?;
     client
         .batch_execute(
             "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric NOT NULL);

@@ -68,7 +68,7 @@ pub enum ExportCmd {
     #[command(
         after_help = "Examples:\n  cairn export decrypt shop.cairnexp --out shop.dump\n  \
         cairn export decrypt 20261123T101500Z-3fa2c1 --region region-b --out shop.dump\n  \
-        pg_restore --dbname postgres://... shop.dump"
+        pg_restore --no-owner --no-privileges --dbname postgres://... shop.dump"
     )]
     Decrypt {
         /// An export file, or with --region an export id.
@@ -88,7 +88,7 @@ pub const AFTER_HELP: &str = "Examples:
   cairn export shop --to shop.cairnexp                     (latest point, database postgres)
   cairn export shop --at-time 2026-11-23T09:59:59Z --database app --to-region region-b
   cairn export list
-  cairn export decrypt shop.cairnexp --out shop.dump && pg_restore -d app shop.dump
+  cairn export decrypt shop.cairnexp --out shop.dump && pg_restore --no-owner --no-privileges -d app shop.dump
 
 The dump is taken with pg_dump (custom format) from a scratch branch at the point, which is
 removed afterwards; with --from-regions (or when the cluster is not in this appliance) the
@@ -291,6 +291,10 @@ async fn decrypt(
         m.point,
         m.id
     );
-    println!("load it with: pg_restore --dbname DB {}", out.display());
+    println!(
+        "load it with: pg_restore --no-owner --no-privileges --dbname DB {} (objects belong \
+         to cairn_owner on the compute; those options give them to the role that loads them)",
+        out.display()
+    );
     Ok(())
 }

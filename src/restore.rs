@@ -209,6 +209,12 @@ fn print_report(r: &RestoreReport) {
         opt(ph.first_connection),
         r.total_seconds
     );
+    if !r.logins.is_empty() {
+        println!("logging in:");
+        for l in &r.logins {
+            println!("  {} ({}): {}", l.role, l.can, l.how);
+        }
+    }
     if let Some(port) = r.compute_port {
         println!("compute running on 127.0.0.1:{port}: cairn compute list shows its URL");
     }

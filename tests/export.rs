@@ -120,7 +120,15 @@ async fn an_export_of_a_past_point_decrypts_and_loads_into_a_fresh_server_as_it_
     let server = fresh_server(&env.dir.path().join("fresh"));
     let out = Command::new(pg_bin().join("pg_restore"))
         .args(["-h", "127.0.0.1", "-p", &server.port.to_string()])
-        .args(["-U", "postgres", "-d", "postgres", "--exit-on-error"])
+        .args([
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "--exit-on-error",
+            "--no-owner",
+            "--no-privileges",
+        ])
         .arg(&dump)
         .output()
         .unwrap();

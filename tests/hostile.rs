@@ -69,7 +69,7 @@ async fn victim(env: &Env, extra_regions: &str) -> Victim {
     Victim {
         cluster_id,
         sum,
-        password: password_of(&url),
+        password: login_of(&url),
         kit: env.recovery_kit(),
     }
 }
@@ -77,7 +77,7 @@ async fn victim(env: &Env, extra_regions: &str) -> Victim {
 /// The restored data directory's table checksum, checked on a plain PostgreSQL.
 async fn restored_sum(dir: &Path, password: &str) -> String {
     let server = Plain::start(dir);
-    let c = connect(&server.url(password)).await;
+    let c = connect(&server.url_as(password)).await;
     table_checksum(&c, "t").await
 }
 
@@ -267,7 +267,8 @@ async fn a_rebuild_takes_its_keyring_from_the_kit_and_stays_fenced_until_promote
     // the data key commitment can tell the forgery.
     let sk = format!("clusters/{}/keys/secrets", v.cluster_id);
     let real = KeyObject::decode(&b.get(&sk).await.unwrap(), "s").unwrap();
-    let body = br#"{"password":"attacker-chosen","source_password":null}"#;
+    let body =
+        br#"{"password":"attacker-chosen","source_password":null,"owner_password":"attacker-chosen"}"#;
     let id = real.object_id;
     let dek = [9u8; 32];
     let appliance: Vec<RecipientEntry> = real
@@ -330,14 +331,18 @@ async fn a_rebuild_takes_its_keyring_from_the_kit_and_stays_fenced_until_promote
         keyring["keyring_fingerprint"], kit_keyring,
         "the kit's keyring"
     );
-    // The real password came from region-a; the attacker's was never written.
+    // The real owner password came from region-a; the attacker's was never written.
     let secret = std::fs::read_to_string(
         dr.home
             .join("secrets")
-            .join(format!("{}.password", v.cluster_id)),
+            .join(format!("{}.owner-password", v.cluster_id)),
     )
     .unwrap();
-    assert_eq!(secret.trim(), v.password);
+    assert_eq!(
+        format!("cairn_owner:{}", secret.trim()),
+        v.password,
+        "the owner's login"
+    );
     // Fenced: it computes and restores, but writes nothing to any region.
     let snapshot = |name: &str| -> BTreeMap<String, Vec<u8>> {
         env.region_objects(name)
@@ -415,7 +420,7 @@ async fn a_rebuild_takes_its_keyring_from_the_kit_and_stays_fenced_until_promote
         kit2.to_str().unwrap(),
     ]);
     let server = Plain::start(&target);
-    let c = connect(&server.url(&v.password)).await;
+    let c = connect(&server.url_as(&v.password)).await;
     assert_eq!(table_checksum(&c, "t").await, v.sum);
     assert_eq!(scalar(&c, "SELECT count(*)::text FROM after_dr").await, "1");
 }
@@ -535,7 +540,7 @@ async fn replayed_indexes_and_clusters_sharing_a_name_are_refused() {
         target.to_str().unwrap(),
     ]);
     let server = Plain::start(&target);
-    let c = connect(&server.url(&password_of(&url))).await;
+    let c = connect(&server.url_as(&login_of(&url))).await;
     assert_eq!(scalar(&c, "SELECT h FROM t").await, "second shop");
 }
 

@@ -19,9 +19,11 @@ fn two_regions(env: &Env) {
     ));
 }
 
-fn pg_dumpall(port: u16, password: &str) -> String {
+/// `pg_dumpall` as `login` (`user:password` of a superuser, see [`login_of`]).
+fn pg_dumpall(port: u16, login: &str) -> String {
+    let (user, password) = login.split_once(':').unwrap();
     let out = Command::new(pg_bin().join("pg_dumpall"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", user])
         .env("PGPASSWORD", password)
         .output()
         .expect("pg_dumpall");
@@ -96,8 +98,9 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
     let env = Env::new();
     two_regions(&env);
     env.ok(&["cluster", "create", "shop"]);
-    let main_url = env.start("main");
-    let password = password_of(&main_url);
+    // pg_dumpall needs a superuser (one cluster, so the operator may have one).
+    let main_url = env.start_superuser("main");
+    let password = login_of(&main_url);
     let main = connect(&main_url).await;
     main.batch_execute("CREATE TABLE t (id int PRIMARY KEY, batch int NOT NULL, v text NOT NULL)")
         .await
@@ -129,7 +132,7 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
         &points[0].value,
     ]);
     for b in ["dev", "old"] {
-        let url = env.start(b);
+        let url = env.start_superuser(b);
         let c = connect(&url).await;
         for (k, flag) in flags.iter().enumerate() {
             points
@@ -178,7 +181,7 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
             );
         }
         let server = Plain::start(&target);
-        let c = connect(&server.url(&password)).await;
+        let c = connect(&server.url_as(&password)).await;
         assert_eq!(
             table_checksum(&c, "t").await,
             p.checksum,
@@ -292,9 +295,9 @@ async fn objects_missing_or_corrupt_in_the_preferred_region_come_from_the_other(
         .count();
     assert_eq!(listed, fetched, "{report}");
     let server = Plain::start(&target);
-    let pw = password_of(&env.start("main"));
+    let pw = login_of(&env.start("main"));
     env.stop_all();
-    let c = connect(&server.url(&pw)).await;
+    let c = connect(&server.url_as(&pw)).await;
     assert_eq!(table_checksum(&c, "t").await, sum);
     drop(c);
     drop(server);
@@ -338,7 +341,7 @@ async fn a_dropped_table_is_there_a_second_before_and_gone_a_second_after() {
     two_regions(&env);
     env.ok(&["cluster", "create", "shop"]);
     let url = env.start("main");
-    let password = password_of(&url);
+    let password = login_of(&url);
     let c = connect(&url).await;
     c.batch_execute(
         "CREATE TABLE precious AS SELECT g, md5(g::text) AS h FROM generate_series(1, 20000) g;
@@ -380,7 +383,7 @@ async fn a_dropped_table_is_there_a_second_before_and_gone_a_second_after() {
             target.to_str().unwrap(),
         ]);
         let server = Plain::start(&target);
-        let c = connect(&server.url(&password)).await;
+        let c = connect(&server.url_as(&password)).await;
         let exists = scalar(&c, "SELECT (to_regclass('precious') IS NOT NULL)::text").await;
         assert_eq!(exists, present.to_string(), "{name} the drop");
         if present {
@@ -447,7 +450,7 @@ async fn a_delta_restore_rewrites_a_small_fraction_and_equals_a_fresh_restore() 
     two_regions(&env);
     env.ok(&["cluster", "create", "shop"]);
     let url = env.start("main");
-    let password = password_of(&url);
+    let password = login_of(&url);
     let c = connect(&url).await;
     c.batch_execute(
         "CREATE TABLE t AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g;",
@@ -514,7 +517,7 @@ async fn a_delta_restore_rewrites_a_small_fraction_and_equals_a_fresh_restore() 
         assert!(v == &b[k], "{k} differs from a fresh restore");
     }
     let server = Plain::start(&d);
-    let c = connect(&server.url(&password)).await;
+    let c = connect(&server.url_as(&password)).await;
     assert_eq!(table_checksum(&c, "t").await, sum);
     drop(c);
     drop(server);

@@ -195,7 +195,7 @@ async fn a_home_the_postgres_user_cannot_reach_still_runs_computes() {
     let mut env = Env::new();
     env.home = outer.path().join("home");
     env.ok(&["cluster", "create", "shop"]);
-    let url = env.start("main");
+    let url = env.start_superuser("main");
     let c = connect(&url).await;
     assert_eq!(scalar(&c, "SELECT 'reachable'").await, "reachable");
     let dir = scalar(&c, "SHOW data_directory").await;

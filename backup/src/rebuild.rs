@@ -389,6 +389,9 @@ impl Protection {
             if let Some(p) = v["source_password"].as_str() {
                 engine.home.write_secret(c.id, "source-password", p)?;
             }
+            if let Some(p) = v["owner_password"].as_str() {
+                engine.home.write_secret(c.id, "owner-password", p)?;
+            }
         }
         Ok(report)
     }

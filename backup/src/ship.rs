@@ -34,7 +34,8 @@ use crate::region::{keys, Region};
 const ATTEMPTS: u32 = 3;
 
 impl Protection {
-    /// The secrets of a cluster as shipped: JSON of its superuser and source passwords. A
+    /// The secrets of a cluster as shipped: JSON of its superuser, source and owner-role
+    /// passwords. A
     /// secret that exists but cannot be read is an error (shipping `null` would lose it).
     fn secrets_body(&self, c: &ClusterRow) -> Result<Vec<u8>> {
         let home = &self.engine.home;
@@ -49,6 +50,7 @@ impl Protection {
         Ok(serde_json::json!({
             "password": read("password")?,
             "source_password": read("source-password")?,
+            "owner_password": read("owner-password")?,
         })
         .to_string()
         .into_bytes())

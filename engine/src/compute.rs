@@ -68,6 +68,11 @@ pub struct ComputeInfo {
     /// Connection URL, password included: show it to the user, never log it.
     #[serde(skip)]
     pub url: String,
+    /// Who `url` logs in as (the owner role, see [`crate::tenant`]): never serialised.
+    #[serde(skip)]
+    pub login: Credentials,
+    /// The role name `url` logs in as.
+    pub role: String,
     pub datadir: std::path::PathBuf,
     pub pid: Option<i64>,
     pub head: Lsn,
@@ -75,6 +80,15 @@ pub struct ComputeInfo {
     pub materialise: Option<MaterialiseStats>,
     /// Seconds from starting PostgreSQL to its end of recovery and first connection.
     pub start_seconds: Option<f64>,
+}
+
+impl ComputeInfo {
+    /// Makes `url` log in as `creds` (e.g. the superuser an operator asked for).
+    pub fn login_as(&mut self, creds: Credentials) {
+        self.url = crate::pg::server::url(self.port, &creds, "postgres");
+        self.role = creds.user.clone();
+        self.login = creds;
+    }
 }
 
 /// A branch head's reconstruction prepared outside the local layers (e.g. fetched from a region).
@@ -253,7 +267,7 @@ impl Engine {
         creds: &Credentials,
         progress: &Arc<Progress>,
     ) -> Result<BuiltImage> {
-        let client = server.connect(creds, "postgres").await?;
+        let client = server.connect_control(creds, "postgres").await?;
         let checksums: String = client
             .query_one("SHOW data_checksums", &[])
             .await
@@ -373,12 +387,15 @@ impl Engine {
         if let Some(c) = self.catalog.compute(tl.id).await? {
             let server = self.server_for(cluster, tl.id, c.port)?;
             if let Some(pid) = server.pid() {
+                let user = self.tenant_credentials(cluster, &server).await?;
                 return Ok(ComputeInfo {
                     cluster: cluster.name.clone(),
                     branch: b.name,
                     timeline: tl.id,
                     port: c.port,
-                    url: server.url(&creds, "postgres"),
+                    url: server.url(&user, "postgres"),
+                    role: user.user.clone(),
+                    login: user,
                     datadir: c.datadir,
                     pid: Some(pid),
                     head: tl.head,
@@ -473,14 +490,14 @@ impl Engine {
             remove_tree(&dir)?;
             return Err(e);
         }
-        match self.after_start(&server, &creds, &tl).await {
-            Ok(()) => {}
+        let user = match self.after_start(cluster, &server, &creds, &tl).await {
+            Ok(user) => user,
             Err(e) => {
                 let _ = server.stop("immediate");
                 remove_tree(&dir)?;
                 return Err(e);
             }
-        }
+        };
         let start_seconds = started.elapsed().as_secs_f64();
         let pid = server.pid();
         let mut tx = self.catalog.begin().await?;
@@ -501,7 +518,9 @@ impl Engine {
             branch: b.name,
             timeline: tl.id,
             port,
-            url: server.url(&creds, "postgres"),
+            url: server.url(&user, "postgres"),
+            role: user.user.clone(),
+            login: user,
             datadir: server.datadir.clone(),
             pid,
             head: tl.head,
@@ -511,14 +530,16 @@ impl Engine {
         })
     }
 
-    /// Creates the slot and checks the server ended recovery exactly at the branch head.
+    /// Creates the slot, checks the server ended recovery exactly at the branch head, and
+    /// sets up the owner role. Returns the credentials the compute's URL carries.
     async fn after_start(
         &self,
+        cluster: &ClusterRow,
         server: &Server,
         creds: &Credentials,
         tl: &TimelineRow,
-    ) -> Result<()> {
-        let client = server.connect(creds, "postgres").await?;
+    ) -> Result<Credentials> {
+        let client = server.connect_control(creds, "postgres").await?;
         let row = client
             .query_one(
                 "SELECT checkpoint_lsn::text, redo_lsn::text FROM pg_control_checkpoint()",
@@ -564,7 +585,7 @@ impl Engine {
                 format!("slot retains WAL only from {restart}, after the branch head {ckpt}"),
             ));
         }
-        Ok(())
+        self.setup_tenant(cluster, &client).await
     }
 
     /// Ingests the WAL of a running compute up to its flush position and advances its slot.
@@ -587,7 +608,7 @@ impl Engine {
             return self.ingest_stopped(cluster, &tl, &server).await;
         }
         let creds = self.credentials(cluster)?;
-        let client = server.connect(&creds, "postgres").await?;
+        let client = server.connect_control(&creds, "postgres").await?;
         let flush = flush_lsn(&client).await?;
         let built = self
             .write_wal_layers(
@@ -662,7 +683,7 @@ impl Engine {
             return Ok(None);
         }
         let client = server
-            .connect(&self.credentials(cluster)?, "postgres")
+            .connect_control(&self.credentials(cluster)?, "postgres")
             .await?;
         let flush = flush_lsn(&client).await?;
         let head = self.catalog.timeline(tl).await?.head;
@@ -742,7 +763,7 @@ impl Engine {
             .await?;
         let end = img.meta.end_lsn;
         // The image is usable once the WAL up to its end is in layers.
-        let client = server.connect(&creds, "postgres").await?;
+        let client = server.connect_control(&creds, "postgres").await?;
         let mut flush = tl.head;
         for _ in 0..100 {
             flush = flush_lsn(&client).await?;
@@ -868,7 +889,7 @@ async fn relation_name(
     page: &image::CorruptPage,
 ) -> Option<String> {
     let rel = page.rel.as_ref()?;
-    let admin = server.connect(creds, "postgres").await.ok()?;
+    let admin = server.connect_control(creds, "postgres").await.ok()?;
     let db: String = match rel.db {
         Some(oid) => admin
             .query_opt(
@@ -880,7 +901,7 @@ async fn relation_name(
             .get(0),
         None => "postgres".into(),
     };
-    let client = server.connect(creds, &db).await.ok()?;
+    let client = server.connect_control(creds, &db).await.ok()?;
     let row = client
         .query_opt(
             "SELECT n.nspname || '.' || c.relname FROM pg_class c

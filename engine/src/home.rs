@@ -113,7 +113,7 @@ impl Home {
         self.root.join("spool").join(c.to_string())
     }
 
-    fn secret_path(&self, c: ClusterId, what: &str) -> PathBuf {
+    pub(crate) fn secret_path(&self, c: ClusterId, what: &str) -> PathBuf {
         self.root.join("secrets").join(format!("{c}.{what}"))
     }
 
@@ -137,7 +137,7 @@ impl Home {
     }
 
     pub fn remove_secrets(&self, c: ClusterId) {
-        for what in ["password", "source-password"] {
+        for what in ["password", "source-password", "owner-password"] {
             let _ = fs::remove_file(self.secret_path(c, what));
         }
     }

@@ -34,6 +34,7 @@ pub mod ingest;
 pub mod layer_map;
 pub mod materialise;
 pub mod progress;
+pub mod tenant;
 
 pub use engine::{Engine, EngineOptions};
 pub mod check;

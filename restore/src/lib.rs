@@ -18,6 +18,7 @@
 //!   removed afterwards, and leaves the machine only sealed (see [`export`]).
 
 pub mod export;
+pub mod logins;
 pub mod recovery;
 pub mod restore;
 pub mod source;

@@ -27,7 +27,8 @@ use futures::StreamExt;
 use cairn_backup::keys::Identity;
 use cairn_backup::{Error, Protection, Result};
 use cairn_engine::branch::PointSpec;
-use cairn_engine::catalog::{now_us, RestoreRow};
+use cairn_engine::catalog::{now_us, ClusterKind, RestoreRow};
+use cairn_engine::compute::superuser;
 use cairn_engine::compute::PreparedSource;
 use cairn_engine::engine::fmt_time;
 use cairn_engine::layer_map::Plan;
@@ -118,6 +119,8 @@ pub struct RestoreReport {
     pub total_seconds: f64,
     /// For a branch target: the compute's port.
     pub compute_port: Option<u16>,
+    /// For a data directory target: its roles and how to log in as each.
+    pub logins: Vec<crate::logins::Login>,
     /// The cluster as the region describes it (binaries, superuser), for callers that go on
     /// to start the restored data directory.
     #[serde(skip)]
@@ -370,6 +373,7 @@ async fn run(
         total_seconds: 0.0,
         cluster_row: Some(cluster.clone()),
         compute_port: None,
+        logins: vec![],
     };
 
     match &req.target {
@@ -429,6 +433,19 @@ async fn run(
                 cleanup(dir);
                 return Err(e.into());
             }
+            // Its roles accept only passwords: the owner of the directory gets a way in.
+            let su = superuser(&cluster);
+            let peer = match cluster.kind {
+                ClusterKind::Managed => {
+                    if let Err(e) = crate::logins::grant_peer_login(dir, &local.user.name, &su) {
+                        cleanup(dir);
+                        return Err(e);
+                    }
+                    Some(local.user.name.as_str())
+                }
+                ClusterKind::Adopted => None,
+            };
+            report.logins = crate::logins::logins(&cluster, &su, peer);
             report.phases.write = t2.elapsed().as_secs_f64();
             // 4, 5. Replay and first connection.
             if *run_recovery {
@@ -495,9 +512,9 @@ async fn run(
             report.phases.wal_replay = info.start_seconds;
             report.compute_port = Some(info.port);
             // First connection, as a user of the branch would make it.
-            let creds = local.credentials(&lc)?;
             let t3 = Instant::now();
-            let client = cairn_engine::pg::server::connect(info.port, &creds, "postgres").await?;
+            let client =
+                cairn_engine::pg::server::connect(info.port, &info.login, "postgres").await?;
             client
                 .query_one("SELECT 1", &[])
                 .await

@@ -95,8 +95,16 @@ impl Env {
 
     /// Starts the branch's compute and returns its connection URL.
     #[track_caller]
+    /// Starts a compute; its URL logs in as the owner role.
     pub fn start(&self, branch: &str) -> String {
         self.ok(&["compute", "start", branch, "--url-only"])
+            .trim()
+            .to_string()
+    }
+
+    /// Starts a compute and returns a superuser URL (the operator's `--superuser`).
+    pub fn start_superuser(&self, branch: &str) -> String {
+        self.ok(&["compute", "start", branch, "--url-only", "--superuser"])
             .trim()
             .to_string()
     }
@@ -346,10 +354,10 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// The password in a compute URL.
-pub fn password_of(url: &str) -> String {
+/// The login of a compute URL (`user:password`), to log into a restored copy of it.
+pub fn login_of(url: &str) -> String {
     let rest = url.split_once("://").unwrap().1;
-    let creds = rest.rsplit_once('@').unwrap().0;
-    creds.split_once(':').unwrap().1.to_string()
+    rest.rsplit_once('@').unwrap().0.to_string()
 }
 
 /// A plain data directory, started by the test with pg_ctl (not by cairn).
@@ -360,6 +368,12 @@ pub struct Plain {
 
 impl Plain {
     pub fn start(dir: &Path) -> Plain {
+        Plain::start_with_socket(dir, None)
+    }
+
+    /// [`Plain::start`], also listening on a Unix socket in `socket` (reachable by postgres).
+    pub fn start_with_socket(dir: &Path, socket: Option<&Path>) -> Plain {
+        let sockets = socket.map_or(String::new(), |p| p.display().to_string());
         let port = free_port();
         let log = dir.parent().unwrap().join(format!("{port}.log"));
         std::fs::write(&log, b"").unwrap();
@@ -372,7 +386,7 @@ impl Plain {
             .arg(&log)
             .arg("-o")
             .arg(format!(
-                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''"
+                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{sockets}'"
             ))
             .output()
             .unwrap();
@@ -394,6 +408,11 @@ impl Plain {
             "postgresql://postgres:{password}@127.0.0.1:{}/postgres",
             self.port
         )
+    }
+
+    /// A URL that logs in as `login` (`user:password`, see [`login_of`]).
+    pub fn url_as(&self, login: &str) -> String {
+        format!("postgresql://{login}@127.0.0.1:{}/postgres", self.port)
     }
 }
 

@@ -5,6 +5,7 @@ pub mod binaries;
 pub mod checksum;
 pub mod process;
 pub mod relfile;
+pub mod roles;
 pub mod scratch;
 pub mod server;
 pub mod tls;

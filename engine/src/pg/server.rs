@@ -213,17 +213,21 @@ impl Server {
 
     /// A libpq URL for `db`. It contains the password: never log it.
     pub fn url(&self, creds: &Credentials, db: &str) -> String {
-        format!(
-            "postgresql://{}:{}@127.0.0.1:{}/{}",
-            creds.user,
-            urlencode(&creds.password),
-            self.port,
-            db
-        )
+        url(self.port, creds, db)
     }
 
     pub async fn connect(&self, creds: &Credentials, db: &str) -> Result<tokio_postgres::Client> {
         connect(self.port, creds, db).await
+    }
+
+    /// Cairn's own connection to a compute it runs: `search_path` pinned to the catalog, so
+    /// nothing a tenant creates stands in for what Cairn calls.
+    pub async fn connect_control(
+        &self,
+        creds: &Credentials,
+        db: &str,
+    ) -> Result<tokio_postgres::Client> {
+        connect_with(self.port, creds, db, Some(super::roles::CONTROL_OPTIONS)).await
     }
 
     pub fn control_data(&self) -> Result<ControlData> {
@@ -236,6 +240,17 @@ fn port_busy(port: u16) -> Error {
         "port {port} on 127.0.0.1 is already in use by another program; pick another with \
          --port, or stop what listens there"
     ))
+}
+
+/// The connection URL of a server on 127.0.0.1:`port`, password included.
+pub fn url(port: u16, creds: &Credentials, db: &str) -> String {
+    format!(
+        "postgresql://{}:{}@127.0.0.1:{}/{}",
+        urlencode(&creds.user),
+        urlencode(&creds.password),
+        port,
+        db
+    )
 }
 
 /// Percent-encodes a URL component.
@@ -253,7 +268,20 @@ pub fn urlencode(s: &str) -> String {
 
 /// Connects to a server on 127.0.0.1, retrying briefly while it finishes starting.
 pub async fn connect(port: u16, creds: &Credentials, db: &str) -> Result<tokio_postgres::Client> {
+    connect_with(port, creds, db, None).await
+}
+
+/// [`connect`] with startup `options` (e.g. `-c search_path=...`).
+pub async fn connect_with(
+    port: u16,
+    creds: &Credentials,
+    db: &str,
+    options: Option<&str>,
+) -> Result<tokio_postgres::Client> {
     let mut cfg = tokio_postgres::Config::new();
+    if let Some(o) = options {
+        cfg.options(o);
+    }
     cfg.host("127.0.0.1")
         .port(port)
         .user(&creds.user)
