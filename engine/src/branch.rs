@@ -136,12 +136,11 @@ impl Engine {
                 }
                 let hist = self.history(tl, tl.head).await?;
                 for seg in hist.iter().rev() {
-                    if let Some(ev) = self
-                        .catalog
+                    if let Some(txn) = self
                         .first_txn_after(seg.timeline, seg.from, seg.to, *t)
                         .await?
                     {
-                        return Ok(ev.before);
+                        return Ok(txn.before);
                     }
                 }
                 Ok(tl.head)
@@ -151,7 +150,7 @@ impl Engine {
                 for seg in &hist {
                     let found = self
                         .catalog
-                        .events(seg.timeline, seg.from, seg.to, Some(name))
+                        .restore_points(seg.timeline, seg.from, seg.to, name)
                         .await?;
                     if let Some(ev) = found.last() {
                         return Ok(ev.end);
@@ -377,10 +376,10 @@ impl Engine {
                 .ancestor
                 .and_then(|(p, _)| by_tl.get(&p).map(|pb| pb.name.clone()));
             let branch_time = match t.ancestor {
-                Some((p, at)) => self.time_at(tl_of[&p], at).await?,
+                Some((p, at)) => self.shown_time_at(tl_of[&p], at).await?,
                 None => None,
             };
-            let head_time = self.time_at(t, t.head).await?;
+            let head_time = self.shown_time_at(t, t.head).await?;
             let own_bytes = layers
                 .iter()
                 .filter(|l| l.timeline_id == t.id)
@@ -434,17 +433,25 @@ impl Engine {
     }
 
     /// Commit time of the last transaction at or before `x` in `tl`'s history.
-    async fn time_at(&self, tl: &TimelineRow, x: Lsn) -> Result<Option<i64>> {
+    pub async fn time_at(&self, tl: &TimelineRow, x: Lsn) -> Result<Option<i64>> {
         for seg in self.history(tl, x).await? {
-            if let Some(ev) = self
-                .catalog
-                .last_txn_before(seg.timeline, seg.from, seg.to)
-                .await?
-            {
-                return Ok(Some(ev.time_us));
+            if let Some(txn) = self.last_txn_before(seg.timeline, seg.from, seg.to).await? {
+                return Ok(Some(txn.time_us));
             }
         }
         Ok(None)
+    }
+
+    /// [`Engine::time_at`] for a description: a WAL layer that cannot be read (reported by
+    /// `cairn check`) leaves the time unknown rather than failing the whole listing.
+    async fn shown_time_at(&self, tl: &TimelineRow, x: Lsn) -> Result<Option<i64>> {
+        match self.time_at(tl, x).await {
+            Err(e @ (Error::Io { .. } | Error::Corrupt { .. })) => {
+                tracing::warn!(timeline = %tl.id, lsn = %x, error = %e, "commit time unknown");
+                Ok(None)
+            }
+            other => other,
+        }
     }
 
     /// Rewinds branch `name` to `spec`; its pre-reset state stays as a backup branch, whose name

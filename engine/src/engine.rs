@@ -16,6 +16,7 @@ use crate::ids::{LayerId, Lsn, TimelineId};
 use crate::layer::file::LayerKind;
 use crate::layer_map::{ImageDesc, LayerMap, TimelineDesc, Unreconstructible, WalDesc};
 use crate::pg::{OsUser, PgBinaries};
+use crate::wal_index::WalEvents;
 
 /// How to open an engine.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +34,8 @@ pub struct Engine {
     pub user: OsUser,
     pg_bin: Option<PathBuf>,
     bins: OnceLock<PgBinaries>,
+    /// WAL layers' events held in memory for point resolution ([`crate::wal_index`]).
+    pub wal_events: WalEvents,
 }
 
 /// A segment of a timeline's history: LSNs `(from, to]` belong to `timeline`.
@@ -79,6 +82,7 @@ impl Engine {
             user,
             pg_bin: opts.pg_bin,
             bins: OnceLock::new(),
+            wal_events: WalEvents::default(),
         })
     }
 

@@ -35,6 +35,7 @@ pub mod layer_map;
 pub mod materialise;
 pub mod progress;
 pub mod tenant;
+pub mod wal_index;
 
 pub use engine::{Engine, EngineOptions};
 pub mod check;

@@ -339,13 +339,7 @@ async fn run(
         .keys()
         .filter_map(|id| staging.path(*id).map(|p| (*id, p)))
         .collect();
-    let point_time = se
-        .catalog
-        .last_txn_before(tl.id, Lsn(0), lsn)
-        .await
-        .ok()
-        .flatten()
-        .map(|e| fmt_time(e.time_us));
+    let point_time = se.time_at(&tl, lsn).await.ok().flatten().map(fmt_time);
 
     let mut report = RestoreReport {
         id: id.to_string(),

@@ -4,10 +4,12 @@
 //! private engine (own SQLite catalog and layer directory, under `HOME/restore/`) from the
 //! region's verified indexes and the metadata of the WAL layers on the branch's ancestry
 //! (fetched by ranged reads, not whole), so the engine's own point resolution and layer map
-//! answer "which layers rebuild this point" exactly as they would locally. Only the layers of
-//! the chosen plan are then downloaded into it. The directory (plaintext layers) is removed
-//! when the staging area is dropped, and, if the process is killed, by the next sweep of
-//! scratch directories ([`cairn_engine::home::Home::sweep_scratch`]).
+//! answer "which layers rebuild this point" exactly as they would locally (the WAL layers'
+//! events, which the catalog only summarises, are registered with that engine in memory, see
+//! [`cairn_engine::wal_index`]). Only the layers of the chosen plan are then downloaded into
+//! it. The directory (plaintext layers) is removed when the staging area is dropped, and, if
+//! the process is killed, by the next sweep of scratch directories
+//! ([`cairn_engine::home::Home::sweep_scratch`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -72,6 +74,7 @@ impl Staging {
         let metas: HashMap<_, _> = metas.into_iter().collect::<Result<_>>()?;
         let indexes: Vec<_> = ancestry.iter().map(|i| (*i).clone()).collect();
         let rows = catalog_rows(&indexes, &metas, &view.region)?;
+        drop(metas);
         let scratch = home.scratch_dir(
             "restore",
             &format!("staging-{}", cairn_engine::TimelineId::generate()),
@@ -109,6 +112,13 @@ impl Staging {
             _scratch: scratch,
         };
         rows.insert(&staging.engine).await?;
+        // The catalog keeps a summary of each WAL layer's transactions; resolving a time reads
+        // the layer's events, which stay in memory here until the layer files are fetched.
+        for (row, _, events) in rows.layers {
+            if row.kind == LayerKind::Wal {
+                staging.engine.wal_events.register(row.id, events);
+            }
+        }
         Ok(staging)
     }
 

@@ -1,4 +1,4 @@
-//! The SQL catalog: clusters, timelines, branches, layers, WAL events and computes.
+//! The SQL catalog: clusters, timelines, branches, layers, an index of WAL events and computes.
 //!
 //! Invariants:
 //! - The catalog is an *index* of the layer files: every layer row names a file that was made
@@ -10,7 +10,11 @@
 //! - Migrations are versioned, applied in order in a transaction each, and a catalog written
 //!   by a newer cairn is refused rather than misread.
 //! - Every statement is parameterised; no value is ever formatted into SQL.
+//! - Transactions are not rows: of a WAL layer's events the catalog keeps one summary of its
+//!   commits and aborts and its other, rare events ([`events`]); points in time are resolved
+//!   from the layer itself ([`crate::wal_index`]). The catalog grows with layers, not commits.
 
+pub mod events;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +27,7 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::error::{Error, Result};
 use crate::ids::{ClusterId, LayerId, Lsn, TimelineId};
 use crate::layer::LayerKind;
-use crate::wal::{EventKind, WalEvent};
+use crate::wal::WalEvent;
 
 /// Whether a cluster's primary is a compute Cairn manages or a server it protects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -302,6 +306,12 @@ impl Catalog {
 
     /// Opens (creating if needed) the catalog at `url` and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Catalog> {
+        Self::open_with(url, schema::MIGRATIONS).await
+    }
+
+    /// Opens the catalog at `url` and applies `migrations` (all of them but in tests, which
+    /// build catalogs as older versions left them).
+    pub(crate) async fn open_with(url: &str, migrations: &[schema::Migration]) -> Result<Catalog> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -373,7 +383,7 @@ impl Catalog {
             )
         })?;
         let cat = Catalog { pool, backend };
-        cat.migrate().await?;
+        cat.migrate(migrations).await?;
         Ok(cat)
     }
 
@@ -386,7 +396,7 @@ impl Catalog {
         &self.pool
     }
 
-    async fn migrate(&self) -> Result<()> {
+    async fn migrate(&self, migrations: &[schema::Migration]) -> Result<()> {
         let ctx = |what: &str| format!("migrate schema: {what}");
         self.pool
             .execute(
@@ -397,7 +407,8 @@ impl Catalog {
             )
             .await
             .map_err(|e| Error::catalog(ctx("create version table"), e))?;
-        for m in schema::MIGRATIONS {
+        let mut applied = Vec::new();
+        for m in migrations {
             let mut tx = self
                 .pool
                 .begin()
@@ -437,11 +448,24 @@ impl Catalog {
                 .await
                 .map_err(|e| Error::catalog(ctx("commit"), e))?;
             tracing::debug!(version = m.version, "catalog migrated");
+            applied.push(m.version);
         }
         let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM cairn_schema")
             .fetch_one(&self.pool)
             .await
             .map_err(|e| Error::catalog(ctx("read version"), e))?;
+        if self.backend == Backend::Sqlite
+            && applied.contains(&schema::BOUNDED_EVENTS)
+            && !applied.contains(&1)
+        {
+            // The per-commit rows just deleted leave free pages: give them back to the file
+            // system once (the live rows left are few, so this is quick). Not needed for
+            // correctness, hence only a warning when another process holds the catalog.
+            tracing::info!("catalog migrated to the bounded WAL event index; compacting it");
+            if let Err(e) = self.pool.execute("VACUUM").await {
+                tracing::warn!(error = %e, "could not compact the catalog (VACUUM); its free pages will be reused");
+            }
+        }
         let known = schema::MIGRATIONS.last().map_or(0, |m| m.version);
         if newest.unwrap_or(0) > known {
             return Err(Error::Refused(format!(
@@ -581,88 +605,6 @@ impl Catalog {
         rows.iter().map(layer_row).collect()
     }
 
-    // ---- WAL events ----
-
-    /// The first commit or abort in `[from, to]` of `tl` whose time is after `time_us`.
-    pub async fn first_txn_after(
-        &self,
-        tl: TimelineId,
-        from: Lsn,
-        to: Lsn,
-        time_us: i64,
-    ) -> Result<Option<WalEvent>> {
-        let row = sqlx::query(
-            "SELECT * FROM wal_events WHERE timeline_id = $1 AND kind IN ('commit', 'abort')
-               AND time_us > $2 AND before_lsn >= $3 AND end_lsn <= $4
-             ORDER BY end_lsn LIMIT 1",
-        )
-        .bind(tl.to_string())
-        .bind(time_us)
-        .bind(from.as_i64())
-        .bind(to.as_i64())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| Error::catalog("find transaction by time", e))?;
-        row.as_ref().map(event_row).transpose()
-    }
-
-    /// Timestamped events of `tl` in `[from, to]`, in LSN order; `kinds` filters.
-    pub async fn events(
-        &self,
-        tl: TimelineId,
-        from: Lsn,
-        to: Lsn,
-        restore_point: Option<&str>,
-    ) -> Result<Vec<WalEvent>> {
-        let rows = match restore_point {
-            Some(name) => {
-                sqlx::query(
-                    "SELECT * FROM wal_events WHERE timeline_id = $1 AND kind = 'restore_point'
-                   AND name = $2 AND before_lsn >= $3 AND end_lsn <= $4 ORDER BY end_lsn",
-                )
-                .bind(tl.to_string())
-                .bind(name)
-                .bind(from.as_i64())
-                .bind(to.as_i64())
-                .fetch_all(&self.pool)
-                .await
-            }
-            None => {
-                sqlx::query(
-                    "SELECT * FROM wal_events WHERE timeline_id = $1
-                   AND before_lsn >= $2 AND end_lsn <= $3 ORDER BY end_lsn",
-                )
-                .bind(tl.to_string())
-                .bind(from.as_i64())
-                .bind(to.as_i64())
-                .fetch_all(&self.pool)
-                .await
-            }
-        }
-        .map_err(|e| Error::catalog("list WAL events", e))?;
-        rows.iter().map(event_row).collect()
-    }
-
-    /// The last commit or abort of `tl` in `[from, to]`.
-    pub async fn last_txn_before(
-        &self,
-        tl: TimelineId,
-        from: Lsn,
-        to: Lsn,
-    ) -> Result<Option<WalEvent>> {
-        let row = sqlx::query(
-            "SELECT * FROM wal_events WHERE timeline_id = $1 AND kind IN ('commit', 'abort')
-               AND before_lsn >= $2 AND end_lsn <= $3 ORDER BY end_lsn DESC LIMIT 1",
-        )
-        .bind(tl.to_string())
-        .bind(from.as_i64())
-        .bind(to.as_i64())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| Error::catalog("find last transaction", e))?;
-        row.as_ref().map(event_row).transpose()
-    }
-
     // ---- restores ----
 
     pub async fn record_restore(&self, r: &RestoreRow) -> Result<()> {
@@ -738,18 +680,6 @@ impl Catalog {
             .map_err(|e| Error::catalog("read compute", e))?;
         row.as_ref().map(compute_row).transpose()
     }
-}
-
-fn event_row(r: &AnyRow) -> Result<WalEvent> {
-    let kind: String = get(r, "kind")?;
-    Ok(WalEvent {
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| Error::corrupt("catalog", format!("unknown event kind '{kind}'")))?,
-        before: Lsn::from_i64(get(r, "before_lsn")?),
-        end: Lsn::from_i64(get(r, "end_lsn")?),
-        time_us: get(r, "time_us")?,
-        name: get(r, "name")?,
-    })
 }
 
 /// A catalog transaction. Dropping it without [`Tx::commit`] rolls back.
@@ -877,7 +807,8 @@ impl Tx {
     pub async fn delete_timeline(&mut self, tl: TimelineId) -> Result<()> {
         let id = tl.to_string();
         for stmt in [
-            "DELETE FROM wal_events WHERE timeline_id = $1",
+            "DELETE FROM wal_markers WHERE timeline_id = $1",
+            "DELETE FROM wal_layer_txns WHERE timeline_id = $1",
             "DELETE FROM layer_refs WHERE layer_id IN (SELECT id FROM layers WHERE timeline_id = $1)",
             "DELETE FROM layers WHERE timeline_id = $1",
             "DELETE FROM computes WHERE timeline_id = $1",
@@ -901,7 +832,8 @@ impl Tx {
         Ok(())
     }
 
-    /// Records a durable layer file, what it references and the events it holds.
+    /// Records a durable layer file, what it references and what the catalog keeps of the
+    /// events it holds (see [`events`]).
     pub async fn insert_layer(
         &mut self,
         l: &LayerRow,
@@ -934,45 +866,7 @@ impl Tx {
                 .await
                 .map_err(|e| Error::catalog("insert layer reference", e))?;
         }
-        // Many rows per statement: a WAL layer can carry thousands of commit events.
-        const COLS: usize = 7;
-        for chunk in events.chunks(256) {
-            let mut sql = String::from(
-                "INSERT INTO wal_events (timeline_id, layer_id, kind, before_lsn, end_lsn, \
-                 time_us, name) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * COLS;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                ));
-            }
-            let mut q = sqlx::query(&sql);
-            for ev in chunk {
-                q = q
-                    .bind(l.timeline_id.to_string())
-                    .bind(l.id.to_string())
-                    .bind(ev.kind.as_str())
-                    .bind(ev.before.as_i64())
-                    .bind(ev.end.as_i64())
-                    .bind(ev.time_us)
-                    .bind(ev.name.clone());
-            }
-            q.execute(&mut *self.tx)
-                .await
-                .map_err(|e| Error::catalog("insert WAL events", e))?;
-        }
-        Ok(())
+        self.insert_layer_events(l, events).await
     }
 
     pub async fn upsert_compute(&mut self, c: &ComputeRow) -> Result<()> {

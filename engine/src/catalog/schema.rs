@@ -10,6 +10,10 @@ pub struct Migration {
     pub statements: &'static [&'static str],
 }
 
+/// The migration that replaced the per-commit rows of `wal_events` by one summary per WAL
+/// layer and `wal_markers` (see [`crate::wal_index`]).
+pub const BOUNDED_EVENTS: i64 = 5;
+
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
@@ -185,6 +189,71 @@ pub const MIGRATIONS: &[Migration] = &[
                 digest TEXT NOT NULL,
                 written_at BIGINT NOT NULL
             )",
+        ],
+    },
+    Migration {
+        version: 5,
+        description: "engine: bounded WAL event index (a transaction summary per WAL layer, \
+                      no row per commit)",
+        statements: &[
+            // One row per WAL layer holding at least one commit or abort (see
+            // `crate::wal_index`): how many, the first and the last in LSN order, and the
+            // smallest and largest commit time. Nothing else about transactions is kept.
+            "CREATE TABLE wal_layer_txns (
+                layer_id TEXT PRIMARY KEY REFERENCES layers(id),
+                timeline_id TEXT NOT NULL REFERENCES timelines(id),
+                txns BIGINT NOT NULL,
+                first_before BIGINT NOT NULL,
+                first_end BIGINT NOT NULL,
+                first_time BIGINT NOT NULL,
+                last_before BIGINT NOT NULL,
+                last_end BIGINT NOT NULL,
+                last_time BIGINT NOT NULL,
+                min_time BIGINT NOT NULL,
+                max_time BIGINT NOT NULL
+            )",
+            "CREATE INDEX wal_layer_txns_timeline ON wal_layer_txns(timeline_id, first_before)",
+            // Existing catalogs: the summaries are derived from the per-commit rows (the
+            // records of one layer do not overlap, so the smallest `before` and `end` belong to
+            // its first transaction, the largest to its last), then those rows go.
+            "INSERT INTO wal_layer_txns (layer_id, timeline_id, txns, first_before, first_end,
+                                         first_time, last_before, last_end, last_time,
+                                         min_time, max_time)
+             SELECT layer_id, timeline_id, COUNT(*), MIN(before_lsn), MIN(end_lsn), 0,
+                    MAX(before_lsn), MAX(end_lsn), 0, MIN(time_us), MAX(time_us)
+             FROM wal_events WHERE kind IN ('commit', 'abort')
+             GROUP BY layer_id, timeline_id",
+            "UPDATE wal_layer_txns SET
+                first_time = (SELECT MIN(e.time_us) FROM wal_events e
+                              WHERE e.timeline_id = wal_layer_txns.timeline_id
+                                AND e.end_lsn = wal_layer_txns.first_end
+                                AND e.layer_id = wal_layer_txns.layer_id
+                                AND e.kind IN ('commit', 'abort')),
+                last_time = (SELECT MIN(e.time_us) FROM wal_events e
+                             WHERE e.timeline_id = wal_layer_txns.timeline_id
+                               AND e.end_lsn = wal_layer_txns.last_end
+                               AND e.layer_id = wal_layer_txns.layer_id
+                               AND e.kind IN ('commit', 'abort'))",
+            // The other events (restore points, looked up by name exactly; checkpoints; end of
+            // recovery) move to a table of their own, and `wal_events` goes: a cairn older than
+            // this migration still running on the catalog fails loudly on its next ingest
+            // instead of writing per-commit rows without a summary (dropping the table is also
+            // much quicker than deleting its rows one by one).
+            "CREATE TABLE wal_markers (
+                timeline_id TEXT NOT NULL REFERENCES timelines(id),
+                layer_id TEXT NOT NULL REFERENCES layers(id),
+                kind TEXT NOT NULL,
+                before_lsn BIGINT NOT NULL,
+                end_lsn BIGINT NOT NULL,
+                time_us BIGINT NOT NULL,
+                name TEXT
+            )",
+            "CREATE INDEX wal_markers_lsn ON wal_markers(timeline_id, end_lsn)",
+            "INSERT INTO wal_markers (timeline_id, layer_id, kind, before_lsn, end_lsn, time_us,
+                                      name)
+             SELECT timeline_id, layer_id, kind, before_lsn, end_lsn, time_us, name
+             FROM wal_events WHERE kind NOT IN ('commit', 'abort')",
+            "DROP TABLE wal_events",
         ],
     },
 ];

@@ -1,8 +1,13 @@
 //! The catalog against both backends: SQLite in a temporary directory, and a real PostgreSQL
 //! server started for the test.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use super::*;
 use crate::pg::scratch::ScratchServer;
+use crate::wal::EventKind;
+use crate::wal_index;
 
 fn sample_cluster() -> ClusterRow {
     ClusterRow {
@@ -20,7 +25,7 @@ fn sample_cluster() -> ClusterRow {
 }
 
 async fn exercise(cat: &Catalog) {
-    assert_eq!(cat.schema_version().await.unwrap(), 4);
+    assert_eq!(cat.schema_version().await.unwrap(), 5);
     // Restores are recorded, with or without a point, and listed newest first per cluster.
     for (i, (cluster, ok)) in [("shop", false), ("shop", true), ("other", true)]
         .into_iter()
@@ -152,26 +157,41 @@ async fn exercise(cat: &Catalog) {
     assert_eq!(layers[0].kind, LayerKind::Wal);
     assert_eq!(layers[0].end, Lsn(0x300_0000));
 
-    // Time and restore-point lookups.
-    let e = cat
-        .first_txn_after(root.id, Lsn(0), Lsn(0x300_0000), 1_500)
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(e.before, Lsn(0x200_00C0));
-    assert!(cat
-        .first_txn_after(root.id, Lsn(0), Lsn(0x300_0000), 3_000)
-        .await
-        .unwrap()
-        .is_none());
+    // The catalog keeps a summary of the layer's transactions and the restore point, not a
+    // row per commit; time lookups read the layer's events (here from memory).
+    let kept = cat.markers(root.id).await.unwrap();
+    assert_eq!(kept, vec![events[1].clone()]);
+    let source: HashMap<LayerId, Arc<[WalEvent]>> =
+        HashMap::from([(layer.id, Arc::from(events.clone()))]);
+    let after = |t: i64| {
+        let (cat, source) = (cat.clone(), source.clone());
+        async move {
+            let layers = cat
+                .txn_layers_after(root.id, Lsn(0), Lsn(0x300_0000), t)
+                .await
+                .unwrap();
+            wal_index::first_txn_after(&source, &layers, Lsn(0), Lsn(0x300_0000), t)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(after(1_500).await.unwrap().before, Lsn(0x200_00C0));
+    assert_eq!(after(500).await.unwrap().before, Lsn(0x200_0060));
+    assert!(after(3_000).await.is_none());
     let rp = cat
-        .events(root.id, Lsn(0), Lsn(0x300_0000), Some("before-upgrade"))
+        .restore_points(root.id, Lsn(0), Lsn(0x300_0000), "before-upgrade")
         .await
         .unwrap();
     assert_eq!(rp.len(), 1);
     assert_eq!(rp[0].end, Lsn(0x200_00C0));
-    let last = cat
-        .last_txn_before(root.id, Lsn(0), Lsn(0x200_00C0))
+    let layers = cat
+        .txn_layers_before(root.id, Lsn(0), Lsn(0x200_00C0))
+        .await
+        .unwrap();
+    assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0].cluster, c.id);
+    assert_eq!(layers[0].summary.txns, 2);
+    let last = wal_index::last_txn_before(&source, &layers, Lsn(0), Lsn(0x200_00C0))
         .await
         .unwrap()
         .unwrap();
