@@ -33,7 +33,10 @@
 //! Where a layer's events come from ([`WalEvents`] and `Engine::layer_events`): events
 //! registered in memory first (a restore's staging engine registers the metadata it fetched
 //! from a region, checked against the signed index, before any layer file is local), then the
-//! local layer file's metadata, read and decoded (a few recent layers are kept decoded).
+//! local layer file's metadata, read and decoded (a few recent layers are kept decoded: a
+//! layer never changes, so nothing kept can go stale). A layer that is neither registered nor
+//! readable fails the resolution with its file's error (a branch listing shows no time
+//! instead); nothing falls back to a guess.
 //!
 //! Invariants:
 //! 1. A WAL layer has a `wal_layer_txns` row if and only if its events hold a commit or abort,
