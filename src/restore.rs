@@ -216,6 +216,9 @@ fn print_report(r: &RestoreReport) {
         }
     }
     if let Some(port) = r.compute_port {
-        println!("compute running on 127.0.0.1:{port}: cairn compute list shows its URL");
+        println!(
+            "compute running on 127.0.0.1:{port}: `cairn compute start BRANCH --url-only` prints \
+             its URL"
+        );
     }
 }
