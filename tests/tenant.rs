@@ -351,25 +351,12 @@ async fn a_restored_data_directory_says_how_to_log_in() {
     assert_eq!(scalar(&c, "SELECT count(*)::text FROM t").await, "100");
     // The OS user that owns the directory is the superuser over the socket, no password.
     if is_root() {
-        let out = Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(pg_bin().join("psql"))
-            .args(["-XAtq", "-h"])
-            .arg(&sockets)
-            .args([
-                "-p",
-                &server.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args([
-                "-c",
-                "SELECT current_user || ' ' || rolsuper FROM pg_roles WHERE rolname = current_user",
-            ])
-            .output()
-            .unwrap();
+        let out = psql_over_socket(
+            "postgres",
+            &sockets,
+            server.port,
+            "SELECT current_user || ' ' || rolsuper FROM pg_roles WHERE rolname = current_user",
+        );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
             "postgres true",
@@ -377,23 +364,34 @@ async fn a_restored_data_directory_says_how_to_log_in() {
             String::from_utf8_lossy(&out.stderr)
         );
         // Another OS user is not let in by that line.
-        let out = Command::new("runuser")
-            .args(["-u", "nobody", "--"])
-            .arg(pg_bin().join("psql"))
-            .args(["-XAtq", "-h"])
-            .arg(&sockets)
-            .args([
-                "-p",
-                &server.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-w",
-            ])
-            .args(["-c", "SELECT 1"])
-            .output()
-            .unwrap();
+        let out = psql_over_socket("nobody", &sockets, server.port, "SELECT 1");
         assert!(!out.status.success());
     }
+}
+
+/// `psql` as OS user `os_user` over the Unix socket in `sockets`, as role postgres, never
+/// prompting for a password.
+fn psql_over_socket(
+    os_user: &str,
+    sockets: &std::path::Path,
+    port: u16,
+    sql: &str,
+) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", os_user, "--"])
+        .arg(pg_bin().join("psql"))
+        .args(["-XAtqw", "-h"])
+        .arg(sockets)
+        .args([
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ])
+        .output()
+        .unwrap()
 }
