@@ -12,17 +12,15 @@
 //! it in layers.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow, Tx};
 use crate::engine::{remove_tree, Engine};
 use crate::error::{Error, Result};
 use crate::ids::{ClusterId, LayerId, Lsn, TimelineId};
-use crate::ingest::image::{self, BuiltImage, DedupIndex, ImageInput};
+use crate::ingest::image::BuiltImage;
 use crate::ingest::wal::{self as wal_ingest, BuiltWal, WalStream};
 use crate::layer::file::LayerKind;
-use crate::layer::image::ImageMeta;
 use crate::materialise::{materialise, MaterialiseStats};
 use crate::pg::server::{free_port, Credentials, Server};
 use crate::progress::Progress;
@@ -91,6 +89,8 @@ impl ComputeInfo {
     }
 }
 
+pub use crate::compute_image::ImageReport;
+
 /// A branch head's reconstruction prepared outside the local layers (e.g. fetched from a region).
 #[derive(Debug, Clone)]
 pub struct PreparedSource {
@@ -106,18 +106,6 @@ pub struct SyncReport {
     pub from: Lsn,
     pub to: Lsn,
     pub layers: usize,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ImageReport {
-    pub layer: String,
-    pub start: Lsn,
-    pub end: Lsn,
-    pub logical_bytes: u64,
-    pub stored_bytes: u64,
-    pub file_bytes: u64,
-    pub stats: image::ImageStats,
-    pub seconds: f64,
 }
 
 impl Engine {
@@ -138,7 +126,12 @@ impl Engine {
         }
     }
 
-    fn server_for(&self, cluster: &ClusterRow, tl: TimelineId, port: u16) -> Result<Server> {
+    pub(crate) fn server_for(
+        &self,
+        cluster: &ClusterRow,
+        tl: TimelineId,
+        port: u16,
+    ) -> Result<Server> {
         let dir = self.home.compute_dir(tl);
         Ok(Server::new(
             self.bins_for(cluster)?,
@@ -149,7 +142,7 @@ impl Engine {
         ))
     }
 
-    fn stream(&self, cluster: &ClusterRow, tl: TimelineId) -> WalStream {
+    pub(crate) fn stream(&self, cluster: &ClusterRow, tl: TimelineId) -> WalStream {
         WalStream {
             timeline: tl,
             system_id: cluster.system_id,
@@ -255,104 +248,6 @@ impl Engine {
         tx.commit().await?;
         crate::failpoint::hit("layers-after-commit");
         Ok(head)
-    }
-
-    /// Takes an image layer of a running server (between `pg_backup_start` and
-    /// `pg_backup_stop`). The layer file is durable on return; nothing is committed.
-    pub(crate) async fn take_image(
-        &self,
-        cluster: &ClusterRow,
-        tl: &TimelineRow,
-        server: &Server,
-        creds: &Credentials,
-        progress: &Arc<Progress>,
-    ) -> Result<BuiltImage> {
-        let client = server.connect_control(creds, "postgres").await?;
-        let checksums: String = client
-            .query_one("SHOW data_checksums", &[])
-            .await
-            .map_err(|e| Error::postgres("read data_checksums", e.to_string()))?
-            .get(0);
-        let known = {
-            let images = self.ancestry_images(tl).await?;
-            tokio::task::spawn_blocking(move || DedupIndex::load(&images))
-                .await
-                .map_err(|e| {
-                    Error::io("load dedup index", std::io::Error::other(e.to_string()))
-                })??
-        };
-        let start_sql = if cluster.pg_major >= 15 {
-            "SELECT pg_backup_start('cairn', true)::text"
-        } else {
-            "SELECT pg_start_backup('cairn', true, false)::text"
-        };
-        let start: String = client
-            .query_one(start_sql, &[])
-            .await
-            .map_err(|e| {
-                Error::postgres(
-                    "start the base backup (pg_backup_start)",
-                    format!("{e}; the role needs superuser or EXECUTE on pg_backup_start"),
-                )
-            })?
-            .get(0);
-        let start: Lsn = start
-            .parse()
-            .map_err(|e: String| Error::postgres("pg_backup_start", e))?;
-        let t0 = std::time::Instant::now();
-        tracing::debug!(%start, "base backup started");
-        let datadir = server.datadir.clone();
-        let out_dir = self.home.timeline_dir(cluster.id, tl.id);
-        progress.phase("image", image::estimate_size(&datadir));
-        let p = progress.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            image::build(
-                &out_dir,
-                &ImageInput {
-                    datadir: &datadir,
-                    backup_start: start,
-                    checksums: checksums == "on",
-                },
-                &known,
-                &p.done,
-            )
-        })
-        .await
-        .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))?;
-        let stop_sql = if cluster.pg_major >= 15 {
-            "SELECT lsn::text, labelfile FROM pg_backup_stop(false)"
-        } else {
-            "SELECT lsn::text, labelfile FROM pg_stop_backup(false, false)"
-        };
-        let draft = match built {
-            Ok(d) => d,
-            Err(err) => {
-                let _ = client.query_one(stop_sql, &[]).await;
-                return Err(match err {
-                    Ok(page) => {
-                        let name = relation_name(server, creds, &page).await;
-                        page.into_error(name)
-                    }
-                    Err(e) => e,
-                });
-            }
-        };
-        tracing::debug!(seconds = t0.elapsed().as_secs_f64(), stats = ?draft.stats, "data files read");
-        let row = client
-            .query_one(stop_sql, &[])
-            .await
-            .map_err(|e| Error::postgres("stop the base backup (pg_backup_stop)", e.to_string()))?;
-        tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "base backup stopped");
-        let stop: String = row.get(0);
-        let label: String = row.get(1);
-        let end: Lsn = stop
-            .parse()
-            .map_err(|e: String| Error::postgres("pg_backup_stop", e))?;
-        let meta = ImageMeta::of_backup(cluster, tl.id, start, end, label);
-        crate::failpoint::hit("image-before-finish");
-        tokio::task::spawn_blocking(move || draft.finish(meta))
-            .await
-            .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))?
     }
 
     /// Materialises a branch's head and starts a compute on it.
@@ -594,7 +489,11 @@ impl Engine {
         self.sync_locked(cluster, tl).await
     }
 
-    async fn sync_locked(&self, cluster: &ClusterRow, tl_id: TimelineId) -> Result<SyncReport> {
+    pub(crate) async fn sync_locked(
+        &self,
+        cluster: &ClusterRow,
+        tl_id: TimelineId,
+    ) -> Result<SyncReport> {
         self.recover_timeline(cluster, tl_id).await?;
         let tl = self.catalog.timeline(tl_id).await?;
         let c = self.catalog.compute(tl_id).await?.ok_or_else(|| {
@@ -724,87 +623,6 @@ impl Engine {
         tracing::info!(head = %report.to, "compute stopped");
         Ok(report)
     }
-
-    /// Takes an image layer of the branch's running compute, now.
-    pub async fn image_create(
-        &self,
-        cluster: &ClusterRow,
-        branch: &str,
-        progress: &Arc<Progress>,
-    ) -> Result<ImageReport> {
-        let started = std::time::Instant::now();
-        let (_, tl) = self.resolve_branch(cluster, branch).await?;
-        let _g = self
-            .home
-            .lock_timeline(tl.id, &format!("branch '{branch}'"))?;
-        self.recover_timeline(cluster, tl.id).await?;
-        let c = self.catalog.compute(tl.id).await?;
-        let server = match c {
-            Some(c) => self.server_for(cluster, tl.id, c.port)?,
-            None => {
-                return Err(Error::Refused(format!(
-                    "an image is taken from a running compute; start one with `cairn compute \
-                     start {branch}` first"
-                )))
-            }
-        };
-        if server.pid().is_none() {
-            return Err(Error::Refused(format!(
-                "the compute of branch '{branch}' is not running; start it with `cairn compute \
-                 start {branch}`"
-            )));
-        }
-        let creds = self.credentials(cluster)?;
-        // Ingest first, so the image's WAL continues the committed chain.
-        self.sync_locked(cluster, tl.id).await?;
-        let tl = self.catalog.timeline(tl.id).await?;
-        let img = self
-            .take_image(cluster, &tl, &server, &creds, progress)
-            .await?;
-        let end = img.meta.end_lsn;
-        // The image is usable once the WAL up to its end is in layers.
-        let client = server.connect_control(&creds, "postgres").await?;
-        let mut flush = tl.head;
-        for _ in 0..100 {
-            flush = flush_lsn(&client).await?;
-            if flush >= end {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let built = self
-            .write_wal_layers(
-                cluster,
-                &tl,
-                &server.datadir.join("pg_wal"),
-                Some(flush),
-                None,
-            )
-            .await?;
-        let head = built.last().map_or(tl.head, |b| b.meta.end);
-        if head < end {
-            return Err(Error::postgres(
-                "take an image",
-                format!("WAL reached only {head}, the image needs it up to {end}"),
-            ));
-        }
-        crate::failpoint::hit("image-before-commit");
-        let (head, _) = self.commit_layers(cluster, &tl, Some(&img), &built).await?;
-        advance_slot(&client, head).await?;
-        progress
-            .done
-            .store(progress.total.load(Ordering::Relaxed), Ordering::Relaxed);
-        Ok(ImageReport {
-            layer: img.id.to_string(),
-            start: img.meta.start_lsn,
-            end,
-            logical_bytes: img.meta.logical_size(),
-            stored_bytes: img.stats.stored_bytes,
-            file_bytes: img.file_size,
-            stats: img.stats,
-            seconds: started.elapsed().as_secs_f64(),
-        })
-    }
 }
 
 /// Adds durable layer files to a transaction (rows, references, WAL events); returns the
@@ -860,7 +678,7 @@ pub(crate) async fn add_layers(
 }
 
 /// The server's WAL flush position.
-async fn flush_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
+pub(crate) async fn flush_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
     let f: String = client
         .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
         .await
@@ -871,7 +689,7 @@ async fn flush_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
 }
 
 /// Lets the server recycle WAL before `head`: it is in committed layers now.
-async fn advance_slot(client: &tokio_postgres::Client, head: Lsn) -> Result<()> {
+pub(crate) async fn advance_slot(client: &tokio_postgres::Client, head: Lsn) -> Result<()> {
     client
         .execute(
             "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
@@ -880,38 +698,6 @@ async fn advance_slot(client: &tokio_postgres::Client, head: Lsn) -> Result<()> 
         .await
         .map_err(|e| Error::postgres("advance the cairn replication slot", e.to_string()))?;
     Ok(())
-}
-
-/// Looks up `schema.table` for a corrupt page's relation file, best effort.
-async fn relation_name(
-    server: &Server,
-    creds: &Credentials,
-    page: &image::CorruptPage,
-) -> Option<String> {
-    let rel = page.rel.as_ref()?;
-    let admin = server.connect_control(creds, "postgres").await.ok()?;
-    let db: String = match rel.db {
-        Some(oid) => admin
-            .query_opt(
-                "SELECT datname FROM pg_database WHERE oid = $1::int8::oid",
-                &[&(oid as i64)],
-            )
-            .await
-            .ok()??
-            .get(0),
-        None => "postgres".into(),
-    };
-    let client = server.connect_control(creds, &db).await.ok()?;
-    let row = client
-        .query_opt(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE pg_relation_filenode(c.oid) = $1::int8::oid",
-            &[&(rel.relfilenode as i64)],
-        )
-        .await
-        .ok()??;
-    Some(format!("{} in database {db}", row.get::<_, String>(0)))
 }
 
 /// A compute as `compute list` shows it.

@@ -27,6 +27,7 @@ pub mod branch;
 pub mod catalog;
 pub mod cluster;
 pub mod compute;
+pub mod compute_image;
 pub mod engine;
 pub mod failpoint;
 pub mod home;
