@@ -235,20 +235,6 @@ included).
 EOF
   fi
 } >"$SECTION"
-python3 - "$OUT" "$SECTION" <<'EOF'
-import sys
-path, section = sys.argv[1], open(sys.argv[2]).read()
-text = open(path).read()
-marker = "## Catalog growth under load"
-if marker in text:
-    head = text[: text.index(marker)].rstrip()
-    rest = text[text.index(marker):]
-    nxt = rest.find("\n## ", 1)
-    tail = rest[nxt:] if nxt != -1 else ""
-    text = head + "\n\n" + section + tail
-else:
-    text = text.rstrip() + "\n\n" + section
-open(path, "w").write(text)
-EOF
+replace_section "$OUT" "$SECTION"
 echo "== results written to $OUT"
 cat "$SECTION"

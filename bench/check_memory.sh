@@ -101,11 +101,9 @@ echo "repair: peak RSS $REPAIR_RSS MB, $REPAIR_S s"
 echo "the repaired region checks clean"
 
 VERDICT=$(python3 -c "print('under' if max($CHECK_RSS, $REPAIR_RSS) < $LIMIT_MB else 'OVER')")
-python3 - "$OUT" <<PY
-import re, sys
-path = sys.argv[1]
-text = open(path).read()
-section = """## Memory of check and repair
+SECTION=$(mktemp)
+cat >"$SECTION" <<PY
+## Memory of check and repair
 
 Produced by \`bash bench/check_memory.sh $GIB\` on $(date -u +%Y-%m-%d): $(nproc) cores, release build.
 A managed cluster holding $GIB GiB of random bytes (incompressible), shipped to two local
@@ -120,9 +118,7 @@ only once the copy hashes to the recorded SHA-256 (the damaged copy is never del
 | \`regions repair --region region-b\` (full check of region-b, then a $(mib "$BIG_SIZE") MiB copy) | $REPAIR_RSS MB | $REPAIR_S s |
 
 Both stay $VERDICT the $LIMIT_MB MB limit, whatever the object's size.
-"""
-pat = re.compile(r"## Memory of check and repair\n.*?(?=\n## |\Z)", re.S)
-text = pat.sub(lambda m: section.rstrip("\n"), text) if pat.search(text) else text.rstrip("\n") + "\n\n" + section
-open(path, "w").write(text)
 PY
+replace_section "$OUT" "$SECTION"
+rm -f "$SECTION"
 echo "results written to docs/BENCHMARKS.md ($VERDICT the $LIMIT_MB MB limit)"

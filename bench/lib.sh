@@ -59,3 +59,23 @@ CONF
   as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$PORT" -qc CHECKPOINT postgres
   as_pg pgbackrest --config="$CONF" --stanza=bench stanza-create
 }
+
+# Puts the section in file $2 (its first line is its "## " heading) into $1: replacing the
+# section of that heading (up to the next "## " heading), or appended when there is none.
+replace_section() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+path, section = sys.argv[1], open(sys.argv[2]).read()
+marker = section.split("\n", 1)[0]
+text = open(path).read()
+if marker in text:
+    head = text[: text.index(marker)].rstrip()
+    rest = text[text.index(marker):]
+    nxt = rest.find("\n## ", 1)
+    tail = rest[nxt:] if nxt != -1 else ""
+    text = head + "\n\n" + section + tail
+else:
+    text = text.rstrip() + "\n\n" + section
+open(path, "w").write(text)
+PY
+}

@@ -100,11 +100,9 @@ P_INC_IMG=$(( P_IMG2 - P_FULL_IMG )); P_INC_WAL=$(( P_WAL2 - P_FULL_WAL ))
 echo "cairn incremental: $C_INC_T s, $C_INC_B bytes; pgbackrest incremental: $P_INC_T s, $P_INC_B bytes"
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-python3 - "$OUT" <<EOF
-import re, sys
-path = sys.argv[1]
-text = open(path).read()
-section = """## Protection: full and incremental backup to two repositories, next to pgBackRest
+SECTION=$(mktemp)
+cat >"$SECTION" <<EOF
+## Protection: full and incremental backup to two repositories, next to pgBackRest
 
 Produced by \`bash bench/protect.sh $SCALE\` on $(date -u +%Y-%m-%d): $(nproc) cores ($CPU),
 $(pgbackrest version), release build of cairn. Each tool backs up its own fresh pgbench
@@ -135,17 +133,7 @@ pgbench ran at $C_TPS tps on Cairn's compute and $P_TPS tps on pgBackRest's serv
 10 s. Cairn's incremental includes the WAL of those 10 s and a new image that stores only the
 changed pages; pgBackRest's incremental copies every changed relation segment file in full
 (plus the WAL it archived meanwhile).
-"""
-marker = "## Protection: full and incremental backup"
-if marker in text:
-    # Replace this section only; sections after it stay.
-    head = text[: text.index(marker)].rstrip()
-    rest = text[text.index(marker):]
-    nxt = rest.find("\n## ", 1)
-    tail = rest[nxt:] if nxt != -1 else ""
-    text = head + "\n\n" + section + tail
-else:
-    text = text.rstrip() + "\n\n" + section
-open(path, "w").write(text)
 EOF
+replace_section "$OUT" "$SECTION"
+rm -f "$SECTION"
 echo "== results written to $OUT"

@@ -142,11 +142,9 @@ for col in zip(*rows):
 print(' '.join(out))")
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-python3 - "$OUT" <<EOF
-import sys
-path = sys.argv[1]
-text = open(path).read()
-section = """## Restore: latest point to a running PostgreSQL, next to pgBackRest
+SECTION=$(mktemp)
+cat >"$SECTION" <<EOF
+## Restore: latest point to a running PostgreSQL, next to pgBackRest
 
 Produced by \`bash bench/restore.sh $SCALE\` on $(date -u +%Y-%m-%d): $(nproc) cores ($CPU),
 $(pgbackrest version), release build of cairn. Each tool restores its own pgbench scale-$SCALE
@@ -183,16 +181,7 @@ reads: index signatures, an AES-GCM tag per 1 MiB chunk, every 8 KiB piece's SHA
 goes: it writes the WAL to replay into \`pg_wal\` (the segments above, 16 MiB each) alongside the
 data files, and starts PostgreSQL twice (private replay, then the user's start). Serving WAL to
 recovery on demand instead, and handing over the recovered server, are the next steps.
-"""
-marker = "## Restore: latest point to a running PostgreSQL"
-if marker in text:
-    head = text[: text.index(marker)].rstrip()
-    rest = text[text.index(marker):]
-    nxt = rest.find("\n## ", 1)
-    tail = rest[nxt:] if nxt != -1 else ""
-    text = head + "\n\n" + section + tail
-else:
-    text = text.rstrip() + "\n\n" + section
-open(path, "w").write(text)
 EOF
+replace_section "$OUT" "$SECTION"
+rm -f "$SECTION"
 echo "== results written to $OUT"
