@@ -171,11 +171,7 @@ async fn the_printed_url_is_an_owner_that_builds_applications_but_reaches_no_fil
 #[tokio::test(flavor = "multi_thread")]
 async fn a_superuser_is_given_only_where_it_reaches_nothing_else_and_roles_migrate() {
     let env = Env::new();
-    env.write_regions(&format!(
-        "min_copies = 2\n{}\n{}",
-        env.file_region("region-a"),
-        env.file_region("region-b")
-    ));
+    env.two_file_regions();
     env.ok(&["cluster", "create", "shop"]);
     env.start("main");
     env.ok(&["backup", "now"]);
@@ -303,11 +299,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restored_data_directory_says_how_to_log_in() {
     let env = Env::new();
-    env.write_regions(&format!(
-        "min_copies = 2\n{}\n{}",
-        env.file_region("region-a"),
-        env.file_region("region-b")
-    ));
+    env.two_file_regions();
     env.ok(&["cluster", "create", "shop"]);
     let url = env.start("main");
     let c = connect(&url).await;

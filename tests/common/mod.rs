@@ -127,6 +127,15 @@ impl Env {
             .clone()
     }
 
+    /// Two local-directory regions, region-a and region-b, both needed for a copy to count.
+    pub fn two_file_regions(&self) {
+        self.write_regions(&format!(
+            "min_copies = 2\n{}\n{}",
+            self.file_region("region-a"),
+            self.file_region("region-b")
+        ));
+    }
+
     /// Writes HOME/regions.toml (mode 0600).
     pub fn write_regions(&self, toml: &str) {
         std::fs::create_dir_all(&self.home).unwrap();
