@@ -42,6 +42,13 @@ pub struct RestoreArgs {
     /// files that differ (stop any server on it first).
     #[arg(long, requires = "to_datadir")]
     pub delta: bool,
+    /// With --to-datadir: put a tablespace (by OID, or by name as the image records it) in
+    /// this absolute, empty directory. Repeat for each. Unmapped tablespaces go to
+    /// DIR.tablespaces/OID beside the data directory; the report lists where each went.
+    /// Tablespaces created after the point's image are known by OID only.
+    #[arg(long, value_name = "OID|NAME=DIR", requires = "to_datadir",
+          value_parser = cairn_restore::tablespaces::parse_entry)]
+    pub tablespace_map: Vec<(String, PathBuf)>,
     #[command(flatten)]
     pub source: SourceOpt,
 }
@@ -124,6 +131,10 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
             dir: std::path::absolute(d)?,
             recover: !a.no_recover,
             delta: a.delta,
+            tablespaces: cairn_restore::TablespaceMap {
+                entries: a.tablespace_map.clone(),
+                root: None,
+            },
         },
         (None, None) => anyhow::bail!("choose a target: --as-branch NAME or --to-datadir DIR"),
     };
@@ -209,6 +220,21 @@ fn print_report(r: &RestoreReport) {
         opt(ph.first_connection),
         r.total_seconds
     );
+    if !r.tablespaces.is_empty() {
+        println!("tablespaces:");
+        for t in &r.tablespaces {
+            println!(
+                "  {} ({}): {}{}",
+                t.oid,
+                t.name.as_deref().unwrap_or("created after the image"),
+                t.directory.display(),
+                t.source_location
+                    .as_deref()
+                    .map(|l| format!(" (the source had it at {l})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     if !r.logins.is_empty() {
         println!("logging in:");
         for l in &r.logins {

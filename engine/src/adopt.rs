@@ -145,8 +145,8 @@ async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Res
         );
     }
     let segment_size = seg.parse::<u64>().unwrap_or(16 << 20);
-    // A plain-format base backup writes each tablespace at the absolute path the source names,
-    // on this machine: refuse before anything is written (the engine keeps no tablespaces yet).
+    // An in-place tablespace (a directory inside pg_tblspc) is left out of a tar-format base
+    // backup without a word: refuse before anything is copied.
     let spaces = client
         .query(
             "SELECT spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
@@ -155,15 +155,17 @@ async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Res
         )
         .await
         .map_err(|e| advise("cannot list the source's tablespaces", e))?;
-    if !spaces.is_empty() {
+    let in_place: Vec<String> = spaces
+        .iter()
+        .filter(|r| !r.get::<_, String>(1).starts_with('/'))
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    if !in_place.is_empty() {
         return Err(Error::Refused(format!(
-            "the source has tablespaces ({}); cairn does not adopt tablespaces yet, and a base \
-             backup would write them at the source's paths on this machine: nothing was copied",
-            spaces
-                .iter()
-                .map(|r| format!("{} at {}", r.get::<_, String>(0), r.get::<_, String>(1)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "the source has in-place tablespaces ({}), which a base backup leaves out: move \
+             their relations to a tablespace with an absolute location (ALTER TABLE ... SET \
+             TABLESPACE) and drop them; nothing was copied",
+            in_place.join(", ")
         )));
     }
     Ok(SourceFacts {
@@ -178,11 +180,12 @@ async fn inspect_source(client: &tokio_postgres::Client, major_here: u32) -> Res
     })
 }
 
-/// The LSNs of a plain-format base backup: (start, end), from its manifest.
-fn backup_range(dir: &Path) -> Result<(Lsn, Lsn, String)> {
-    let label_path = dir.join("backup_label");
+/// The LSNs of a base backup: (start, end), from its manifest (in `tars`), and the backup
+/// label of the unpacked data directory.
+fn backup_range(datadir: &Path, tars: &Path) -> Result<(Lsn, Lsn, String)> {
+    let label_path = datadir.join("backup_label");
     let label = std::fs::read_to_string(&label_path).ctx("read", &label_path)?;
-    let manifest_path = dir.join("backup_manifest");
+    let manifest_path = tars.join("backup_manifest");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).ctx("read", &manifest_path)?)
             .map_err(|e| Error::corrupt(format!("{}", manifest_path.display()), e.to_string()))?;
@@ -198,6 +201,37 @@ fn backup_range(dir: &Path) -> Result<(Lsn, Lsn, String)> {
             .map_err(|e: String| Error::corrupt(format!("{}", manifest_path.display()), e))
     };
     Ok((lsn("Start-LSN")?, lsn("End-LSN")?, label))
+}
+
+/// Unpacks `pg_basebackup -Ft` output: `base.tar` into `datadir`, each `<OID>.tar` into
+/// `ts_root/<OID>` with `pg_tblspc/<OID>` linked to it (so the image walk finds it by OID).
+/// Each archive is removed once unpacked.
+fn unpack_base_backup(tars: &Path, datadir: &Path, ts_root: &Path) -> Result<()> {
+    let base = tars.join("base.tar");
+    let st = crate::pg::tar::unpack(&base, datadir)?;
+    if st.skipped > 0 {
+        tracing::debug!(
+            skipped = st.skipped,
+            "base.tar members that are not files or directories"
+        );
+    }
+    std::fs::remove_file(&base).ctx("remove", &base)?;
+    let placement = crate::tablespace::Placement::under(ts_root.to_path_buf());
+    for e in std::fs::read_dir(tars).ctx("read directory", tars)? {
+        let e = e.ctx("read directory", tars)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(oid) = name
+            .strip_suffix(".tar")
+            .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|o| o.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let dir = crate::tablespace::link(datadir, &placement, oid)?;
+        crate::pg::tar::unpack(&e.path(), &dir)?;
+        std::fs::remove_file(e.path()).ctx("remove", &e.path())?;
+    }
+    Ok(())
 }
 
 /// A running `pg_receivewal` for an adopted cluster.
@@ -389,7 +423,15 @@ impl Engine {
             created_at_us: now_us(),
         };
         let res = self
-            .adopt_inner(&cluster, tid, &src, &basebackup, facts.checksums, progress)
+            .adopt_inner(
+                &cluster,
+                tid,
+                &src,
+                &client,
+                &basebackup,
+                facts.checksums,
+                progress,
+            )
             .await;
         if let Err(e) = res {
             let _ = client
@@ -404,31 +446,43 @@ impl Engine {
         self.cluster_summary(&c).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn adopt_inner(
         &self,
         cluster: &ClusterRow,
         tid: TimelineId,
         src: &SourceUrl,
+        client: &tokio_postgres::Client,
         basebackup: &Path,
         checksums: bool,
         progress: &Arc<Progress>,
     ) -> Result<()> {
-        let staging: PathBuf = self.home.spool_dir(cluster.id).join("basebackup");
-        remove_tree(&staging)?;
-        std::fs::create_dir_all(&staging).ctx("create directory", &staging)?;
+        let work: PathBuf = self.home.spool_dir(cluster.id).join("basebackup");
+        remove_tree(&work)?;
+        let (tars, staging) = (work.join("tar"), work.join("pgdata"));
+        std::fs::create_dir_all(&tars).ctx("create directory", &tars)?;
         progress.phase("base backup", 0);
+        // Tar format: every byte lands in `tars`, whatever tablespaces the source has or
+        // creates meanwhile (plain format would write each at the source's path, here).
         let mut cmd = client_command(basebackup, src);
         cmd.arg("-d")
             .arg(src.libpq()?)
             .arg("-D")
-            .arg(&staging)
-            .args(["-Fp", "-X", "none", "-c", "fast", "--no-sync", "-w", "-l"])
+            .arg(&tars)
+            .args(["-Ft", "-X", "none", "-c", "fast", "--no-sync", "-w", "-l"])
             .arg(format!("cairn {}", cluster.name));
         tokio::task::spawn_blocking(move || run(&mut cmd, "pg_basebackup"))
             .await
             .map_err(|e| Error::io("pg_basebackup", std::io::Error::other(e.to_string())))?
             .map_err(|e| advise("the base backup failed", e))?;
-        let (start, end, label) = backup_range(&staging)?;
+        let (t, d) = (tars.clone(), staging.clone());
+        let ts_root = work.join("tablespaces");
+        let tr = ts_root.clone();
+        tokio::task::spawn_blocking(move || unpack_base_backup(&t, &d, &tr))
+            .await
+            .map_err(|e| Error::io("unpack task", std::io::Error::other(e.to_string())))??;
+        let tablespaces = crate::compute_image::tablespaces(client).await?;
+        let (start, end, label) = backup_range(&staging, &tars)?;
         let tl = TimelineRow {
             id: tid,
             cluster_id: cluster.id,
@@ -460,11 +514,12 @@ impl Engine {
             Ok(page) => page.into_error(None),
             Err(e) => e,
         })?;
-        let meta = ImageMeta::of_backup(cluster, tid, start, end, label);
+        let mut meta = ImageMeta::of_backup(cluster, tid, start, end, label);
+        meta.tablespaces = tablespaces;
         let img = tokio::task::spawn_blocking(move || draft.finish(meta))
             .await
             .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))??;
-        remove_tree(&staging)?;
+        remove_tree(&work)?;
         // The WAL the image needs, through the slot.
         progress.phase("WAL", 0);
         if let Some(pw) = &src.password {

@@ -24,6 +24,7 @@ use crate::layer::file::LayerKind;
 use crate::materialise::{materialise, MaterialiseStats};
 use crate::pg::server::{free_port, Credentials, Server};
 use crate::progress::Progress;
+use crate::tablespace::Placement;
 use crate::wal::DirSource;
 
 /// The replication slot every compute keeps for Cairn.
@@ -41,6 +42,9 @@ pub fn compute_settings(branch: &str) -> Vec<(&'static str, String)> {
         ("full_page_writes", "on".into()),
         ("max_replication_slots", "10".into()),
         ("max_wal_senders", "10".into()),
+        // Only a superuser can create tablespaces; `LOCATION ''` keeps one inside the compute's
+        // own directory, and a real directory in pg_tblspc never stops recovery.
+        ("allow_in_place_tablespaces", "on".into()),
     ]
 }
 
@@ -345,12 +349,14 @@ impl Engine {
             )));
         }
         let datadir = server.datadir.clone();
+        let placement = Placement::under(dir.join("tablespaces"));
         progress.phase("materialise", total);
         let p = progress.clone();
-        let stats =
-            tokio::task::spawn_blocking(move || materialise(&plan, &paths, &datadir, &p.done))
-                .await
-                .map_err(|e| Error::io("materialise task", std::io::Error::other(e.to_string())))?;
+        let stats = tokio::task::spawn_blocking(move || {
+            materialise(&plan, &paths, &datadir, &placement, &p.done)
+        })
+        .await
+        .map_err(|e| Error::io("materialise task", std::io::Error::other(e.to_string())))?;
         let stats = match stats {
             Ok(s) => s,
             Err(e) => {

@@ -32,6 +32,36 @@ pub struct ImageReport {
     pub seconds: f64,
 }
 
+fn stop_sql(cluster: &ClusterRow) -> &'static str {
+    if cluster.pg_major >= 15 {
+        "SELECT lsn::text, labelfile FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, labelfile FROM pg_stop_backup(false, false)"
+    }
+}
+
+/// The server's tablespaces besides `pg_default` and `pg_global`, with their locations.
+pub(crate) async fn tablespaces(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<crate::layer::image::TablespaceInfo>> {
+    let rows = client
+        .query(
+            "SELECT oid, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+             WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
+            &[],
+        )
+        .await
+        .map_err(|e| Error::postgres("list the server's tablespaces", e.to_string()))?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::layer::image::TablespaceInfo {
+            oid: r.get::<_, u32>(0),
+            name: r.get(1),
+            location: r.get(2),
+        })
+        .collect())
+}
+
 impl Engine {
     /// Takes an image layer of a running server (between `pg_backup_start` and
     /// `pg_backup_stop`). The layer file is durable on return; nothing is committed.
@@ -77,6 +107,13 @@ impl Engine {
             .map_err(|e: String| Error::postgres("pg_backup_start", e))?;
         let t0 = std::time::Instant::now();
         tracing::debug!(%start, "base backup started");
+        let tablespaces = match tablespaces(&client).await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = client.query_one(stop_sql(cluster), &[]).await;
+                return Err(e);
+            }
+        };
         let datadir = server.datadir.clone();
         let out_dir = self.home.timeline_dir(cluster.id, tl.id);
         progress.phase("image", image::estimate_size(&datadir));
@@ -95,11 +132,7 @@ impl Engine {
         })
         .await
         .map_err(|e| Error::io("image task", std::io::Error::other(e.to_string())))?;
-        let stop_sql = if cluster.pg_major >= 15 {
-            "SELECT lsn::text, labelfile FROM pg_backup_stop(false)"
-        } else {
-            "SELECT lsn::text, labelfile FROM pg_stop_backup(false, false)"
-        };
+        let stop_sql = stop_sql(cluster);
         let draft = match built {
             Ok(d) => d,
             Err(err) => {
@@ -124,7 +157,8 @@ impl Engine {
         let end: Lsn = stop
             .parse()
             .map_err(|e: String| Error::postgres("pg_backup_stop", e))?;
-        let meta = ImageMeta::of_backup(cluster, tl.id, start, end, label);
+        let mut meta = ImageMeta::of_backup(cluster, tl.id, start, end, label);
+        meta.tablespaces = tablespaces;
         crate::failpoint::hit("image-before-finish");
         tokio::task::spawn_blocking(move || draft.finish(meta))
             .await

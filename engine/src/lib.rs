@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod layer_map;
 pub mod materialise;
 pub mod progress;
+pub mod tablespace;
 pub mod tenant;
 pub mod wal_index;
 

@@ -11,6 +11,11 @@
 //! Every piece is checked against its SHA-256 while it is written; a damaged layer aborts the
 //! materialisation with the layer and offset named.
 //!
+//! Tablespaces go where a [`Placement`] says: `pg_tblspc/<OID>` is a link to a directory of
+//! this data directory's own, for the image's tablespaces and for those the replayed WAL
+//! creates, whose create records are blanked in `pg_wal` so that redo keeps the link (see
+//! [`crate::tablespace`]).
+//!
 //! A *delta* materialisation writes over an existing data directory of the same cluster and
 //! rewrites only what differs: each piece already present at its offset with the right SHA-256
 //! is left alone (and its frame never decompressed), files and directories the image does not
@@ -33,6 +38,7 @@ use crate::layer::file::{LayerFile, LayerKind};
 use crate::layer::image::{validate_rel_path, BlobRef, ImageMeta};
 use crate::layer::wal::WalMeta;
 use crate::layer_map::Plan;
+use crate::tablespace::{self, Placement};
 use crate::wal::segment_file_name;
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -45,6 +51,10 @@ pub struct MaterialiseStats {
     pub removed: u64,
     pub wal_segments: u64,
     pub seconds: f64,
+    /// Where each tablespace went: (OID, directory `pg_tblspc/<OID>` links to).
+    pub tablespaces: Vec<(u32, PathBuf)>,
+    /// Tablespaces the replayed WAL creates: (OID, the location the source gave).
+    pub wal_tablespaces: Vec<(u32, String)>,
 }
 
 /// Finds the file of a layer.
@@ -82,15 +92,17 @@ fn ensure_empty_dir(target: &Path) -> Result<()> {
     crate::fsutil::create_dir_mode(target, 0o700).ctx("create directory", target)
 }
 
-/// Writes the point `plan` describes into `target` (which must be empty or absent).
+/// Writes the point `plan` describes into `target` (which must be empty or absent), with its
+/// tablespaces where `placement` says.
 pub fn materialise(
     plan: &Plan,
     layers: &dyn LayerResolver,
     target: &Path,
+    placement: &Placement,
     progress: &AtomicU64,
 ) -> Result<MaterialiseStats> {
     ensure_empty_dir(target)?;
-    write_point(plan, layers, target, progress, false)
+    write_point(plan, layers, target, placement, progress, false)
 }
 
 /// Writes the point `plan` describes over the data directory `target`, rewriting only the
@@ -99,6 +111,7 @@ pub fn materialise_delta(
     plan: &Plan,
     layers: &dyn LayerResolver,
     target: &Path,
+    placement: &Placement,
     progress: &AtomicU64,
 ) -> Result<MaterialiseStats> {
     if target.join("postmaster.pid").exists() {
@@ -115,38 +128,52 @@ pub fn materialise_delta(
             target.display()
         )));
     }
-    write_point(plan, layers, target, progress, true)
+    write_point(plan, layers, target, placement, progress, true)
 }
 
-/// Removes what `keep_files` and `keep_dirs` do not name below `dir` (but not `pg_wal`, which
-/// is rewritten whole); returns how many entries went.
-fn prune(
-    root: &Path,
-    dir: &Path,
-    keep_files: &std::collections::HashSet<&str>,
-    keep_dirs: &std::collections::HashSet<&str>,
-) -> Result<u64> {
+/// What a delta keeps: the image's files and directories.
+struct Keep<'a> {
+    files: std::collections::HashSet<&'a str>,
+    dirs: std::collections::HashSet<&'a str>,
+    placement: &'a Placement,
+}
+
+/// Removes what `keep` does not name below `dir` (whose path relative to the data directory
+/// is `rel_dir`), but not `pg_wal`, which is rewritten whole; returns how many entries went.
+/// A tablespace link is followed only when it points where the placement puts that
+/// tablespace; any other link is removed, never followed.
+fn prune(dir: &Path, rel_dir: &str, keep: &Keep) -> Result<u64> {
     let mut removed = 0;
     for e in fs::read_dir(dir).ctx("read directory", dir)? {
         let e = e.ctx("read directory", dir)?;
         let p = e.path();
-        let rel = p
-            .strip_prefix(root)
-            .map_err(|_| Error::Refused(format!("{} escapes {}", p.display(), root.display())))?
-            .to_string_lossy()
-            .into_owned();
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if rel_dir.is_empty() {
+            name
+        } else {
+            format!("{rel_dir}/{name}")
+        };
         if rel == "pg_wal" {
             continue;
         }
         let ft = e.file_type().ctx("stat", &p)?;
+        if ft.is_symlink() && rel_dir == "pg_tblspc" && keep.dirs.contains(rel.as_str()) {
+            if let Some(oid) = crate::tablespace::oid_of(&rel) {
+                let want = keep.placement.dir(oid);
+                if fs::read_link(&p).ok().as_deref() == Some(want.as_path()) && want.is_dir() {
+                    removed += prune(&want, &rel, keep)?;
+                    continue;
+                }
+            }
+        }
         if ft.is_dir() {
-            if keep_dirs.contains(rel.as_str()) {
-                removed += prune(root, &p, keep_files, keep_dirs)?;
+            if keep.dirs.contains(rel.as_str()) {
+                removed += prune(&p, &rel, keep)?;
             } else {
                 fs::remove_dir_all(&p).ctx("remove", &p)?;
                 removed += 1;
             }
-        } else if !(ft.is_file() && keep_files.contains(rel.as_str())) {
+        } else if !(ft.is_file() && keep.files.contains(rel.as_str())) {
             fs::remove_file(&p).ctx("remove", &p)?;
             removed += 1;
         }
@@ -158,6 +185,7 @@ fn write_point(
     plan: &Plan,
     layers: &dyn LayerResolver,
     target: &Path,
+    placement: &Placement,
     progress: &AtomicU64,
     delta: bool,
 ) -> Result<MaterialiseStats> {
@@ -180,18 +208,28 @@ fn write_point(
             validate_rel_path(&f.path)
                 .map_err(|e| Error::corrupt(format!("image layer {}", img_path.display()), e))?;
         }
-        let keep_files = meta.files.iter().map(|f| f.path.as_str()).collect();
-        let keep_dirs = meta.dirs.iter().map(|(d, _)| d.as_str()).collect();
-        removed = prune(target, target, &keep_files, &keep_dirs)?;
+        let keep = Keep {
+            files: meta.files.iter().map(|f| f.path.as_str()).collect(),
+            dirs: meta.dirs.iter().map(|(d, _)| d.as_str()).collect(),
+            placement,
+        };
+        removed = prune(target, "", &keep)?;
         let wal = target.join("pg_wal");
         if wal.exists() {
             fs::remove_dir_all(&wal).ctx("remove", &wal)?;
         }
     }
     let written = AtomicU64::new(0);
+    let mut tablespaces = Vec::new();
     for (d, mode) in &meta.dirs {
         validate_rel_path(d)
             .map_err(|e| Error::corrupt(format!("image layer {}", img_path.display()), e))?;
+        // `pg_tblspc/<OID>` is a link to the placement's directory; what is below it is
+        // written through the link.
+        if let (Some(oid), 2) = (tablespace::oid_of(d), d.split('/').count()) {
+            tablespaces.push((oid, tablespace::link(target, placement, oid)?));
+            continue;
+        }
         let p = target.join(d);
         fs::create_dir_all(&p).ctx("create directory", &p)?;
         fs::set_permissions(&p, fs::Permissions::from_mode(*mode & 0o777 | 0o700))
@@ -222,8 +260,22 @@ fn write_point(
         })
     };
     // Data files and WAL segments at once: both are spread over every core.
-    let (bytes, segments) = rayon::join(files, || write_wal(plan, layers, &meta, &wal_dir));
-    let (bytes, segments) = (bytes?, segments?);
+    let (bytes, wal) = rayon::join(files, || write_wal(plan, layers, &meta, &wal_dir));
+    let (bytes, (segments, tli, segment_size)) = (bytes?, wal?);
+    // Creates in the replayed WAL: blank their paths, and link their OIDs like the image's.
+    let in_wal = tablespace::neutralise_wal(
+        &wal_dir,
+        tli,
+        segment_size,
+        meta.pg_major,
+        meta.start_lsn,
+        plan.lsn,
+    )?;
+    for (oid, _) in &in_wal.created {
+        if !tablespaces.iter().any(|(o, _)| o == oid) {
+            tablespaces.push((*oid, tablespace::link(target, placement, *oid)?));
+        }
+    }
     if delta {
         meta.files.par_iter().try_for_each(|f| -> Result<()> {
             let p = target.join(&f.path);
@@ -235,6 +287,12 @@ fn write_point(
         .ctx("sync", &label)?;
     let mut dirs: Vec<PathBuf> = meta.dirs.iter().map(|(d, _)| target.join(d)).collect();
     dirs.extend([target.to_path_buf(), wal_dir.clone()]);
+    for (_, d) in &tablespaces {
+        dirs.push(d.clone());
+        if let Some(parent) = d.parent() {
+            dirs.push(parent.to_path_buf());
+        }
+    }
     for d in dirs {
         crate::fsutil::fsync_dir(&d).ctx("sync", &d)?;
     }
@@ -251,6 +309,8 @@ fn write_point(
         removed,
         wal_segments: segments,
         seconds: started.elapsed().as_secs_f64(),
+        tablespaces,
+        wal_tablespaces: in_wal.created,
     })
 }
 
@@ -427,13 +487,14 @@ fn delta_file(
     Ok(pos)
 }
 
-/// Writes the segments from the image's redo point to the plan's LSN.
+/// Writes the segments from the image's redo point to the plan's LSN; returns how many, the
+/// PostgreSQL timeline and the segment size.
 fn write_wal(
     plan: &Plan,
     layers: &dyn LayerResolver,
     image: &ImageMeta,
     wal_dir: &Path,
-) -> Result<u64> {
+) -> Result<(u64, u32, u64)> {
     let mut open: HashMap<LayerId, (LayerFile, WalMeta)> = HashMap::new();
     for w in plan.wal_layers() {
         if open.contains_key(&w.id) {
@@ -476,5 +537,5 @@ fn write_wal(
             out.write_all(&buf).ctx("write WAL segment", &path)?;
             out.sync_data().ctx("sync WAL segment", &path)
         })?;
-    Ok(last - first + 1)
+    Ok((last - first + 1, tli, segment_size))
 }

@@ -73,6 +73,7 @@ fn expected_image(blob_offsets: &[(u64, u32)]) -> ImageMeta {
                 ],
             },
         ],
+        tablespaces: vec![],
     }
 }
 

@@ -405,6 +405,13 @@ async fn dump_from_region(
         0o711,
         0o700,
     )?;
+    // Its tablespaces, removed with it.
+    let ts = p.engine.home.scratch_dir(
+        "export",
+        &format!("tablespaces-{}", scratch_suffix()),
+        0o711,
+        0o711,
+    )?;
     let rreq = RestoreRequest {
         cluster: req.cluster.clone(),
         branch: req.branch.clone(),
@@ -413,6 +420,10 @@ async fn dump_from_region(
             dir: data.path.clone(),
             recover: true,
             delta: false,
+            tablespaces: crate::TablespaceMap {
+                entries: vec![],
+                root: Some(ts.path.clone()),
+            },
         },
         region: req.region.clone(),
         cluster_id: req.cluster_id.clone(),
@@ -445,5 +456,6 @@ async fn dump_from_region(
     stopped?;
     phases.dump = t.elapsed().as_secs_f64();
     drop(data);
+    drop(ts);
     Ok(report)
 }

@@ -24,7 +24,9 @@ pub mod restore;
 pub mod source;
 pub mod space;
 pub mod staging;
+pub mod tablespaces;
 
 pub use export::{export, Destination, ExportReport, ExportRequest};
 pub use restore::{restore, Phases, RestoreReport, RestoreRequest, Target};
 pub use source::{RegionProbe, Substitution};
+pub use tablespaces::TablespaceMap;

@@ -73,6 +73,9 @@ impl PrivateServer {
             ("unix_socket_directories", run.0.display().to_string()),
             ("hba_file", hba.display().to_string()),
             ("archive_mode", "off".into()),
+            // A real directory in pg_tblspc (a tablespace re-created in the replayed WAL after
+            // a drop) must not stop recovery.
+            ("allow_in_place_tablespaces", "on".into()),
         ];
         // The data directory came from a region (and perhaps from an adopted source): its
         // configuration runs nothing here.

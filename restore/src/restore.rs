@@ -51,6 +51,8 @@ pub enum Target {
         dir: PathBuf,
         recover: bool,
         delta: bool,
+        /// Where the tablespaces go.
+        tablespaces: crate::tablespaces::TablespaceMap,
     },
 }
 
@@ -121,6 +123,8 @@ pub struct RestoreReport {
     pub compute_port: Option<u16>,
     /// For a data directory target: its roles and how to log in as each.
     pub logins: Vec<crate::logins::Login>,
+    /// For a data directory target: where each tablespace went.
+    pub tablespaces: Vec<crate::tablespaces::RestoredTablespace>,
     /// The cluster as the region describes it (binaries, superuser), for callers that go on
     /// to start the restored data directory.
     #[serde(skip)]
@@ -185,7 +189,12 @@ async fn run(
     // Refusals that need no region.
     let mut delta = false;
     match &req.target {
-        Target::Datadir { dir, delta: d, .. } => {
+        Target::Datadir {
+            dir,
+            delta: d,
+            tablespaces,
+            ..
+        } => {
             if let Err(e) = cairn_engine::materialise::check_empty(dir) {
                 if !*d {
                     return Err(Error::Refused(format!(
@@ -195,6 +204,11 @@ async fn run(
                 }
                 delta = true;
             }
+            tablespaces.check(
+                dir,
+                &[local.home.root.as_path(), local.home.computes.as_path()],
+                delta,
+            )?;
         }
         Target::Branch(name) => {
             cairn_engine::engine::validate_name("branch", name)?;
@@ -368,17 +382,30 @@ async fn run(
         cluster_row: Some(cluster.clone()),
         compute_port: None,
         logins: vec![],
+        tablespaces: vec![],
     };
 
     match &req.target {
         Target::Datadir {
             dir,
             recover: run_recovery,
+            tablespaces: ts_map,
             ..
         } => {
             // 3. Write.
             let created = !dir.exists();
+            let known = image_tablespaces(&paths, plan.image.id)?;
+            let placement = ts_map.placement(dir, &known)?;
+            // Tablespace directories this restore creates (removed again if it fails).
+            let mut ts_created: Vec<PathBuf> = Vec::new();
+            if !placement.root.exists() {
+                ts_created.push(placement.root.clone());
+            }
+            ts_created.extend(placement.map.values().filter(|d| !d.exists()).cloned());
             let cleanup = |dir: &Path| {
+                for d in &ts_created {
+                    let _ = std::fs::remove_dir_all(d);
+                }
                 if delta {
                     tracing::warn!(dir = %dir.display(), "the delta restore failed part way: run it again to finish");
                 } else if created {
@@ -400,13 +427,21 @@ async fn run(
                 // The earlier restore belongs to the postgres OS user: root takes it over
                 // before writing through its paths (no link can be slipped in meanwhile).
                 local.user.take_over_tree(dir)?;
+                // And the tablespace directories it links to, where this restore puts them
+                // again (any other link is replaced, never followed).
+                for (oid, target) in cairn_engine::tablespace::links(dir)? {
+                    if target == placement.dir(oid) && target.is_dir() {
+                        local.user.take_over_tree(&target)?;
+                    }
+                }
             }
             let (pl, pa, d, pr) = (plan.clone(), paths.clone(), dir.clone(), progress.clone());
+            let pm = placement.clone();
             let stats = tokio::task::spawn_blocking(move || {
                 if delta {
-                    cairn_engine::materialise::materialise_delta(&pl, &pa, &d, &pr.done)
+                    cairn_engine::materialise::materialise_delta(&pl, &pa, &d, &pm, &pr.done)
                 } else {
-                    cairn_engine::materialise::materialise(&pl, &pa, &d, &pr.done)
+                    cairn_engine::materialise::materialise(&pl, &pa, &d, &pm, &pr.done)
                 }
             })
             .await
@@ -422,8 +457,21 @@ async fn run(
             report.written_bytes = stats.written_bytes;
             report.removed = stats.removed;
             report.wal_segments = stats.wal_segments;
-            // Owned by the PostgreSQL OS user when Cairn runs as root, like any data directory.
-            if let Err(e) = local.user.chown_tree(dir) {
+            report.tablespaces =
+                crate::tablespaces::report(&stats.tablespaces, &known, &stats.wal_tablespaces);
+            if let Err(e) = ts_map.check_used(&placement, &stats.tablespaces) {
+                cleanup(dir);
+                return Err(e);
+            }
+            // Owned by the PostgreSQL OS user when Cairn runs as root, like any data
+            // directory; so are its tablespaces, which that user must reach.
+            let owned = std::iter::once(dir.as_path())
+                .chain(stats.tablespaces.iter().map(|(_, d)| d.as_path()))
+                .try_for_each(|d| {
+                    local.user.chown_tree(d)?;
+                    local.user.check_reachable(d)
+                });
+            if let Err(e) = owned {
                 cleanup(dir);
                 return Err(e.into());
             }
@@ -520,6 +568,26 @@ async fn run(
     report.total_seconds = t0.elapsed().as_secs_f64();
     tracing::info!(cluster = %report.cluster, branch = %report.branch, lsn = %report.lsn, target = %report.target, seconds = report.total_seconds, "restore finished");
     Ok(report)
+}
+
+/// The tablespaces the plan's image records (names and source locations).
+fn image_tablespaces(
+    paths: &HashMap<LayerId, PathBuf>,
+    image: LayerId,
+) -> Result<Vec<cairn_engine::layer::image::TablespaceInfo>> {
+    use cairn_engine::layer::file::{LayerFile, LayerKind};
+    use cairn_engine::layer::image::ImageMeta;
+    let path = paths
+        .get(&image)
+        .ok_or_else(|| Error::Refused(format!("image layer {image} was not fetched")))?;
+    let f = LayerFile::open(path, LayerKind::Image)?;
+    let meta = ImageMeta::decode(&f.meta).map_err(|e| {
+        Error::from(cairn_engine::Error::corrupt(
+            format!("image layer {}", path.display()),
+            e.0,
+        ))
+    })?;
+    Ok(meta.tablespaces)
 }
 
 /// The layers a plan reads: its image, the images it references, its WAL layers.

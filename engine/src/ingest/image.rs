@@ -211,6 +211,9 @@ type Listing = (Vec<(String, u32)>, Vec<Job>);
 
 /// Lists the data directory the way `pg_basebackup` would copy it.
 fn walk(root: &Path) -> Result<Listing> {
+    let version_file = root.join("PG_VERSION");
+    let version = fs::read_to_string(&version_file).ctx("read", &version_file)?;
+    let version_prefix = format!("PG_{}_", version.trim());
     let mut dirs = Vec::new();
     let mut jobs = Vec::new();
     let mut stack = vec![String::new()];
@@ -251,14 +254,21 @@ fn walk(root: &Path) -> Result<Listing> {
                 format!("{rel_dir}/{name}")
             };
             let mode = md.permissions().mode() & 0o7777;
-            if md.file_type().is_symlink() {
-                if rel_dir == "pg_tblspc" {
-                    return Err(Error::Refused(format!(
-                        "the cluster uses a tablespace (pg_tblspc/{name}); cairn does not support \
-                         tablespaces yet: move its relations to pg_default \
-                         (ALTER TABLE ... SET TABLESPACE pg_default) and drop it"
-                    )));
+            if rel_dir == "pg_tblspc" {
+                // A tablespace (a link, or an in-place directory): keyed by its OID, and only
+                // this server's version directory is read.
+                if crate::tablespace::oid_of(&rel).is_some()
+                    && (md.file_type().is_symlink() || md.is_dir())
+                {
+                    dirs.push((rel.clone(), 0o700));
+                    for v in version_dirs(root, &rel, &version_prefix)? {
+                        dirs.push((v.clone(), 0o700));
+                        stack.push(v);
+                    }
                 }
+                continue;
+            }
+            if md.file_type().is_symlink() {
                 if rel == "pg_wal" {
                     dirs.push((rel, 0o700));
                 }
@@ -299,6 +309,28 @@ fn walk(root: &Path) -> Result<Listing> {
     }
     dirs.sort();
     Ok((dirs, jobs))
+}
+
+/// The version directories (`PG_<major>_<catver>`) of the tablespace at `rel`
+/// (`pg_tblspc/<OID>`), read through its link. Anything else there (another major version's
+/// directory left by `pg_upgrade`, a link) is not this server's.
+fn version_dirs(root: &Path, rel: &str, prefix: &str) -> Result<Vec<String>> {
+    let abs = root.join(rel);
+    let entries = match fs::read_dir(&abs) {
+        Ok(e) => e,
+        // Dropped during the backup, or a link to nowhere: nothing of this server is there.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::path("read tablespace directory", &abs, e)),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.ctx("read directory", &abs)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.push(format!("{rel}/{name}"));
+        }
+    }
+    Ok(out)
 }
 
 struct Shared<'a> {
@@ -410,6 +442,14 @@ fn compress(raw: &[u8]) -> Result<Vec<u8>> {
     })
 }
 
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
 fn read_full(f: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<usize> {
     let mut got = 0;
     while got < buf.len() {
@@ -452,7 +492,8 @@ fn relation_range(
     to: Option<u64>,
 ) -> RangeResult {
     let path = input.datadir.join(rel);
-    let f = match File::open(&path) {
+    // Never through a link a server's superuser may have put in place of a file.
+    let f = match open_nofollow(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::path("open", &path, e).into()),
@@ -518,7 +559,8 @@ fn relation_range(
 
 fn whole_file(sh: &Shared, input: &ImageInput, rel: &str, mode: u32) -> FileResult {
     let path = input.datadir.join(rel);
-    let f = match File::open(&path) {
+    // Never through a link a server's superuser may have put in place of a file.
+    let f = match open_nofollow(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::path("open", &path, e).into()),

@@ -55,6 +55,16 @@ pub struct ImageFile {
     pub blobs: Vec<BlobRef>,
 }
 
+/// A tablespace the image holds (its files are under `pg_tblspc/<oid>/`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TablespaceInfo {
+    pub oid: u32,
+    pub name: String,
+    /// Where the server that was imaged kept it: for people to recognise it, never used to
+    /// place files.
+    pub location: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageMeta {
     pub system_id: u64,
@@ -73,6 +83,9 @@ pub struct ImageMeta {
     /// Directories (relative path, mode), parents before children.
     pub dirs: Vec<(String, u32)>,
     pub files: Vec<ImageFile>,
+    /// Tablespaces other than `pg_default` and `pg_global` (an optional trailing section:
+    /// absent when there are none, so images without tablespaces encode as before).
+    pub tablespaces: Vec<TablespaceInfo>,
 }
 
 impl ImageMeta {
@@ -97,6 +110,7 @@ impl ImageMeta {
             refs: vec![],
             dirs: vec![],
             files: vec![],
+            tablespaces: vec![],
         }
     }
 
@@ -134,6 +148,14 @@ impl ImageMeta {
                 e.u32(b.frame_len);
                 e.u32(b.at);
                 e.u32(b.raw_len);
+            }
+        }
+        if !self.tablespaces.is_empty() {
+            e.u32(self.tablespaces.len() as u32);
+            for t in &self.tablespaces {
+                e.u32(t.oid);
+                e.str(&t.name);
+                e.str(&t.location);
             }
         }
         e.buf
@@ -195,6 +217,17 @@ impl ImageMeta {
                 blobs,
             });
         }
+        let mut tablespaces = Vec::new();
+        if !d.at_end() {
+            let n = d.count("tablespaces", 12)?;
+            for _ in 0..n {
+                tablespaces.push(TablespaceInfo {
+                    oid: d.u32("tablespace oid")?,
+                    name: d.str("tablespace name")?,
+                    location: d.str("tablespace location")?,
+                });
+            }
+        }
         d.finish()?;
         Ok(ImageMeta {
             system_id,
@@ -208,6 +241,7 @@ impl ImageMeta {
             refs,
             dirs,
             files,
+            tablespaces,
         })
     }
 
@@ -294,6 +328,7 @@ mod tests {
                     }],
                 },
             ],
+            tablespaces: vec![],
         }
     }
 
@@ -305,6 +340,35 @@ mod tests {
         // Truncations never panic and never decode.
         let b = m.encode();
         for cut in 0..b.len() {
+            assert!(ImageMeta::decode(&b[..cut]).is_err());
+        }
+    }
+
+    /// The tablespace section is frozen: these bytes decode forever, and an image without
+    /// tablespaces encodes exactly as before the section existed.
+    #[test]
+    fn tablespace_section_golden() {
+        let plain = sample();
+        let plain_bytes = plain.encode();
+        let mut m = sample();
+        m.tablespaces = vec![TablespaceInfo {
+            oid: 16384,
+            name: "fast".into(),
+            location: "/ssd/ts".into(),
+        }];
+        let b = m.encode();
+        assert_eq!(&b[..plain_bytes.len()], &plain_bytes[..]);
+        let tail = &b[plain_bytes.len()..];
+        let golden: &[u8] = &[
+            1, 0, 0, 0, // count
+            0x00, 0x40, 0, 0, // oid 16384
+            4, 0, 0, 0, b'f', b'a', b's', b't', // name
+            7, 0, 0, 0, b'/', b's', b's', b'd', b'/', b't', b's', // location
+        ];
+        assert_eq!(tail, golden);
+        assert_eq!(ImageMeta::decode(&b).unwrap(), m);
+        assert_eq!(ImageMeta::decode(&plain_bytes).unwrap(), plain);
+        for cut in plain_bytes.len() + 1..b.len() {
             assert!(ImageMeta::decode(&b[..cut]).is_err());
         }
     }

@@ -8,6 +8,7 @@ pub mod relfile;
 pub mod roles;
 pub mod scratch;
 pub mod server;
+pub mod tar;
 pub mod tls;
 pub mod url;
 

@@ -18,17 +18,19 @@
 //!
 //! While reading, the parser collects [`WalEvent`]s — commits, aborts, restore points and
 //! checkpoints with their timestamps — so that a wall-clock time or a restore point name can
-//! be turned into an LSN.
+//! be turned into an LSN, and the tablespace records whose paths materialisation blanks.
 
 mod page;
 mod reader;
 mod record;
 mod source;
+mod tablespace;
 
 pub use page::{PageHeader, XLP_FIRST_IS_CONTRECORD, XLP_LONG_HEADER};
 pub use reader::{ParseLimits, ParseOutcome, StopReason, WalParser};
 pub use record::{EventKind, WalEvent};
 pub use source::{segment_file_name, DirSource, MemSource, WalSource};
+pub use tablespace::{byte_position, record_crc, TablespaceRecord};
 
 /// WAL page size; Cairn only supports the default build of PostgreSQL.
 pub const XLOG_BLCKSZ: u64 = 8192;

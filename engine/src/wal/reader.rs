@@ -5,6 +5,7 @@ use std::io;
 use super::page::{PageHeader, XLP_LONG_HEADER};
 use super::record::{event_of, is_switch, WalEvent};
 use super::source::WalSource;
+use super::tablespace::{tablespace_of, TablespaceRecord};
 use super::{page_header_size, MAX_RECORD, RECORD_HEADER, XLOG_BLCKSZ};
 use crate::ids::Lsn;
 
@@ -55,6 +56,8 @@ pub struct ParseOutcome {
     pub last_record: Option<Lsn>,
     pub records: u64,
     pub events: Vec<WalEvent>,
+    /// Tablespace creates and drops, in order.
+    pub tablespaces: Vec<TablespaceRecord>,
     pub stop: StopReason,
     /// (record boundary, start of the record ending there): the first boundary reached in each
     /// `resume_every` window, from which a later reader can parse without starting over.
@@ -103,6 +106,7 @@ impl WalParser {
             last_record: prev,
             records: 0,
             events: Vec::new(),
+            tablespaces: Vec::new(),
             stop: StopReason::Limit,
             resume_points: Vec::new(),
         };
@@ -132,6 +136,9 @@ impl WalParser {
                 Ok((rec_start, rec_end)) => {
                     if let Some(ev) = event_of(&rec, out.end, Lsn(rec_end), self.major) {
                         out.events.push(ev);
+                    }
+                    if let Some(t) = tablespace_of(&rec, Lsn(rec_start), self.major) {
+                        out.tablespaces.push(t);
                     }
                     out.records += 1;
                     out.last_record = Some(Lsn(rec_start));
