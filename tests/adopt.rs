@@ -394,3 +394,158 @@ async fn a_sources_configuration_runs_nothing_on_the_appliance() {
         "only erp's spool"
     );
 }
+
+/// Full-table checksums of `tables`.
+async fn sums(c: &tokio_postgres::Client, tables: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tables {
+        out.push(table_checksum(c, t).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_with_tablespaces_is_adopted_branched_and_restored_from_a_region() {
+    let env = Env::new();
+    env.two_file_regions();
+    let src = Source::start(env.dir.path(), "replica");
+    let admin = connect(&src.admin_url()).await;
+    let locations = env.dir.path().join("source-tablespaces");
+    std::fs::create_dir_all(&locations).unwrap();
+    chown_postgres(&locations);
+    let loc = |n: &str| {
+        let d = locations.join(n);
+        std::fs::create_dir_all(&d).unwrap();
+        chown_postgres(&d);
+        d
+    };
+    let (l1, l2, l3) = (loc("s1"), loc("s2"), loc("s3"));
+    admin
+        .batch_execute("CREATE ROLE cairn LOGIN REPLICATION PASSWORD 'repl pw'")
+        .await
+        .unwrap();
+    for (name, l) in [("s1", &l1), ("s2", &l2)] {
+        admin
+            .batch_execute(&format!(
+                "CREATE TABLESPACE {name} LOCATION '{}'",
+                l.display()
+            ))
+            .await
+            .unwrap();
+    }
+    admin
+        .batch_execute(
+            "CREATE TABLE t1 (id int PRIMARY KEY, v text) TABLESPACE s1;
+             INSERT INTO t1 SELECT g, md5(g::text) FROM generate_series(1, 4000) g;
+             CREATE TABLE t2 TABLESPACE s2 AS SELECT g AS id, g * 7 AS w FROM generate_series(1, 3000) g;
+             CREATE INDEX t1_v ON t1 (v) TABLESPACE s2;",
+        )
+        .await
+        .unwrap();
+    let at_adoption = sums(&admin, &["t1", "t2"]).await;
+    env.ok(&["cluster", "adopt", "erp", "--from", &src.cairn_url()]);
+    let image = env
+        .layers()
+        .into_iter()
+        .find(|l| l["kind"] == "image")
+        .unwrap();
+    assert!(image["logical_size"].as_u64().unwrap() > 0, "{image}");
+
+    // A branch has the tablespaces' data, in directories of its own.
+    env.ok(&["branch", "create", "snap", "--from", "main"]);
+    let snap = start_as_admin(&env, "snap").await;
+    assert_eq!(sums(&snap, &["t1", "t2"]).await, at_adoption);
+    let locs: Vec<String> = snap
+        .query(
+            "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname LIKE 's%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(locs.len(), 2);
+    for l in &locs {
+        assert!(
+            !l.starts_with(locations.to_str().unwrap()) && l.contains("/tablespaces/"),
+            "the branch's tablespace is its own: {l}"
+        );
+    }
+    snap.batch_execute("DELETE FROM t1; DELETE FROM t2;")
+        .await
+        .unwrap();
+    snap.batch_execute("CHECKPOINT").await.unwrap();
+    assert_eq!(sums(&admin, &["t1", "t2"]).await, at_adoption);
+    drop(snap);
+
+    // A tablespace created on the source after the adoption comes through its WAL.
+    admin
+        .batch_execute(&format!("CREATE TABLESPACE s3 LOCATION '{}'", l3.display()))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(
+            "CREATE TABLE t3 TABLESPACE s3 AS SELECT g AS id FROM generate_series(1, 2500) g;
+             UPDATE t1 SET v = 'after' WHERE id <= 100;",
+        )
+        .await
+        .unwrap();
+    let oid3 = scalar(
+        &admin,
+        "SELECT oid::text FROM pg_tablespace WHERE spcname = 's3'",
+    )
+    .await;
+    let oid2 = scalar(
+        &admin,
+        "SELECT oid::text FROM pg_tablespace WHERE spcname = 's2'",
+    )
+    .await;
+    let latest = sums(&admin, &["t1", "t2", "t3"]).await;
+    env.ok(&["cluster", "sync", "erp"]);
+    env.stop_all();
+    env.ok(&["backup", "now"]);
+
+    // Restored from region B, tablespaces mapped by name and by OID, one left to the default.
+    let target = env.dir.path().join("restored");
+    let (m1, m3) = (
+        env.dir.path().join("maps/s1"),
+        env.dir.path().join("maps/s3"),
+    );
+    let report = env.json(&[
+        "restore",
+        "erp",
+        "--region",
+        "region-b",
+        "--to-datadir",
+        target.to_str().unwrap(),
+        "--tablespace-map",
+        &format!("s1={}", m1.display()),
+        "--tablespace-map",
+        &format!("{oid3}={}", m3.display()),
+    ]);
+    assert_eq!(report["region"], "region-b");
+    let server = Plain::start(&target);
+    let c = connect(&server.url("supersecret")).await;
+    assert_eq!(sums(&c, &["t1", "t2", "t3"]).await, latest);
+    let got: std::collections::BTreeMap<String, String> = c
+        .query(
+            "SELECT spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+             WHERE spcname LIKE 's%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let default2 = format!("{}.tablespaces/{oid2}", target.display());
+    assert_eq!(
+        got,
+        std::collections::BTreeMap::from([
+            ("s1".to_string(), m1.display().to_string()),
+            ("s2".to_string(), default2),
+            ("s3".to_string(), m3.display().to_string()),
+        ])
+    );
+}

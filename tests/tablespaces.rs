@@ -148,6 +148,13 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     for sql in ["VACUUM a", "VACUUM b", "CHECKPOINT"] {
         b1.batch_execute(sql).await.unwrap();
     }
+    // The documented way to add one on a compute: in place, inside its own directory.
+    b1.batch_execute("CREATE TABLESPACE tc LOCATION ''")
+        .await
+        .unwrap();
+    b1.batch_execute("CREATE TABLE c TABLESPACE tc AS SELECT g FROM generate_series(1, 500) g")
+        .await
+        .unwrap();
     let b1_rows = checksums(&b1).await;
     assert_ne!(b1_rows, at_with_tb);
     // The parent's tablespace files did not change, and its rows are its own.
@@ -188,6 +195,11 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
         scalar(&b1, "SELECT v FROM a WHERE id < 0").await,
         "only on b1"
     );
+    // The in-place tablespace came back from the WAL as a directory of b1's own.
+    assert_eq!(scalar(&b1, "SELECT count(*)::text FROM c").await, "500");
+    let b1_own = compute_dir(&env, "b1").join("tablespaces");
+    let tc = &tablespaces(&b1).await["tc"];
+    assert_eq!(PathBuf::from(&tc.1), b1_own.join(tc.0.to_string()));
     drop((main, b1));
 
     // Images and backups of a cluster with tablespaces work.
@@ -199,6 +211,48 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
         .collect();
     assert!(images.len() >= 3, "the backup took new images: {images:?}");
     env.stop_all();
+    // An export from the region: a scratch copy with its tablespaces, removed afterwards.
+    let file = env.dir.path().join("shop.export");
+    env.ok(&[
+        "export",
+        "shop",
+        "--from-regions",
+        "--region",
+        "region-b",
+        "--to",
+        file.to_str().unwrap(),
+    ]);
+    let leftovers: Vec<_> = std::fs::read_dir(env.home.join("export"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "no scratch left: {leftovers:?}");
+    let dump = env.dir.path().join("shop.dump");
+    env.ok(&[
+        "export",
+        "decrypt",
+        file.to_str().unwrap(),
+        "--out",
+        dump.to_str().unwrap(),
+    ]);
+    let out = std::process::Command::new(pg_bin().join("pg_restore"))
+        .args(["-f", "-"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sql = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        sql.contains("SET default_tablespace = tb;"),
+        "b lives in tb"
+    );
+    let copy = sql.split("COPY public.b ").nth(1).expect("b's data");
+    assert_eq!(copy.lines().take_while(|l| *l != "\\.").count() - 1, 2000);
     let kit = env.recovery_kit();
 
     // Disaster: the appliance is gone; restore from region B with the recovery kit.
@@ -210,6 +264,24 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     ));
     let (oid_a, oid_b) = (main_spaces["ta"].0, main_spaces["tb"].0);
     let kit_s = kit.to_str().unwrap();
+    // A name the point does not know is refused with the tablespaces it has; nothing written.
+    let refused = dr.dir.path().join("refused");
+    let err = dr.fail(&[
+        "restore",
+        "shop",
+        "--to-datadir",
+        refused.to_str().unwrap(),
+        "--tablespace-map",
+        &format!("nosuch={}", dr.dir.path().join("maps/x").display()),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("no tablespace named 'nosuch'")
+            && err.contains(&format!("ta (OID {}", main_spaces["ta"].0)),
+        "{err}"
+    );
+    assert!(!refused.exists() && !dr.dir.path().join("maps").exists());
     // At the restore point: the image before tb, and WAL that creates it (known by OID only).
     let target = dr.dir.path().join("at-with-tb");
     let map_a = dr.dir.path().join("maps/a");
