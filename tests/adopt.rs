@@ -375,7 +375,8 @@ async fn a_sources_configuration_runs_nothing_on_the_appliance() {
     env.stop_all();
     assert!(!pwned.exists(), "the source's ssl_passphrase_command ran");
 
-    // A source with a tablespace is refused before a base backup writes it anywhere.
+    // A tablespace's data comes inside the base backup's archives: nothing is written at the
+    // path the source gave (on this machine, here the same directory).
     let ts = env.dir.path().join("ts");
     std::fs::create_dir_all(&ts).unwrap();
     chown_postgres(&ts);
@@ -383,15 +384,49 @@ async fn a_sources_configuration_runs_nothing_on_the_appliance() {
         .batch_execute(&format!("CREATE TABLESPACE ts LOCATION '{}'", ts.display()))
         .await
         .unwrap();
-    let err = env.fail(&["cluster", "adopt", "erp2", "--from", &src.cairn_url()]);
+    admin
+        .batch_execute("CREATE TABLE in_ts TABLESPACE ts AS SELECT 1 AS one")
+        .await
+        .unwrap();
+    admin.batch_execute("CHECKPOINT").await.unwrap();
+    let listing = |d: &Path| -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(x) = stack.pop() {
+            for e in std::fs::read_dir(&x).unwrap().flatten() {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    stack.push(e.path());
+                }
+                out.push((e.path().display().to_string(), m.len()));
+            }
+        }
+        out.sort();
+        out
+    };
+    let before = listing(&ts);
+    env.ok(&["cluster", "adopt", "erp2", "--from", &src.cairn_url()]);
+    assert_eq!(
+        listing(&ts),
+        before,
+        "adoption wrote nothing at the source's path"
+    );
+    // An in-place tablespace would be left out of the archives: refused before any copy.
+    for sql in [
+        "SET allow_in_place_tablespaces = on",
+        "CREATE TABLESPACE ip LOCATION ''",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let err = env.fail(&["cluster", "adopt", "erp3", "--from", &src.cairn_url()]);
     assert!(
-        err.contains("tablespaces") && err.contains("nothing was copied"),
+        err.contains("in-place tablespaces (ip)") && err.contains("nothing was copied"),
         "{err}"
     );
-    assert!(
-        !env.home.join("spool").exists()
-            || std::fs::read_dir(env.home.join("spool")).unwrap().count() == 1,
-        "only erp's spool"
+    assert_eq!(
+        std::fs::read_dir(env.home.join("spool")).unwrap().count(),
+        2,
+        "only erp's and erp2's spools"
     );
 }
 

@@ -362,6 +362,32 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     let server = Plain::start(&latest);
     let c = connect(&server.url_as(&login)).await;
     assert_eq!(checksums(&c).await, main_rows);
+    drop((c, server));
+    // --delta over the earlier restore, with the same map: a stray file in a tablespace
+    // directory goes, and the server has the latest rows.
+    let stray = map_a.join("stray");
+    std::fs::write(&stray, "x").unwrap();
+    let report = dr.json(&[
+        "restore",
+        "shop",
+        "--to-datadir",
+        target.to_str().unwrap(),
+        "--delta",
+        "--tablespace-map",
+        &format!("ta={}", map_a.display()),
+        "--tablespace-map",
+        &format!("{oid_b}={}", map_b.display()),
+        "--recovery-kit",
+        kit_s,
+    ]);
+    assert!(report["removed"].as_u64().unwrap() >= 1, "{report}");
+    assert!(
+        !stray.exists(),
+        "the stray file in tablespace ta was removed"
+    );
+    let server = Plain::start(&target);
+    let c = connect(&server.url_as(&login)).await;
+    assert_eq!(checksums(&c).await, main_rows);
     // Since main stopped, nothing was written where it first kept its tablespaces.
     assert_eq!((hash_tree(&loc_a), hash_tree(&loc_b)), stopped);
 }

@@ -427,12 +427,12 @@ async fn run(
                 // The earlier restore belongs to the postgres OS user: root takes it over
                 // before writing through its paths (no link can be slipped in meanwhile).
                 local.user.take_over_tree(dir)?;
-                // And the tablespace directories it links to, where this restore puts them
-                // again (any other link is replaced, never followed).
-                for (oid, target) in cairn_engine::tablespace::links(dir)? {
-                    if target == placement.dir(oid) && target.is_dir() {
-                        local.user.take_over_tree(&target)?;
-                    }
+            }
+            // Tablespace directories that exist already (empty, or an earlier restore's with
+            // --delta) are taken over the same way before root writes through them.
+            for d in std::iter::once(&placement.root).chain(placement.map.values()) {
+                if d.is_dir() {
+                    local.user.take_over_tree(d)?;
                 }
             }
             let (pl, pa, d, pr) = (plan.clone(), paths.clone(), dir.clone(), progress.clone());
