@@ -99,21 +99,11 @@ async fn an_export_of_a_past_point_decrypts_and_loads_into_a_fresh_server_as_it_
         !branches.contains("export-"),
         "the scratch branch is gone: {branches}"
     );
-    let leftovers: Vec<_> = std::fs::read_dir(env.home.join("export"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let leftovers = env.export_leftovers();
     assert!(leftovers.is_empty(), "no plaintext left: {leftovers:?}");
 
     let dump = env.dir.path().join("shop.dump");
-    env.ok(&[
-        "export",
-        "decrypt",
-        file.to_str().unwrap(),
-        "--out",
-        dump.to_str().unwrap(),
-    ]);
+    env.decrypt_export(&file, &dump);
     assert_eq!(mode(&dump), 0o600);
 
     // Plain pg_restore into a fresh server gives the point back.

@@ -69,6 +69,28 @@ fn compute_dir(env: &Env, branch: &str) -> PathBuf {
         .to_path_buf()
 }
 
+/// `restore shop --to-datadir TARGET`, a `--tablespace-map KEY=DIR` per map, the recovery
+/// kit, then `extra`.
+fn restore_args(target: &Path, maps: &[(&str, &Path)], kit: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = ["restore", "shop", "--to-datadir"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    a.push(target.display().to_string());
+    for (k, d) in maps {
+        a.push("--tablespace-map".into());
+        a.push(format!("{k}={}", d.display()));
+    }
+    a.push("--recovery-kit".into());
+    a.push(kit.display().to_string());
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     let env = Env::new();
@@ -211,6 +233,7 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
         .collect();
     assert!(images.len() >= 3, "the backup took new images: {images:?}");
     env.stop_all();
+    env.ok(&["check", "--full"]);
     // An export from the region: a scratch copy with its tablespaces, removed afterwards.
     let file = env.dir.path().join("shop.export");
     env.ok(&[
@@ -222,20 +245,10 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
         "--to",
         file.to_str().unwrap(),
     ]);
-    let leftovers: Vec<_> = std::fs::read_dir(env.home.join("export"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let leftovers = env.export_leftovers();
     assert!(leftovers.is_empty(), "no scratch left: {leftovers:?}");
     let dump = env.dir.path().join("shop.dump");
-    env.ok(&[
-        "export",
-        "decrypt",
-        file.to_str().unwrap(),
-        "--out",
-        dump.to_str().unwrap(),
-    ]);
+    env.decrypt_export(&file, &dump);
     let out = std::process::Command::new(pg_bin().join("pg_restore"))
         .args(["-f", "-"])
         .arg(&dump)
@@ -263,19 +276,15 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
         env.dir.path().join("regions/region-b").display()
     ));
     let (oid_a, oid_b) = (main_spaces["ta"].0, main_spaces["tb"].0);
-    let kit_s = kit.to_str().unwrap();
     // A name the point does not know is refused with the tablespaces it has; nothing written.
     let refused = dr.dir.path().join("refused");
-    let err = dr.fail(&[
-        "restore",
-        "shop",
-        "--to-datadir",
-        refused.to_str().unwrap(),
-        "--tablespace-map",
-        &format!("nosuch={}", dr.dir.path().join("maps/x").display()),
-        "--recovery-kit",
-        kit.to_str().unwrap(),
-    ]);
+    let nosuch = dr.dir.path().join("maps/x");
+    let err = dr.fail(&strs(&restore_args(
+        &refused,
+        &[("nosuch", &nosuch)],
+        &kit,
+        &[],
+    )));
     assert!(
         err.contains("no tablespace named 'nosuch'")
             && err.contains(&format!("ta (OID {}", main_spaces["ta"].0)),
@@ -286,20 +295,17 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     let target = dr.dir.path().join("at-with-tb");
     let map_a = dr.dir.path().join("maps/a");
     let map_b = dr.dir.path().join("maps/b");
-    let report = dr.json(&[
-        "restore",
-        "shop",
-        "--at-restore-point",
-        "with_tb",
-        "--to-datadir",
-        target.to_str().unwrap(),
-        "--tablespace-map",
-        &format!("ta={}", map_a.display()),
-        "--tablespace-map",
-        &format!("{oid_b}={}", map_b.display()),
-        "--recovery-kit",
-        kit_s,
-    ]);
+    let oid_b_key = oid_b.to_string();
+    let maps = [
+        ("ta", map_a.as_path()),
+        (oid_b_key.as_str(), map_b.as_path()),
+    ];
+    let report = dr.json(&strs(&restore_args(
+        &target,
+        &maps,
+        &kit,
+        &["--at-restore-point", "with_tb"],
+    )));
     let placed: BTreeMap<u64, String> = report["tablespaces"]
         .as_array()
         .unwrap()
@@ -336,16 +342,13 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     // The latest point, from the backup's image (both tablespaces in it): unmapped ones go
     // beside the data directory.
     let latest = dr.dir.path().join("latest");
-    let report = dr.json(&[
-        "restore",
-        "shop",
-        "--to-datadir",
-        latest.to_str().unwrap(),
-        "--tablespace-map",
-        &format!("tb={}", dr.dir.path().join("maps/latest-b").display()),
-        "--recovery-kit",
-        kit_s,
-    ]);
+    let latest_b = dr.dir.path().join("maps/latest-b");
+    let report = dr.json(&strs(&restore_args(
+        &latest,
+        &[("tb", &latest_b)],
+        &kit,
+        &[],
+    )));
     let names: Vec<_> = report["tablespaces"]
         .as_array()
         .unwrap()
@@ -367,19 +370,7 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     // directory goes, and the server has the latest rows.
     let stray = map_a.join("stray");
     std::fs::write(&stray, "x").unwrap();
-    let report = dr.json(&[
-        "restore",
-        "shop",
-        "--to-datadir",
-        target.to_str().unwrap(),
-        "--delta",
-        "--tablespace-map",
-        &format!("ta={}", map_a.display()),
-        "--tablespace-map",
-        &format!("{oid_b}={}", map_b.display()),
-        "--recovery-kit",
-        kit_s,
-    ]);
+    let report = dr.json(&strs(&restore_args(&target, &maps, &kit, &["--delta"])));
     assert!(report["removed"].as_u64().unwrap() >= 1, "{report}");
     assert!(
         !stray.exists(),

@@ -127,6 +127,27 @@ impl Env {
             .clone()
     }
 
+    /// What is left in HOME/export (exports' scratch copies): nothing once they finished.
+    pub fn export_leftovers(&self) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(self.home.join("export"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect()
+    }
+
+    /// `cairn export decrypt FILE --out OUT`.
+    #[track_caller]
+    pub fn decrypt_export(&self, file: &Path, out: &Path) {
+        self.ok(&[
+            "export",
+            "decrypt",
+            file.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    }
+
     /// Two local-directory regions, region-a and region-b, both needed for a copy to count.
     pub fn two_file_regions(&self) {
         self.write_regions(&format!(
