@@ -382,3 +382,69 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     // Since main stopped, nothing was written where it first kept its tablespaces.
     assert_eq!((hash_tree(&loc_a), hash_tree(&loc_b)), stopped);
 }
+
+/// A superuser on a compute (the operator's own `--superuser`) plants links in and as
+/// tablespaces; the image Cairn takes as root follows none of them, so nothing outside the
+/// compute's tablespace version directories reaches a layer or a branch.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_never_follow_links_a_superuser_plants_in_tablespaces() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let main = connect(&env.start_superuser("main")).await;
+    main.batch_execute("CREATE TABLESPACE tx LOCATION ''")
+        .await
+        .unwrap();
+    main.batch_execute("CREATE TABLE x TABLESPACE tx AS SELECT g FROM generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let datadir = scalar(&main, "SELECT current_setting('data_directory')").await;
+    let rel = scalar(&main, "SELECT pg_relation_filepath('x')").await;
+    let db_dir = Path::new(&datadir)
+        .join(&rel)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    // Root-only secrets outside the compute, and links to them where the image walk looks.
+    let secret_dir = env.dir.path().join("root-only");
+    std::fs::create_dir_all(secret_dir.join("PG_15_202209061/5")).unwrap();
+    std::fs::write(secret_dir.join("PG_15_202209061/5/1259"), "root secret").unwrap();
+    std::fs::write(secret_dir.join("key"), "root secret").unwrap();
+    for (p, mode) in [
+        (secret_dir.join("PG_15_202209061/5/1259"), 0o600),
+        (secret_dir.join("key"), 0o600),
+        (secret_dir.clone(), 0o700),
+    ] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    for (link, to) in [
+        (db_dir.join("99999"), secret_dir.join("key")),
+        (
+            Path::new(&datadir).join("pg_tblspc/88888"),
+            secret_dir.clone(),
+        ),
+    ] {
+        main.batch_execute(&format!(
+            "COPY (SELECT 1) TO PROGRAM 'ln -s {} {}'",
+            to.display(),
+            link.display()
+        ))
+        .await
+        .unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+    }
+    env.ok(&["image", "create", "main"]);
+    drop(main);
+    env.ok(&["compute", "stop", "main"]);
+    env.ok(&["branch", "create", "b", "--from", "main"]);
+    let b = connect(&env.start_superuser("b")).await;
+    assert_eq!(scalar(&b, "SELECT count(*)::text FROM x").await, "100");
+    let dir = compute_dir(&env, "b");
+    let leaked: Vec<_> = hash_tree(&dir)
+        .into_iter()
+        .filter(|(_, h)| *h == hex::encode(Sha256::digest(b"root secret")))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "files outside the compute were copied: {leaked:?}"
+    );
+}

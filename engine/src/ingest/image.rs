@@ -211,6 +211,8 @@ type Listing = (Vec<(String, u32)>, Vec<Job>);
 
 /// Lists the data directory the way `pg_basebackup` would copy it.
 fn walk(root: &Path) -> Result<Listing> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = fs::metadata(root).ctx("stat", root)?.uid();
     let version_file = root.join("PG_VERSION");
     let version = fs::read_to_string(&version_file).ctx("read", &version_file)?;
     let version_prefix = format!("PG_{}_", version.trim());
@@ -261,7 +263,7 @@ fn walk(root: &Path) -> Result<Listing> {
                     && (md.file_type().is_symlink() || md.is_dir())
                 {
                     dirs.push((rel.clone(), 0o700));
-                    for v in version_dirs(root, &rel, &version_prefix)? {
+                    for v in version_dirs(root, &rel, &version_prefix, owner)? {
                         dirs.push((v.clone(), 0o700));
                         stack.push(v);
                     }
@@ -313,9 +315,21 @@ fn walk(root: &Path) -> Result<Listing> {
 
 /// The version directories (`PG_<major>_<catver>`) of the tablespace at `rel`
 /// (`pg_tblspc/<OID>`), read through its link. Anything else there (another major version's
-/// directory left by `pg_upgrade`, a link) is not this server's.
-fn version_dirs(root: &Path, rel: &str, prefix: &str) -> Result<Vec<String>> {
+/// directory left by `pg_upgrade`, a link) is not this server's, and neither is a directory
+/// that the data directory's owner does not own: a server's superuser can point the link
+/// anywhere, and the image is read as root.
+fn version_dirs(root: &Path, rel: &str, prefix: &str, owner: u32) -> Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
     let abs = root.join(rel);
+    match fs::metadata(&abs) {
+        Ok(m) if m.is_dir() && m.uid() == owner => {}
+        Ok(_) => {
+            tracing::warn!(path = %abs.display(), "tablespace directory not owned by the data directory's owner: left out of the image");
+            return Ok(vec![]);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::path("stat", &abs, e)),
+    }
     let entries = match fs::read_dir(&abs) {
         Ok(e) => e,
         // Dropped during the backup, or a link to nowhere: nothing of this server is there.
@@ -326,7 +340,8 @@ fn version_dirs(root: &Path, rel: &str, prefix: &str) -> Result<Vec<String>> {
     for e in entries {
         let e = e.ctx("read directory", &abs)?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) && e.file_type().is_ok_and(|t| t.is_dir()) {
+        let mine = e.metadata().is_ok_and(|m| m.is_dir() && m.uid() == owner);
+        if name.starts_with(prefix) && e.file_type().is_ok_and(|t| t.is_dir()) && mine {
             out.push(format!("{rel}/{name}"));
         }
     }
@@ -335,6 +350,8 @@ fn version_dirs(root: &Path, rel: &str, prefix: &str) -> Result<Vec<String>> {
 
 struct Shared<'a> {
     known: &'a DedupIndex,
+    /// The data directory's owner: a file someone else owns is not the server's.
+    owner: u32,
     writer: Mutex<LayerWriter>,
     /// Pieces written by this image: hash -> location in this layer.
     local: RwLock<HashMap<[u8; 32], Loc>>,
@@ -442,12 +459,22 @@ fn compress(raw: &[u8]) -> Result<Vec<u8>> {
     })
 }
 
-fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
+/// Opens a file of the server for reading: never through a link in its last component, and
+/// only when the data directory's owner owns it (a path swapped for another while the image
+/// is read, or a hard link, never hands root's reading rights to the server's OS user). A file
+/// that is not the server's reads as vanished.
+fn open_nofollow(path: &Path, owner: u32) -> std::io::Result<File> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let f = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+        .open(path)?;
+    let m = f.metadata()?;
+    if m.uid() != owner || !m.is_file() {
+        tracing::warn!(path = %path.display(), "not a file of the server's OS user: left out of the image");
+        return Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+    }
+    Ok(f)
 }
 
 fn read_full(f: &File, buf: &mut [u8], off: u64, path: &Path) -> Result<usize> {
@@ -493,7 +520,7 @@ fn relation_range(
 ) -> RangeResult {
     let path = input.datadir.join(rel);
     // Never through a link a server's superuser may have put in place of a file.
-    let f = match open_nofollow(&path) {
+    let f = match open_nofollow(&path, sh.owner) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::path("open", &path, e).into()),
@@ -560,7 +587,7 @@ fn relation_range(
 fn whole_file(sh: &Shared, input: &ImageInput, rel: &str, mode: u32) -> FileResult {
     let path = input.datadir.join(rel);
     // Never through a link a server's superuser may have put in place of a file.
-    let f = match open_nofollow(&path) {
+    let f = match open_nofollow(&path, sh.owner) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::path("open", &path, e).into()),
@@ -618,7 +645,14 @@ pub fn build(
 ) -> std::result::Result<ImageDraft, std::result::Result<CorruptPage, Error>> {
     let (dirs, jobs) = walk(input.datadir).map_err(Err)?;
     let writer = LayerWriter::create(out_dir, LayerKind::Image).map_err(Err)?;
+    let owner = {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(input.datadir)
+            .map_err(|e| Err(Error::path("stat", input.datadir, e)))?
+            .uid()
+    };
     let sh = Shared {
+        owner,
         known,
         writer: Mutex::new(writer),
         local: RwLock::new(HashMap::new()),
