@@ -42,7 +42,7 @@ impl Engine {
                 ));
             }
             let (tl, start, end) = match l.kind {
-                LayerKind::Image => match ImageMeta::decode(&f.meta) {
+                LayerKind::Image => match ImageMeta::decode(&f.meta, f.version) {
                     Ok(m) => {
                         if full {
                             // Every frame of this layer, decompressed once; every piece in it

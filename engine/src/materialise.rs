@@ -192,7 +192,7 @@ fn write_point(
     let started = Instant::now();
     let img_path = layers.path(plan.image.id, LayerKind::Image)?;
     let img = LayerFile::open(&img_path, LayerKind::Image)?;
-    let meta = ImageMeta::decode(&img.meta)
+    let meta = ImageMeta::decode(&img.meta, img.version)
         .map_err(|e| Error::corrupt(format!("image layer {}", img_path.display()), e.0))?;
     let mut sources: Vec<LayerFile> = Vec::with_capacity(meta.refs.len());
     sources.push(img);

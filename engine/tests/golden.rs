@@ -1,29 +1,52 @@
-//! Golden vectors: layer files written by format version 1, checked in under `tests/golden/`.
-//! They must decode to the same values forever; a format change bumps the version and keeps
-//! reading these. Regenerate (only when adding a *new* version's vectors) with
-//! `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-engine --test golden`.
+//! Golden vectors: layer files of every released format version, checked in under
+//! `tests/golden/vN/` and pinned by their SHA-256 ([`PINNED`]). They must decode to the same
+//! values forever; a format change bumps the kind's version and adds that version's vectors
+//! with `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-engine --test golden`, which writes only
+//! vectors that do not exist yet and refuses when there are none to write. Then pin the new
+//! files' hashes here.
 
 use std::path::PathBuf;
 
 use cairn_engine::ids::{LayerId, Lsn, TimelineId};
 use cairn_engine::layer::file::{LayerFile, LayerKind, LayerWriter};
-use cairn_engine::layer::image::{BlobRef, ImageFile, ImageMeta};
+use cairn_engine::layer::image::{BlobRef, ImageFile, ImageMeta, TablespaceInfo};
 use cairn_engine::layer::wal::{WalChunk, WalMeta};
 use cairn_engine::wal::{EventKind, WalEvent};
 use sha2::{Digest, Sha256};
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1")
+fn golden_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
+
+fn golden_dir(version: u16) -> PathBuf {
+    golden_root().join(format!("v{version}"))
+}
+
+/// Every golden file and its SHA-256: released vectors never change.
+const PINNED: &[(&str, &str)] = &[
+    (
+        "v1/image.layer",
+        "436d3eb4700e1c70141cf0e18341e6cbc02c30e0a92d43d6ea920740581bb6d1",
+    ),
+    (
+        "v1/wal.layer",
+        "73a9b167f12363349a1243fde58b12272a7eb38d4423ea7bc7962db83d77cc22",
+    ),
+    (
+        "v2/image.layer",
+        "4154f1d88a3631a371af774f6271e462e766ca8ae09ae4e2bb9751015e7371ae",
+    ),
+];
 
 fn page(seed: u8) -> Vec<u8> {
     (0..8192u32).map(|i| (i as u8).wrapping_mul(seed)).collect()
 }
 
-fn expected_image(blob_offsets: &[(u64, u32)]) -> ImageMeta {
+/// The image of the vectors: version 2 adds a tablespace.
+fn expected_image(blob_offsets: &[(u64, u32)], version: u16) -> ImageMeta {
     let p1 = page(3);
     let p2 = page(5);
-    let version = b"15\n".to_vec();
+    let pg_version = b"15\n".to_vec();
     let blob = |raw: &[u8], i: usize| BlobRef {
         hash: Sha256::digest(raw).into(),
         layer: 0,
@@ -50,7 +73,7 @@ fn expected_image(blob_offsets: &[(u64, u32)]) -> ImageMeta {
                 mode: 0o600,
                 size: 3,
                 relation: false,
-                blobs: vec![blob(&version, 2)],
+                blobs: vec![blob(&pg_version, 2)],
             },
             ImageFile {
                 path: "base/5/16384".into(),
@@ -73,7 +96,15 @@ fn expected_image(blob_offsets: &[(u64, u32)]) -> ImageMeta {
                 ],
             },
         ],
-        tablespaces: vec![],
+        tablespaces: if version >= 2 {
+            vec![TablespaceInfo {
+                oid: 16390,
+                name: "fast".into(),
+                location: "/ssd/pg/fast".into(),
+            }]
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -122,47 +153,98 @@ fn expected_wal(chunk: (u64, u32)) -> WalMeta {
     }
 }
 
+/// Writes the current versions' vectors that do not exist yet; refuses when there are none.
 fn write_golden() {
-    let dir = golden_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    // Image layer: three pieces of its own.
-    let mut w = LayerWriter::create(&dir, LayerKind::Image).unwrap();
-    let mut offs = Vec::new();
-    for raw in [page(3), page(5), b"15\n".to_vec()] {
-        let c = zstd::bulk::compress(&raw, 1).unwrap();
-        offs.push((w.append_blob(&c).unwrap(), c.len() as u32));
+    let mut wrote = 0;
+    let v = LayerKind::Image.version();
+    let dir = golden_dir(v);
+    if !dir.join("image.layer").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        // Image layer: three pieces of its own.
+        let mut w = LayerWriter::create(&dir, LayerKind::Image).unwrap();
+        let mut offs = Vec::new();
+        for raw in [page(3), page(5), b"15\n".to_vec()] {
+            let c = zstd::bulk::compress(&raw, 1).unwrap();
+            offs.push((w.append_blob(&c).unwrap(), c.len() as u32));
+        }
+        let (_, _, path) = w.finish(&expected_image(&offs, v).encode()).unwrap();
+        std::fs::rename(path, dir.join("image.layer")).unwrap();
+        wrote += 1;
     }
-    let (_, _, path) = w.finish(&expected_image(&offs).encode()).unwrap();
-    std::fs::rename(path, dir.join("image.layer")).unwrap();
-    let mut w = LayerWriter::create(&dir, LayerKind::Wal).unwrap();
-    let c = zstd::bulk::compress(&wal_bytes(), 1).unwrap();
-    let off = w.append_blob(&c).unwrap();
-    let (_, _, path) = w
-        .finish(&expected_wal((off, c.len() as u32)).encode())
-        .unwrap();
-    std::fs::rename(path, dir.join("wal.layer")).unwrap();
+    let v = LayerKind::Wal.version();
+    let dir = golden_dir(v);
+    if !dir.join("wal.layer").exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = LayerWriter::create(&dir, LayerKind::Wal).unwrap();
+        let c = zstd::bulk::compress(&wal_bytes(), 1).unwrap();
+        let off = w.append_blob(&c).unwrap();
+        let (_, _, path) = w
+            .finish(&expected_wal((off, c.len() as u32)).encode())
+            .unwrap();
+        std::fs::rename(path, dir.join("wal.layer")).unwrap();
+        wrote += 1;
+    }
+    assert!(
+        wrote > 0,
+        "the golden vectors of the current format versions exist and are frozen: a format \
+         change bumps the version (LayerKind::version) and adds new vectors"
+    );
 }
 
 #[test]
-fn version_1_layers_decode_forever() {
+fn golden_files_are_pinned() {
     if std::env::var_os("CAIRN_WRITE_GOLDEN").is_some() {
         write_golden();
     }
-    let dir = golden_dir();
+    let mut found = Vec::new();
+    for v in std::fs::read_dir(golden_root()).unwrap().flatten() {
+        for f in std::fs::read_dir(v.path()).unwrap().flatten() {
+            found.push(format!(
+                "{}/{}",
+                v.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found.sort();
+    let mut pinned: Vec<String> = PINNED.iter().map(|(p, _)| p.to_string()).collect();
+    pinned.sort();
+    assert_eq!(
+        found, pinned,
+        "every golden file is pinned, and every pinned one exists"
+    );
+    for (p, hash) in PINNED {
+        let got = hex::encode(Sha256::digest(
+            std::fs::read(golden_root().join(p)).unwrap(),
+        ));
+        assert_eq!(
+            &got, hash,
+            "{p} changed: released golden vectors are frozen"
+        );
+    }
+}
 
-    let f = LayerFile::open(&dir.join("image.layer"), LayerKind::Image).unwrap();
-    assert_eq!(f.version, 1);
-    let meta = ImageMeta::decode(&f.meta).unwrap();
+/// Checks a golden image of `version` against the expected values, every piece included.
+fn check_image(version: u16) {
+    let path = golden_dir(version).join("image.layer");
+    let f = LayerFile::open(&path, LayerKind::Image).unwrap();
+    assert_eq!(f.version, version);
+    let meta = ImageMeta::decode(&f.meta, f.version).unwrap();
     let offs: Vec<(u64, u32)> = meta.files[1].blobs[..2]
         .iter()
         .chain(meta.files[0].blobs.iter())
         .map(|b| (b.offset, b.clen))
         .collect();
-    assert_eq!(meta, expected_image(&offs));
+    assert_eq!(meta, expected_image(&offs, version));
     assert_eq!(
-        meta.encode(),
+        meta.encode_version(version),
         f.meta,
         "metadata re-encodes to the same bytes"
+    );
+    let b = &meta.files[1].blobs[0];
+    assert_eq!(
+        f.read_blob(b.offset, b.clen, b.raw_len, &b.hash).unwrap(),
+        page(3)
     );
     let b = &meta.files[1].blobs[1];
     assert_eq!(
@@ -175,9 +257,19 @@ fn version_1_layers_decode_forever() {
         b"15\n"
     );
     // The file's name in a timeline directory is its SHA-256.
-    let id = LayerId(Sha256::digest(std::fs::read(dir.join("image.layer")).unwrap()).into());
+    let id = LayerId(Sha256::digest(std::fs::read(&path).unwrap()).into());
     f.verify_id(id).unwrap();
+}
 
+#[test]
+fn version_2_images_decode_forever() {
+    check_image(2);
+}
+
+#[test]
+fn version_1_layers_decode_forever() {
+    check_image(1);
+    let dir = golden_dir(1);
     let f = LayerFile::open(&dir.join("wal.layer"), LayerKind::Wal).unwrap();
     assert_eq!(f.version, 1);
     let meta = WalMeta::decode(&f.meta).unwrap();
@@ -193,7 +285,7 @@ fn version_1_layers_decode_forever() {
 #[test]
 fn damaged_layers_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let src = std::fs::read(golden_dir().join("image.layer")).unwrap();
+    let src = std::fs::read(golden_dir(1).join("image.layer")).unwrap();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated", src[..src.len() - 10].to_vec(), "trailer"),
         ("short", src[..20].to_vec(), "bytes long"),
@@ -229,8 +321,8 @@ fn damaged_layers_are_refused_with_the_reason() {
     }
     // A flipped bit in a piece fails (its frame or) that piece's SHA-256, naming the layer and
     // offset.
-    let f = LayerFile::open(&golden_dir().join("image.layer"), LayerKind::Image).unwrap();
-    let meta = ImageMeta::decode(&f.meta).unwrap();
+    let f = LayerFile::open(&golden_dir(1).join("image.layer"), LayerKind::Image).unwrap();
+    let meta = ImageMeta::decode(&f.meta, f.version).unwrap();
     let b = meta.files[1].blobs[0];
     let mut bytes = src.clone();
     bytes[b.offset as usize + b.clen as usize / 2] ^= 0x10;
@@ -246,7 +338,7 @@ fn damaged_layers_are_refused_with_the_reason() {
         "{err}"
     );
     // The wrong kind is refused.
-    let err = LayerFile::open(&golden_dir().join("wal.layer"), LayerKind::Image)
+    let err = LayerFile::open(&golden_dir(1).join("wal.layer"), LayerKind::Image)
         .err()
         .unwrap()
         .to_string();

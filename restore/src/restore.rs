@@ -581,7 +581,7 @@ fn image_tablespaces(
         .get(&image)
         .ok_or_else(|| Error::Refused(format!("image layer {image} was not fetched")))?;
     let f = LayerFile::open(path, LayerKind::Image)?;
-    let meta = ImageMeta::decode(&f.meta).map_err(|e| {
+    let meta = ImageMeta::decode(&f.meta, f.version).map_err(|e| {
         Error::from(cairn_engine::Error::corrupt(
             format!("image layer {}", path.display()),
             e.0,

@@ -60,7 +60,7 @@ impl DedupIndex {
         let mut pos: HashMap<LayerId, u32> = HashMap::new();
         for (id, path) in images {
             let f = LayerFile::open(path, LayerKind::Image)?;
-            let meta = ImageMeta::decode(&f.meta)
+            let meta = ImageMeta::decode(&f.meta, f.version)
                 .map_err(|e| Error::corrupt(format!("image layer {}", path.display()), e.0))?;
             for file in &meta.files {
                 for b in &file.blobs {

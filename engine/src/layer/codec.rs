@@ -102,10 +102,6 @@ impl<'a> Dec<'a> {
         }
         Ok(n)
     }
-    /// True when every byte has been read (an optional trailing section is absent).
-    pub fn at_end(&self) -> bool {
-        self.pos == self.buf.len()
-    }
     pub fn finish(&self) -> Result<(), DecodeError> {
         if self.pos == self.buf.len() {
             Ok(())

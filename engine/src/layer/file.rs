@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! 0   magic        8 bytes  "CAIRNIMG" | "CAIRNWAL"
-//! 8   version      u16      format version of this kind (1)
+//! 8   version      u16      format version of this kind (image 2, WAL 1)
 //! 10  reserved     u16, u32 zero
 //! 16  blobs        zstd frames, referenced by (offset, length) from the metadata
 //! M   metadata     zstd frame of the kind's metadata (little-endian, see docs/FORMAT.md)
@@ -64,9 +64,13 @@ impl LayerKind {
             _ => None,
         }
     }
-    /// The current format version written for this kind.
+    /// The current format version written for this kind (every older one still reads).
     pub fn version(self) -> u16 {
-        1
+        match self {
+            // 2: image metadata ends with the tablespace list.
+            LayerKind::Image => 2,
+            LayerKind::Wal => 1,
+        }
     }
 }
 

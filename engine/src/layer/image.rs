@@ -83,8 +83,8 @@ pub struct ImageMeta {
     /// Directories (relative path, mode), parents before children.
     pub dirs: Vec<(String, u32)>,
     pub files: Vec<ImageFile>,
-    /// Tablespaces other than `pg_default` and `pg_global` (an optional trailing section:
-    /// absent when there are none, so images without tablespaces encode as before).
+    /// Tablespaces other than `pg_default` and `pg_global` (format version 2; empty for
+    /// version 1 images).
     pub tablespaces: Vec<TablespaceInfo>,
 }
 
@@ -114,7 +114,13 @@ impl ImageMeta {
         }
     }
 
+    /// Encodes in the current format version ([`crate::layer::LayerKind::version`]).
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_version(2)
+    }
+
+    /// Encodes in format version 1 (no tablespace list) or 2: for golden vectors.
+    pub fn encode_version(&self, version: u16) -> Vec<u8> {
         let mut e = Enc::default();
         e.u64(self.system_id);
         e.u32(self.pg_major);
@@ -150,7 +156,7 @@ impl ImageMeta {
                 e.u32(b.raw_len);
             }
         }
-        if !self.tablespaces.is_empty() {
+        if version >= 2 {
             e.u32(self.tablespaces.len() as u32);
             for t in &self.tablespaces {
                 e.u32(t.oid);
@@ -161,7 +167,13 @@ impl ImageMeta {
         e.buf
     }
 
-    pub fn decode(buf: &[u8]) -> Result<ImageMeta, DecodeError> {
+    /// Decodes metadata of format `version` (the layer file's header says which).
+    pub fn decode(buf: &[u8], version: u16) -> Result<ImageMeta, DecodeError> {
+        if !(1..=2).contains(&version) {
+            return Err(DecodeError(format!(
+                "image metadata version {version} is not one this cairn reads (1, 2)"
+            )));
+        }
         let mut d = Dec::new(buf);
         let system_id = d.u64("system id")?;
         let pg_major = d.u32("pg major")?;
@@ -218,7 +230,7 @@ impl ImageMeta {
             });
         }
         let mut tablespaces = Vec::new();
-        if !d.at_end() {
+        if version >= 2 {
             let n = d.count("tablespaces", 12)?;
             for _ in 0..n {
                 tablespaces.push(TablespaceInfo {
@@ -334,43 +346,54 @@ mod tests {
 
     #[test]
     fn meta_round_trips() {
-        let m = sample();
-        assert_eq!(ImageMeta::decode(&m.encode()).unwrap(), m);
+        let mut m = sample();
+        for v in [1, 2] {
+            assert_eq!(ImageMeta::decode(&m.encode_version(v), v).unwrap(), m);
+        }
         assert_eq!(m.logical_size(), 16387);
         // Truncations never panic and never decode.
         let b = m.encode();
         for cut in 0..b.len() {
-            assert!(ImageMeta::decode(&b[..cut]).is_err());
+            assert!(ImageMeta::decode(&b[..cut], 2).is_err());
         }
+        // A version-2 list is not read as version 1, nor the other way round.
+        m.tablespaces.push(TablespaceInfo {
+            oid: 1,
+            name: "t".into(),
+            location: "/t".into(),
+        });
+        assert!(ImageMeta::decode(&m.encode_version(2), 1).is_err());
+        assert!(ImageMeta::decode(&m.encode_version(1), 2).is_err());
+        assert!(ImageMeta::decode(&m.encode(), 3).is_err());
     }
 
-    /// The tablespace section is frozen: these bytes decode forever, and an image without
-    /// tablespaces encodes exactly as before the section existed.
+    /// Version 2 adds the tablespace list after the files; everything before it is version 1
+    /// byte for byte. These bytes are frozen.
     #[test]
-    fn tablespace_section_golden() {
-        let plain = sample();
-        let plain_bytes = plain.encode();
+    fn tablespace_list_golden() {
         let mut m = sample();
         m.tablespaces = vec![TablespaceInfo {
             oid: 16384,
             name: "fast".into(),
             location: "/ssd/ts".into(),
         }];
+        let v1 = m.encode_version(1);
         let b = m.encode();
-        assert_eq!(&b[..plain_bytes.len()], &plain_bytes[..]);
-        let tail = &b[plain_bytes.len()..];
+        assert_eq!(&b[..v1.len()], &v1[..]);
         let golden: &[u8] = &[
             1, 0, 0, 0, // count
             0x00, 0x40, 0, 0, // oid 16384
             4, 0, 0, 0, b'f', b'a', b's', b't', // name
             7, 0, 0, 0, b'/', b's', b's', b'd', b'/', b't', b's', // location
         ];
-        assert_eq!(tail, golden);
-        assert_eq!(ImageMeta::decode(&b).unwrap(), m);
-        assert_eq!(ImageMeta::decode(&plain_bytes).unwrap(), plain);
-        for cut in plain_bytes.len() + 1..b.len() {
-            assert!(ImageMeta::decode(&b[..cut]).is_err());
-        }
+        assert_eq!(&b[v1.len()..], golden);
+        assert_eq!(ImageMeta::decode(&b, 2).unwrap(), m);
+        // Without tablespaces, version 2 ends with a zero count.
+        let plain = sample();
+        assert_eq!(
+            &plain.encode()[plain.encode_version(1).len()..],
+            &[0, 0, 0, 0]
+        );
     }
 
     #[test]
