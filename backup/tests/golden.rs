@@ -1,9 +1,9 @@
 //! Golden vectors of the protection formats, version 1: an envelope object, its key object,
-//! a signed index and an export file, written once and checked in under `tests/golden/v1/`, with the (test-only)
-//! age identity and signing key that open and verify them. They must decode to the same values
-//! forever; a format change bumps a version and keeps reading these.
-//! Regenerate only when adding a new version: `CAIRN_WRITE_GOLDEN=1 cargo test -p cairn-backup --test golden`
-//! (`CAIRN_WRITE_GOLDEN_EXPORT=1` writes the export file alone, with the same keys).
+//! a signed index and an export file, written once and checked in under `tests/golden/v1/`,
+//! with the (test-only) age identity and signing key that open and verify them. They are
+//! pinned by SHA-256 ([`PINNED`]) and must decode to the same values forever; a format change
+//! bumps a version and adds its own vectors (see `golden_v2.rs`). The writers that produced
+//! them (`CAIRN_WRITE_GOLDEN=1`, `CAIRN_WRITE_GOLDEN_EXPORT=1`) refuse to overwrite a file.
 
 use std::path::PathBuf;
 
@@ -16,6 +16,61 @@ use sha2::{Digest, Sha256};
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1")
+}
+
+/// Every version 1 golden file and its SHA-256: released vectors never change.
+const PINNED: [(&str, &str); 6] = [
+    (
+        "export-file",
+        "2d0813fb4c5fcea131d899ab316714b105e245f20696aedd853e79ec078faa0a",
+    ),
+    (
+        "identity.age",
+        "73264c21766c591fadd21a1af3bfff794039af55aa42f38d81c47be1b145c380",
+    ),
+    (
+        "index",
+        "2fd0c0928a6a1534a49bfe9d064c5735bfe11769f436626b6027801750fcb76a",
+    ),
+    (
+        "key",
+        "9cf7f657b0816902364f041a33ff9389efc5b19d3c7da50b2d2a5170c5547788",
+    ),
+    (
+        "object",
+        "40209ea4d8e94f61a9422b439e070b952435a55c1e7cf81c13e1a044014d0434",
+    ),
+    (
+        "signing.pkcs8",
+        "e4c174290a69e9893cf55caaa540946f9998e7ce473d0cd8ef9ee21359c10980",
+    ),
+];
+
+/// Writers never replace a released vector.
+fn refuse_overwrite(files: &[&str]) {
+    for f in files {
+        assert!(
+            !dir().join(f).exists(),
+            "{f} exists: released golden vectors are never rewritten; a format change adds a \
+             new version directory"
+        );
+    }
+}
+
+#[test]
+fn version_1_files_are_pinned() {
+    let mut found: Vec<String> = std::fs::read_dir(dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let pinned: Vec<&str> = PINNED.iter().map(|(f, _)| *f).collect();
+    assert_eq!(found, pinned);
+    for (f, hash) in PINNED {
+        let got = hex::encode(Sha256::digest(std::fs::read(dir().join(f)).unwrap()));
+        assert_eq!(got, hash, "{f} changed: released golden vectors are frozen");
+    }
 }
 
 fn plaintext() -> Vec<u8> {
@@ -37,6 +92,7 @@ fn index_json() -> &'static str {
 }
 
 fn write_golden() {
+    refuse_overwrite(&["identity.age", "signing.pkcs8", "object", "key", "index"]);
     let d = dir();
     std::fs::create_dir_all(&d).unwrap();
     let id = age::x25519::Identity::generate();
@@ -159,6 +215,7 @@ fn export_manifest(sealed: &[u8]) -> Manifest {
 
 /// Builds the export file byte by byte as docs/FORMAT.md describes it.
 fn write_golden_export() {
+    refuse_overwrite(&["export-file"]);
     let d = dir();
     let identity = Identity::load(&d.join("identity.age")).unwrap();
     let signer = Signer::from_pkcs8(&std::fs::read(d.join("signing.pkcs8")).unwrap()).unwrap();

@@ -184,6 +184,11 @@ fn untrusted_region_formats_decode_forever() {
         sha256sums(&d),
         "a golden file changed: released vectors are frozen"
     );
+    // And the list itself is pinned here, so that no rewrite of both can pass.
+    assert_eq!(
+        hex::encode(Sha256::digest(std::fs::read(d.join("SHA256SUMS")).unwrap())),
+        "f3f86541d83ad3e614b1cb515d83f35d81df2c7fd7188a6b18144e0e4dbcc11d"
+    );
     let (identity, signer) = keys();
     let (idx, who) = decode_verified(
         &std::fs::read(d.join("index")).unwrap(),
