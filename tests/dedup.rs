@@ -94,7 +94,10 @@ async fn second_image_after_small_churn_stores_a_small_fraction() {
         "{meta2} bytes of metadata for {pages2} pages"
     );
     // And it did store the churn: a bug that stores nothing fails too.
-    assert!(data2 > 16 << 10, "the churned pages were stored: {data2} bytes");
+    assert!(
+        data2 > 16 << 10,
+        "the churned pages were stored: {data2} bytes"
+    );
     // And the deduplicated image restores exactly: a branch at its end, materialised from it.
     let c = connect(&url).await;
     let expected = table_checksum(&c, "pgbench_accounts").await;

@@ -34,12 +34,17 @@ fn payload_hashes(env: &Env, region: &str) -> BTreeMap<String, String> {
 
 /// A cluster with data on main, backed up to both regions.
 async fn backed_up_cluster(env: &Env) -> String {
+    backed_up_cluster_of(env, 60_000).await
+}
+
+/// A cluster whose table has `rows` rows of random hashes, backed up; returns its checksum.
+async fn backed_up_cluster_of(env: &Env, rows: u32) -> String {
     env.ok(&["cluster", "create", "shop"]);
     let c = connect(&env.start("main")).await;
-    c.batch_execute(
-        "CREATE TABLE t AS SELECT g, md5(random()::text) AS h FROM generate_series(1, 60000) g;
-         INSERT INTO t VALUES (0, md5('1'));",
-    )
+    c.batch_execute(&format!(
+        "CREATE TABLE t AS SELECT g, md5(random()::text) AS h FROM generate_series(1, {rows}) g;
+         INSERT INTO t VALUES (0, md5('1'));"
+    ))
     .await
     .unwrap();
     let sum = table_checksum(&c, "t").await;
@@ -115,7 +120,8 @@ async fn backups_are_encrypted_in_two_regions_and_one_region_plus_a_key_restores
 async fn tampering_is_detected_with_region_object_and_reason_and_repaired() {
     let env = Env::new();
     two_regions(&env, "");
-    backed_up_cluster(&env).await;
+    // Large enough that its image object has several whole 1 MiB chunks to swap.
+    backed_up_cluster_of(&env, 200_000).await;
     let root = env.region_root("region-a");
     let objects = env.region_objects("region-a");
     let mut layers: Vec<(String, u64)> = objects
@@ -124,10 +130,11 @@ async fn tampering_is_detected_with_region_object_and_reason_and_repaired() {
         .map(|k| (k.clone(), std::fs::metadata(root.join(k)).unwrap().len()))
         .collect();
     layers.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
-    let big = layers[0].0.clone(); // the image: more than one 1 MiB chunk
+    let big = layers[0].0.clone(); // the image: three whole 1 MiB chunks at least
+    let chunk = (1 << 20) + 16;
     assert!(
-        layers[0].1 > (1 << 20) + 100,
-        "need a multi-chunk object, got {}",
+        layers[0].1 > 64 + 3 * chunk as u64,
+        "need an object of three whole chunks, got {}",
         layers[0].1
     );
     let small = layers.last().unwrap().0.clone();
@@ -173,16 +180,20 @@ async fn tampering_is_detected_with_region_object_and_reason_and_repaired() {
     b.extend_from_slice(&[0u8; 5000]);
     write(&b);
     check("truncated or extended", &big);
-    let chunk = (1 << 20) + 16;
-    let mut b = original.clone();
-    let (x, y) = (64, 64 + chunk);
-    let first = b[x..x + chunk].to_vec();
-    let second = b[y..y + chunk.min(b.len() - y)].to_vec();
-    if second.len() == chunk {
+    // Whole chunks swapped, first and second, then second and third: each authenticates on its
+    // own, but not at another position.
+    for (i, expect) in [
+        (0, "chunk 0 fails authentication"),
+        (1, "chunk 1 fails authentication"),
+    ] {
+        let mut b = original.clone();
+        let (x, y) = (64 + i * chunk, 64 + (i + 1) * chunk);
+        let first = b[x..x + chunk].to_vec();
+        let second = b[y..y + chunk].to_vec();
         b[x..x + chunk].copy_from_slice(&second);
         b[y..y + chunk].copy_from_slice(&first);
         write(&b);
-        check("chunk 0 fails authentication", &big);
+        check(expect, &big);
     }
     restore();
     // Swap two objects: the small layer's bytes under the big one's name.
@@ -399,19 +410,50 @@ async fn deleted_branches_leave_the_regions_through_the_deletion_queue() {
     env.ok(&["compute", "stop", "dev"]);
     env.ok(&["backup", "now", "--no-image"]);
     let dev_tl = env.branch("dev")["timeline"].as_str().unwrap().to_string();
-    let before = env.region_objects("region-a");
-    assert!(
-        before.iter().any(|k| k.contains(&dev_tl)),
-        "dev's index is in the region"
-    );
+    let ids_of = |tl_is_dev: bool| -> Vec<String> {
+        env.layers()
+            .iter()
+            .filter(|l| (l["timeline_id"] == dev_tl.as_str()) == tl_is_dev)
+            .map(|l| l["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (dev_layers, other_layers) = (ids_of(true), ids_of(false));
+    assert!(!dev_layers.is_empty(), "dev wrote layers of its own");
+    for r in ["region-a", "region-b"] {
+        let before = env.region_objects(r);
+        assert!(
+            before.iter().any(|k| k.contains(&dev_tl)),
+            "dev's index is in {r}"
+        );
+        for id in dev_layers.iter().chain(&other_layers) {
+            assert!(
+                before.iter().any(|k| k.contains(&format!("layers/{id}"))),
+                "layer {id} is in {r}"
+            );
+        }
+    }
     env.ok(&["branch", "delete", "dev"]);
     env.ok(&["regions", "gc"]);
-    let after = env.region_objects("region-a");
-    assert!(
-        !after.iter().any(|k| k.contains(&dev_tl)),
-        "dev's index is gone"
-    );
-    assert!(after.len() < before.len(), "dev's layers are gone");
+    for r in ["region-a", "region-b"] {
+        let after = env.region_objects(r);
+        assert!(
+            !after.iter().any(|k| k.contains(&dev_tl)),
+            "dev's index is gone from {r}"
+        );
+        for id in &dev_layers {
+            assert!(
+                !after.iter().any(|k| k.contains(id.as_str())),
+                "dev's layer {id} and its key are gone from {r}: {after:?}"
+            );
+        }
+        for id in &other_layers {
+            assert!(
+                after.iter().any(|k| k.contains(&format!("layers/{id}")))
+                    && after.iter().any(|k| k.contains(&format!("keys/{id}"))),
+                "main's layer {id} and its key stay in {r}"
+            );
+        }
+    }
     env.ok(&["regions", "check", "--full"]);
     env.stop_all();
 }
