@@ -110,6 +110,8 @@ pub struct RestoreReport {
     /// Objects another region had to serve, and why.
     pub substitutions: Vec<Substitution>,
     pub layers_fetched: usize,
+    /// The layers the point needed (image, images it references, WAL), by id.
+    pub layers: Vec<String>,
     pub bytes_fetched: u64,
     pub data_bytes: u64,
     /// Bytes of data files written (less than `data_bytes` after a delta restore).
@@ -328,6 +330,7 @@ async fn run(
     let (lsn, prev) = se.record_boundary(&cluster, &tl, raw).await?;
     let mut plan = plan;
     let mut fetched = fetched;
+    let mut layer_ids: Vec<LayerId> = needed.clone();
     if lsn != plan.lsn {
         plan = map
             .plan(tl.id, lsn)
@@ -336,6 +339,7 @@ async fn run(
             .into_iter()
             .filter(|l| !needed.contains(l))
             .collect();
+        layer_ids.extend(more.iter().copied());
         fetched += fetch(
             &staging,
             &source,
@@ -368,6 +372,7 @@ async fn run(
         probes: source.probes.clone(),
         substitutions: vec![],
         layers_fetched: fetched,
+        layers: layer_ids.iter().map(|l| l.to_string()).collect(),
         bytes_fetched,
         data_bytes: 0,
         written_bytes: 0,
