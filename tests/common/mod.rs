@@ -390,6 +390,22 @@ pub fn login_of(url: &str) -> String {
     rest.rsplit_once('@').unwrap().0.to_string()
 }
 
+/// A child process (`cairn up`) stopped with SIGTERM when dropped: a failing test leaves no
+/// daemon behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: signalling our own child.
+            unsafe {
+                libc::kill(self.0.id() as i32, libc::SIGTERM);
+            }
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A plain data directory, started by the test with pg_ctl (not by cairn).
 pub struct Plain {
     pub dir: PathBuf,
