@@ -1,11 +1,13 @@
 //! The protection layer against a real S3-compatible server (Garage, started here on loopback):
-//! multipart uploads of a layer larger than the part size, a restore from S3 alone, and region
-//! outages — a file region made unwritable and the S3 server killed mid-run — during which
+//! multipart uploads of a layer larger than the part size (seen in the objects' ETags), a
+//! shipment killed in the middle of one and then finished, restore (full and delta), export and
+//! repair against S3, a catalog rebuilt from S3 alone, and region outages — a file region made unwritable and the S3 server killed mid-run — during which
 //! `cairn up` keeps shipping to the others, reports the backup degraded with the reason, and
 //! catches up by itself once the regions are back.
 
 mod common;
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use common::garage::Garage;
@@ -86,6 +88,165 @@ async fn s3_multipart_upload_and_restore_from_s3_alone() {
     assert_eq!(table_checksum(&c, "r").await, sum);
     drop(c);
     dr.stop_all();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_multipart_upload_then_restore_export_and_repair_on_s3() {
+    let env = Env::new();
+    let garage = Garage::start(&env.dir.path().join("garage"));
+    env.write_regions(&format!(
+        "min_copies = 2\npart_size = \"5MiB\"\ndeletion_delay = \"0s\"\n{}\n{}",
+        env.file_region("local"),
+        garage.region_toml("s3", "prod")
+    ));
+    env.ok(&["cluster", "create", "shop"]);
+    let c = connect(&env.start("main")).await;
+    c.batch_execute(RANDOM_TABLE).await.unwrap();
+    let sum = table_checksum(&c, "r").await;
+    drop(c);
+    env.ok(&["image", "create", "main"]);
+    env.stop_all();
+    let big = env
+        .layers()
+        .into_iter()
+        .max_by_key(|l| l["file_size"].as_u64().unwrap())
+        .unwrap();
+    let big_id = big["id"].as_str().unwrap().to_string();
+    assert!(big["file_size"].as_u64().unwrap() > 11 << 20, "{big}");
+
+    // Killed after the first part of a multipart upload to S3 (the only region for this run,
+    // so the kill cannot land in another region's upload).
+    let both = std::fs::read_to_string(env.home.join("regions.toml")).unwrap();
+    env.write_regions(&format!(
+        "min_copies = 1\npart_size = \"5MiB\"\n{}",
+        garage.region_toml("s3", "prod")
+    ));
+    let out = env
+        .command(&["backup", "now", "--no-image"])
+        .env("CAIRN_FAILPOINT", "ship-mid-upload")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "the kill landed mid-upload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // S3 as anyone holding its credentials sees it, through cairn's own region client.
+    let region =
+        cairn_backup::region::Region::connect(&garage.region_config("s3", "prod")).unwrap();
+    let key_of = |objects: &[(String, u64)], id: &str| {
+        objects
+            .iter()
+            .find(|(k, _)| k.ends_with(&format!("layers/{id}")))
+            .map(|(k, _)| k.clone())
+    };
+    // Whatever the kill interrupted is not an object, and every index names only what is there.
+    let listed = region.list("clusters").await.unwrap();
+    if let Some(k) = key_of(&listed, &big_id) {
+        panic!("a half-uploaded object is visible: {k}");
+    }
+    env.ok(&["regions", "check"]);
+    env.write_regions(&both);
+    // The next shipment finishes the job, in several parts.
+    env.ok(&["backup", "now", "--no-image"]);
+    env.ok(&["regions", "check", "--full", "--region", "s3"]);
+    let listed = region.list("clusters").await.unwrap();
+    let key = key_of(&listed, &big_id).expect("the big layer is in S3");
+    let etag = region.etag(&key).await.unwrap().expect("an ETag");
+    let parts: u32 = etag
+        .trim_matches('"')
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key}: ETag {etag} is not a multipart upload's"));
+    assert!(parts >= 2, "{key}: {parts} part(s)");
+
+    // Restore from S3 alone: full, then delta after a change.
+    let target = env.dir.path().join("from-s3");
+    let r = env.json(&[
+        "restore",
+        "shop",
+        "--region",
+        "s3",
+        "--to-datadir",
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(r["region"], "s3");
+    assert!(r["substitutions"].as_array().unwrap().is_empty(), "{r}");
+    let url = env.start("main");
+    let login = login_of(&url);
+    let c = connect(&url).await;
+    c.batch_execute("UPDATE r SET b = '\\x00' WHERE g <= 10")
+        .await
+        .unwrap();
+    let changed = table_checksum(&c, "r").await;
+    drop(c);
+    env.stop_all();
+    env.ok(&["backup", "now", "--no-image"]);
+    {
+        let server = Plain::start(&target);
+        let c = connect(&server.url_as(&login)).await;
+        assert_eq!(table_checksum(&c, "r").await, sum);
+    }
+    let d = env.json(&[
+        "restore",
+        "shop",
+        "--region",
+        "s3",
+        "--to-datadir",
+        target.to_str().unwrap(),
+        "--delta",
+    ]);
+    assert_eq!(d["region"], "s3");
+    {
+        let server = Plain::start(&target);
+        let c = connect(&server.url_as(&login)).await;
+        assert_eq!(table_checksum(&c, "r").await, changed);
+    }
+
+    // Export into S3, listed there, and one read back from S3 into a file that decrypts.
+    let e = env.json(&["export", "shop", "--to-region", "s3"]);
+    let id = e["manifest"]["id"].as_str().unwrap().to_string();
+    let exports = env.json(&["export", "list"]);
+    assert!(
+        exports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["manifest"]["id"] == id.as_str() && x["region"] == "s3"),
+        "{exports}"
+    );
+    let file = env.dir.path().join("from-s3.export");
+    env.ok(&[
+        "export",
+        "shop",
+        "--from-regions",
+        "--region",
+        "s3",
+        "--to",
+        file.to_str().unwrap(),
+    ]);
+    let dump = env.dir.path().join("from-s3.dump");
+    env.decrypt_export(&file, &dump);
+    let out = std::process::Command::new(pg_bin().join("pg_restore"))
+        .arg("-l")
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("TABLE DATA public r"));
+
+    // Repair: an object lost from S3 is found and put back from the other region.
+    region.delete(&key).await.unwrap();
+    let out = env.run(&["regions", "check", "--region", "s3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&big_id),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    env.ok(&["regions", "repair", "--region", "s3"]);
+    env.ok(&["regions", "check", "--full", "--region", "s3"]);
+    assert!(region.etag(&key).await.unwrap().is_some());
 }
 
 #[tokio::test(flavor = "multi_thread")]

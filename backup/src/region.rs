@@ -423,6 +423,16 @@ impl Region {
         }
     }
 
+    /// The object's entity tag as the store reports it, or `None` when it does not exist. On
+    /// S3 an object written by a multipart upload has the form `"<md5>-<parts>"`.
+    pub async fn etag(&self, key: &str) -> Result<Option<String>> {
+        match self.store.head(&self.path(key)?).await {
+            Ok(m) => Ok(m.e_tag),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Error::region(&self.name, format!("look up {key}"), e)),
+        }
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
         match self.store.delete(&self.path(key)?).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
