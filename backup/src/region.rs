@@ -10,7 +10,7 @@
 //!
 //! [[region]]
 //! name = "s3-eu"
-//! url = "s3://cairn-backups/prod"      # also gs://bucket/prefix, az://container/prefix
+//! url = "s3://cairn-backups/prod"      # also file:///path; gs:// and az:// untested
 //! endpoint = "http://127.0.0.1:3900"   # S3-compatible servers
 //! s3_region = "garage"
 //! credentials_file = "/etc/cairn/s3-eu.env"   # AWS_ACCESS_KEY_ID=... lines, mode 0600;
