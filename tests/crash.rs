@@ -168,7 +168,19 @@ async fn kill_at_random_moments_loses_nothing_durable() {
         .await
         .unwrap();
     let mut durable = Vec::new();
-    let mut rng = rand::rng();
+    let mut rng = seeded_rng("kill_at_random_moments_loses_nothing_durable");
+    let mut killed = 0;
+    // How long each command takes here, uninterrupted: kills are drawn within that time, so
+    // that they land while it works (on a slow machine as on a fast one).
+    let timed = |args: &[&str]| {
+        let t = std::time::Instant::now();
+        env.ok(args);
+        t.elapsed().as_millis() as u64
+    };
+    let took = [
+        timed(&["image", "create", "main"]),
+        timed(&["compute", "sync", "main"]),
+    ];
     for round in 0..6 {
         c.batch_execute(&format!(
             "INSERT INTO t SELECT g, md5(g::text) FROM generate_series({}, {}) g",
@@ -189,15 +201,20 @@ async fn kill_at_random_moments_loses_nothing_durable() {
             &["compute", "sync", "main"]
         };
         let mut child = env.command(args).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGKILL);
-        }
-        let _ = child.wait();
+        let delay = Duration::from_millis(rng.random_range(0..took[round % 2].max(20) * 9 / 10));
+        let hit = kill_after(&mut child, delay);
+        eprintln!(
+            "round {round}: {args:?} after {delay:?}: {}",
+            if hit { "killed" } else { "had finished" }
+        );
+        killed += hit as u32;
         env.ok(&["compute", "sync", "main"]);
         env.ok(&["check", "--full"]);
     }
+    assert!(
+        killed >= 3,
+        "only {killed} of 6 kills landed while the command ran"
+    );
     verify_durable(&env, &durable, "random").await;
     env.stop_all();
 }

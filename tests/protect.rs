@@ -622,17 +622,18 @@ async fn kills_during_shipping_leave_every_index_naming_only_present_objects() {
         // Whatever was interrupted, every index names only objects that are present.
         env.ok(&["regions", "check"]);
     }
-    for _ in 0..3 {
+    let mut rng = seeded_rng("kills_during_shipping_leave_every_index_naming_only_present_objects");
+    for round in 0..3 {
         let mut child = env
             .command(&["backup", "now", "--no-image"])
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(rand::random_range(0..300)));
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGKILL);
-        }
-        let _ = child.wait();
+        let delay = std::time::Duration::from_millis(rand::Rng::random_range(&mut rng, 0..300));
+        let hit = kill_after(&mut child, delay);
+        eprintln!(
+            "round {round}: after {delay:?}: {}",
+            if hit { "killed" } else { "had finished" }
+        );
         env.ok(&["regions", "check"]);
     }
     env.ok(&["backup", "now", "--no-image"]);

@@ -390,6 +390,32 @@ pub fn login_of(url: &str) -> String {
     rest.rsplit_once('@').unwrap().0.to_string()
 }
 
+/// A seeded random source for a test that kills processes at random moments: the seed is
+/// `CAIRN_TEST_SEED` when set, else drawn, and printed either way so that a failure can be
+/// replayed.
+pub fn seeded_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("CAIRN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("{test}: CAIRN_TEST_SEED={seed}");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
+/// Sends SIGKILL to `child` after `delay` and reaps it; true when the signal ended it, false
+/// when it had already finished on its own.
+pub fn kill_after(child: &mut std::process::Child, delay: std::time::Duration) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    std::thread::sleep(delay);
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let status = child.wait().expect("reap the child");
+    status.signal() == Some(9)
+}
+
 /// A child process (`cairn up`) stopped with SIGTERM when dropped: a failing test leaves no
 /// daemon behind.
 pub struct KillOnDrop(pub std::process::Child);
