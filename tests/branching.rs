@@ -226,3 +226,141 @@ async fn reset_rewinds_and_keeps_a_backup_branch_and_delete_is_guarded() {
     assert_eq!(names, vec!["main"]);
     env.ok(&["check", "--full"]);
 }
+
+/// One commit record as `pg_waldump` describes it: (start, position after its last byte, its
+/// end as PostgreSQL counts it (MAXALIGNed), commit time as RFC 3339).
+fn commit_record(
+    pg_wal: &std::path::Path,
+    from: &str,
+    to: &str,
+    xid: &str,
+) -> (u64, u64, u64, String) {
+    let out = std::process::Command::new(pg_bin().join("pg_waldump"))
+        .arg("-p")
+        .arg(pg_wal)
+        .args(["-s", from, "-e", to, "-r", "Transaction"])
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| {
+            l.split("tx:")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .is_some_and(|t| t.trim() == xid)
+                && l.contains("desc: COMMIT")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no commit of {xid} in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let tot: u64 = line
+        .split("len (rec/tot):")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.split('/').nth(1))
+        .map(|s| s.trim().parse().unwrap())
+        .unwrap();
+    let start = lsn(line
+        .split("lsn: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap());
+    let ts = line.split("desc: COMMIT ").nth(1).unwrap();
+    // "2026-11-28 13:05:01.123456 UTC" (microseconds may be absent when zero).
+    let ts = ts
+        .split(';')
+        .next()
+        .unwrap()
+        .trim()
+        .trim_end_matches(" UTC");
+    let t = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%.f").unwrap();
+    let end = (start + tot).div_ceil(8) * 8;
+    (
+        start,
+        start + tot,
+        end,
+        t.and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    )
+}
+
+fn fmt_lsn(v: u64) -> String {
+    format!("{:X}/{:X}", v >> 32, v & 0xFFFF_FFFF)
+}
+
+fn minus_micro(t: &str) -> String {
+    (chrono::DateTime::parse_from_rfc3339(t).unwrap() - chrono::Duration::microseconds(1))
+        .to_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// The edges of "exactly that point": a branch at a commit record's end includes it (also in
+/// the alignment padding after its last byte), at its last byte or its start does not; a time equal to a commit's timestamp
+/// includes it, a microsecond earlier does not. Commits are milliseconds apart, not seconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn branch_points_are_exact_to_the_record_and_the_microsecond() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let c = connect(&env.start("main")).await;
+    c.batch_execute("CREATE TABLE t (i int)").await.unwrap();
+    let before = scalar(&c, "SELECT pg_current_wal_insert_lsn()::text").await;
+    let xid_a = scalar(
+        &c,
+        "INSERT INTO t VALUES (1) RETURNING pg_current_xact_id()::text",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let xid_b = scalar(
+        &c,
+        "INSERT INTO t VALUES (2) RETURNING pg_current_xact_id()::text",
+    )
+    .await;
+    let after = scalar(&c, "SELECT pg_current_wal_insert_lsn()::text").await;
+    c.batch_execute("INSERT INTO t VALUES (3)").await.unwrap();
+    drop(c);
+    let datadir = env.json(&["compute", "start", "main"])["datadir"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pg_wal = std::path::Path::new(&datadir).join("pg_wal");
+    let (start_a, last_a, end_a, time_a) = commit_record(&pg_wal, &before, &after, &xid_a);
+    let (_, _, end_b, time_b) = commit_record(&pg_wal, &before, &after, &xid_b);
+    assert!(time_a < time_b, "{time_a} {time_b}");
+    env.ok(&["compute", "stop", "main"]);
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("--at", fmt_lsn(end_a), "1"),
+        ("--at", fmt_lsn(last_a), "1"),
+        ("--at", fmt_lsn(last_a - 1), ""),
+        ("--at", fmt_lsn(start_a + 8), ""),
+        ("--at", fmt_lsn(start_a), ""),
+        ("--at", fmt_lsn(end_b), "1,2"),
+        ("--at-time", time_a.clone(), "1"),
+        ("--at-time", minus_micro(&time_a), ""),
+        ("--at-time", minus_micro(&time_b), "1"),
+        ("--at-time", time_b.clone(), "1,2"),
+    ];
+    for (i, (flag, value, rows)) in cases.iter().enumerate() {
+        let name = format!("edge{i}");
+        env.ok(&["branch", "create", &name, "--from", "main", flag, value]);
+        let c = connect(&env.start(&name)).await;
+        let got = scalar(
+            &c,
+            "SELECT coalesce(string_agg(i::text, ',' ORDER BY i), '') FROM t",
+        )
+        .await;
+        assert_eq!(&got, rows, "branch {flag} {value}");
+        drop(c);
+        env.ok(&["compute", "stop", &name]);
+    }
+}
+
+fn lsn(s: &str) -> u64 {
+    let (hi, lo) = s.split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+}
