@@ -905,3 +905,5 @@ impl Tx {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;
