@@ -291,6 +291,7 @@ impl Protection {
                             p.object, good.name, p.region
                         ));
                         fixed = true;
+                        cairn_engine::failpoint::hit("repair-copied");
                         break;
                     }
                     Err(e) => tried.push(e.to_string()),

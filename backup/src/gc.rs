@@ -195,6 +195,7 @@ impl Protection {
             }
             match region.delete(&d.object_key).await {
                 Ok(()) => {
+                    cairn_engine::failpoint::hit("gc-deleted");
                     st.done_deletion(&d.region, &d.object_key).await?;
                     if !object.is_empty() {
                         st.forget_shipment(&object, &d.region).await?;

@@ -72,6 +72,7 @@ impl Protection {
                     }
                 }
             }
+            cairn_engine::failpoint::hit("rewrap-key");
         }
         Ok(report)
     }

@@ -440,6 +440,7 @@ pub struct CatalogRows {
 impl CatalogRows {
     /// Inserts every row in one catalog transaction.
     pub async fn insert(&self, engine: &Engine) -> Result<()> {
+        cairn_engine::failpoint::hit("rebuild-before-insert");
         let mut tx = engine.catalog.begin().await?;
         for c in &self.clusters {
             tx.insert_cluster(c).await?;

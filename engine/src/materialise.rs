@@ -353,6 +353,7 @@ fn write_fresh(
             units.push((i, first, f.blobs.len(), start));
         }
     }
+    crate::failpoint::hit("materialise-files-created");
     let total = units
         .par_iter()
         .map(|&(i, first, end, offset)| -> Result<u64> {

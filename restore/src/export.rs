@@ -255,6 +255,8 @@ pub async fn export(
     };
 
     let t = Instant::now();
+    // The plaintext dump is on disk, not yet sealed.
+    cairn_engine::failpoint::hit("export-before-seal");
     progress.phase("seal", 0);
     let bin = pg_dump_bin(engine.bins_for(&cluster)?)?;
     let manifest = Manifest {
