@@ -379,6 +379,24 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
     let server = Plain::start(&target);
     let c = connect(&server.url_as(&login)).await;
     assert_eq!(checksums(&c).await, main_rows);
+    drop((c, server));
+    // And --delta back to the point whose WAL creates tb: tb's directory is rebuilt by the
+    // replay from nothing (a file left there by the later restore goes).
+    let stray_b = map_b.join("stray");
+    std::fs::write(&stray_b, "x").unwrap();
+    dr.json(&strs(&restore_args(
+        &target,
+        &maps,
+        &kit,
+        &["--delta", "--at-restore-point", "with_tb"],
+    )));
+    assert!(
+        !stray_b.exists(),
+        "tb's directory was rebuilt by the replay"
+    );
+    let server = Plain::start(&target);
+    let c = connect(&server.url_as(&login)).await;
+    assert_eq!(checksums(&c).await, at_with_tb);
     // Since main stopped, nothing was written where it first kept its tablespaces.
     assert_eq!((hash_tree(&loc_a), hash_tree(&loc_b)), stopped);
 }

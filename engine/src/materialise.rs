@@ -273,6 +273,12 @@ fn write_point(
     )?;
     for (oid, _) in &in_wal.created {
         if !tablespaces.iter().any(|(o, _)| o == oid) {
+            // Replay creates this tablespace from nothing: what an earlier restore left in
+            // its directory is not part of the point.
+            let dir = placement.dir(*oid);
+            if delta && dir.is_dir() {
+                crate::engine::remove_tree(&dir)?;
+            }
             tablespaces.push((*oid, tablespace::link(target, placement, *oid)?));
         }
     }
