@@ -250,15 +250,24 @@ impl Env {
         let list = self.run(&["compute", "list", "--json"]);
         if let Ok(v) = serde_json::from_slice::<Value>(&list.stdout) {
             for c in v.as_array().into_iter().flatten() {
-                let _ = self
+                // A stop that fails to take its compute's last WAL would hide a loss from the
+                // test that comes next (often a backup): it fails the test.
+                let branch = c["branch"].as_str().unwrap_or_default();
+                let out = self
                     .command(&[
                         "compute",
                         "stop",
-                        c["branch"].as_str().unwrap_or_default(),
+                        branch,
                         "--cluster",
                         c["cluster"].as_str().unwrap_or_default(),
                     ])
-                    .output();
+                    .output()
+                    .expect("run cairn compute stop");
+                assert!(
+                    out.status.success(),
+                    "stopping the compute of {branch} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
     }

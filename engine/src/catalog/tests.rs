@@ -197,19 +197,34 @@ async fn exercise(cat: &Catalog) {
         .unwrap();
     assert_eq!(last.time_us, 1_000);
 
-    // A failed transaction leaves nothing behind.
+    // A transaction dropped without commit leaves nothing behind, though every write in it
+    // succeeded.
     let mut tx = cat.begin().await.unwrap();
+    let ghost_tl = TimelineRow {
+        id: TimelineId::generate(),
+        ancestor: None,
+        ancestor_prev: None,
+        created_at_us: 5,
+        ..root.clone()
+    };
+    tx.insert_timeline(&ghost_tl).await.unwrap();
     tx.insert_branch(&BranchRow {
         cluster_id: c.id,
         name: "ghost".into(),
-        timeline_id: TimelineId::generate(),
+        timeline_id: ghost_tl.id,
         protected: false,
         created_at_us: 5,
     })
     .await
-    .ok();
+    .unwrap();
     drop(tx);
     assert!(cat.branch(c.id, "ghost").await.unwrap().is_none());
+    assert!(cat
+        .timelines(c.id)
+        .await
+        .unwrap()
+        .iter()
+        .all(|t| t.id != ghost_tl.id));
 
     // Duplicate names are refused by the schema.
     let mut tx = cat.begin().await.unwrap();
