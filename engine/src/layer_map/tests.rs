@@ -311,8 +311,8 @@ fn lid(n: u8) -> LayerId {
     LayerId([n; 32])
 }
 
-#[test]
-fn explains_why_a_point_is_not_reconstructible() {
+/// A root with an image and WAL to 300, and a child branched at 200 whose WAL starts at 250.
+fn two_timelines() -> (LayerMap, TimelineId, TimelineId) {
     let root = TimelineId([1; 16]);
     let child = TimelineId([2; 16]);
     let map = LayerMap::new(
@@ -349,6 +349,12 @@ fn explains_why_a_point_is_not_reconstructible() {
             },
         ],
     );
+    (map, root, child)
+}
+
+#[test]
+fn explains_why_a_point_is_not_reconstructible() {
+    let (map, root, child) = two_timelines();
     assert_eq!(
         map.plan(root, Lsn(301)),
         Err(Unreconstructible::BeyondHead {
@@ -383,5 +389,94 @@ fn explains_why_a_point_is_not_reconstructible() {
     assert_eq!(
         map.reconstructible_windows(child),
         vec![(Lsn(100), Lsn(200))]
+    );
+}
+
+/// What the planner's callers read besides the plan's pieces: the layers in LSN order, the
+/// timeline descriptions, and the earliest point named in the refusal (found missing by
+/// mutation testing: no test read them).
+#[test]
+fn plans_list_their_layers_and_refusals_name_the_earliest_point() {
+    let (map, root, child) = two_timelines();
+    let p = map.plan(root, Lsn(250)).unwrap();
+    assert_eq!(
+        p.wal_layers().map(|w| w.id).collect::<Vec<_>>(),
+        vec![lid(2)]
+    );
+    assert_eq!(p.image.id, lid(1));
+    assert_eq!(
+        map.timeline(child).map(|t| t.ancestor),
+        Some(Some((root, Lsn(200))))
+    );
+    assert_eq!(map.timeline(root).map(|t| t.head), Some(Lsn(300)));
+    assert!(map.timeline(TimelineId([9; 16])).is_none());
+    let e = map.plan(root, Lsn(50)).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "no image layer at or before LSN {} (the earliest reconstructible point is {})",
+            Lsn(50),
+            Lsn(100)
+        )
+    );
+    // Without any image there is no earliest point to name.
+    let bare = LayerMap::new(
+        [TimelineDesc {
+            id: root,
+            ancestor: None,
+            head: Lsn(300),
+        }],
+        [],
+        [],
+    );
+    assert_eq!(
+        bare.plan(root, Lsn(50)).unwrap_err().to_string(),
+        format!("no image layer at or before LSN {}", Lsn(50))
+    );
+    assert_eq!(
+        map.wals_of(root).iter().map(|w| w.id).collect::<Vec<_>>(),
+        vec![lid(2)]
+    );
+    assert!(map.wals_of(TimelineId([9; 16])).is_empty());
+}
+
+/// A gap after an empty WAL layer ends where the next layer starts; windows of several images
+/// that overlap are reported as one.
+#[test]
+fn gaps_after_empty_layers_and_overlapping_windows() {
+    let root = TimelineId([1; 16]);
+    let wal = |n: u8, start: u64, end: u64| WalDesc {
+        id: lid(n),
+        timeline: root,
+        start: Lsn(start),
+        end: Lsn(end),
+    };
+    let image = |n: u8, start: u64, end: u64| ImageDesc {
+        id: lid(n),
+        timeline: root,
+        start: Lsn(start),
+        end: Lsn(end),
+    };
+    let map = LayerMap::new(
+        [TimelineDesc {
+            id: root,
+            ancestor: None,
+            head: Lsn(300),
+        }],
+        [image(1, 80, 100), image(4, 140, 150)],
+        [wal(2, 80, 200), wal(3, 200, 200), wal(5, 250, 300)],
+    );
+    assert_eq!(
+        map.plan(root, Lsn(280)),
+        Err(Unreconstructible::WalGap {
+            timeline: root,
+            from: Lsn(200),
+            to: Lsn(250)
+        })
+    );
+    assert_eq!(
+        map.reconstructible_windows(root),
+        vec![(Lsn(100), Lsn(200))],
+        "the second image's window lies inside the first's"
     );
 }
