@@ -4,30 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-/// Every layer file of the home: (id, kind extension, path).
-fn layer_files(home: &Path) -> Vec<(String, String, PathBuf)> {
-    let mut out = Vec::new();
-    let mut stack = vec![home.join("layers")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if let Some((id, ext)) = name.split_once('.') {
-                    out.push((id.to_string(), ext.to_string(), p));
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 fn copy_tree(from: &Path, to: &Path) {
     let st = std::process::Command::new("cp")
@@ -88,7 +67,7 @@ async fn check_finds_every_kind_of_damage_it_claims_to_find() {
     // The pristine appliance passes, plain and full.
     assert_eq!(check(&env, &env.home, false).0, Some(0));
     assert_eq!(check(&env, &env.home, true).0, Some(0));
-    let files = layer_files(&env.home);
+    let files = env.layer_files();
     let image = files.iter().find(|f| f.1 == "img").unwrap().clone();
     let wals: Vec<_> = files.iter().filter(|f| f.1 == "wal").cloned().collect();
     assert!(wals.len() >= 2, "two WAL layers at least: {files:?}");

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
 use common::*;
@@ -45,21 +44,6 @@ async fn verify_durable(env: &Env, points: &[Durable], tag: &str) {
     }
 }
 
-fn run_killed(env: &Env, failpoint: &str, args: &[&str]) {
-    let out = env
-        .command(args)
-        .env("CAIRN_FAILPOINT", failpoint)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "{args:?} with failpoint {failpoint} was not killed: {:?}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_at_every_failpoint_keeps_catalog_and_files_in_agreement() {
     let env = Env::new();
@@ -96,7 +80,7 @@ async fn kill_at_every_failpoint_keeps_catalog_and_files_in_agreement() {
         ))
         .await
         .unwrap();
-        run_killed(&env, fp, args);
+        env.killed_at(args, fp);
         // Restart: the next command under the same lock cleans up and catches up.
         env.ok(&["compute", "sync", "main"]);
         env.ok(&["check", "--full"]);
@@ -116,7 +100,7 @@ async fn kill_at_every_failpoint_keeps_catalog_and_files_in_agreement() {
     drop(c);
 
     // A stop killed after its final ingest: the branch keeps what it had, and starts again.
-    run_killed(&env, "stop-before-cleanup", &["compute", "stop", "main"]);
+    env.killed_at(&["compute", "stop", "main"], "stop-before-cleanup");
     let c = connect(&env.start("main")).await;
     assert_eq!(table_checksum(&c, "t").await, all);
     drop(c);
@@ -129,7 +113,7 @@ async fn kill_at_every_failpoint_keeps_catalog_and_files_in_agreement() {
 fn killed_cluster_creation_leaves_nothing_behind() {
     let env = Env::new();
     for fp in ["image-mid-write", "create-before-commit"] {
-        run_killed(&env, fp, &["cluster", "create", "shop"]);
+        env.killed_at(&["cluster", "create", "shop"], fp);
         assert_eq!(env.json(&["cluster", "list"]), serde_json::json!([]));
     }
     // The next creation removes the debris (and any server the dead process left running).

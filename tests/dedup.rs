@@ -9,20 +9,13 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// The file of layer `id` under the home's `layers/`.
-fn layer_file(home: &Path, id: &str) -> PathBuf {
-    let mut stack = vec![home.join("layers")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if e.file_name().to_string_lossy() == format!("{id}.img") {
-                return p;
-            }
-        }
-    }
-    panic!("no file for image layer {id}");
+/// The file of image layer `id`.
+fn layer_file(env: &Env, id: &str) -> PathBuf {
+    env.layer_files()
+        .into_iter()
+        .find(|(i, ext, _)| i == id && ext == "img")
+        .unwrap_or_else(|| panic!("no file for image layer {id}"))
+        .2
 }
 
 /// (bytes on disk, bytes of its metadata frame) of a layer file.
@@ -61,8 +54,8 @@ async fn second_image_after_small_churn_stores_a_small_fraction() {
 
     let logical1 = first["logical_bytes"].as_u64().unwrap();
     let logical2 = second["logical_bytes"].as_u64().unwrap();
-    let (file1, meta1) = on_disk(&layer_file(&env.home, first["layer"].as_str().unwrap()));
-    let (file2, meta2) = on_disk(&layer_file(&env.home, second["layer"].as_str().unwrap()));
+    let (file1, meta1) = on_disk(&layer_file(&env, first["layer"].as_str().unwrap()));
+    let (file2, meta2) = on_disk(&layer_file(&env, second["layer"].as_str().unwrap()));
     let (data1, data2) = (file1 - meta1 - 72, file2 - meta2 - 72);
     let ratio = file2 as f64 / file1 as f64;
     let data_ratio = data2 as f64 / data1 as f64;

@@ -11,23 +11,6 @@ use std::path::Path;
 
 use common::*;
 
-/// Runs cairn with `failpoint` armed and insists that it was killed there.
-#[track_caller]
-fn killed_at(env: &Env, args: &[&str], failpoint: &str) {
-    let out = env
-        .command(args)
-        .env("CAIRN_FAILPOINT", failpoint)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.signal(),
-        Some(9),
-        "cairn {args:?} was to be killed at {failpoint}:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn regions(env: &Env) {
     env.write_regions(&format!(
         "min_copies = 2\ndeletion_delay = \"0s\"\n{}\n{}",
@@ -58,11 +41,7 @@ async fn backed_up(env: &Env) -> String {
 
 /// A new appliance with only region-b and `kit` restores main with `sum`.
 async fn restores_from_region_b(env: &Env, kit: &Path, sum: &str) {
-    let dr = Env::new();
-    dr.write_regions(&format!(
-        "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-b").display()
-    ));
+    let dr = env.disaster_recovery_from("region-b");
     let target = dr.dir.path().join("restored");
     dr.ok(&[
         "restore",
@@ -86,7 +65,7 @@ async fn a_key_rotation_killed_midway_finishes_on_the_next_run() {
     let env = Env::new();
     regions(&env);
     let sum = backed_up(&env).await;
-    killed_at(&env, &["key", "rotate"], "rewrap-key@2");
+    env.killed_at(&["key", "rotate"], "rewrap-key@2");
     // Keys not yet re-wrapped still open with the retired identity the appliance keeps.
     env.ok(&["regions", "check", "--full"]);
     env.ok(&["key", "rotate"]);
@@ -109,7 +88,7 @@ async fn a_garbage_collection_killed_midway_finishes_on_the_next_run() {
         .collect();
     assert!(!dev_layers.is_empty());
     env.ok(&["branch", "delete", "dev"]);
-    killed_at(&env, &["regions", "gc"], "gc-deleted@2");
+    env.killed_at(&["regions", "gc"], "gc-deleted@2");
     env.ok(&["regions", "check", "--full"]);
     env.ok(&["regions", "gc"]);
     for r in ["region-a", "region-b"] {
@@ -143,7 +122,7 @@ async fn a_repair_killed_midway_finishes_on_the_next_run() {
     }
     let out = env.run(&["regions", "check", "--region", "region-b"]);
     assert_eq!(out.status.code(), Some(1));
-    killed_at(&env, &["regions", "repair"], "repair-copied@2");
+    env.killed_at(&["regions", "repair"], "repair-copied@2");
     env.ok(&["regions", "repair"]);
     env.ok(&["regions", "check", "--full"]);
     for k in &lost {
@@ -158,11 +137,7 @@ async fn a_rebuild_and_a_restore_killed_midway_succeed_on_the_next_run() {
     regions(&env);
     let sum = backed_up(&env).await;
     let kit = env.recovery_kit();
-    let dr = Env::new();
-    dr.write_regions(&format!(
-        "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-b").display()
-    ));
+    let dr = env.disaster_recovery_from("region-b");
     let rebuild = [
         "catalog",
         "rebuild",
@@ -171,7 +146,7 @@ async fn a_rebuild_and_a_restore_killed_midway_succeed_on_the_next_run() {
         "--recovery-kit",
         kit.to_str().unwrap(),
     ];
-    killed_at(&dr, &rebuild, "rebuild-before-insert");
+    dr.killed_at(&rebuild, "rebuild-before-insert");
     dr.ok(&rebuild);
     assert_eq!(dr.json(&["cluster", "list"])[0]["name"], "shop");
 
@@ -188,7 +163,7 @@ async fn a_rebuild_and_a_restore_killed_midway_succeed_on_the_next_run() {
     };
     let args = restore(&first);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    killed_at(&dr, &args, "materialise-files-created");
+    dr.killed_at(&args, "materialise-files-created");
     let staged = || {
         std::fs::read_dir(dr.home.join("restore"))
             .map(|r| r.count())
@@ -218,8 +193,7 @@ async fn an_export_killed_before_sealing_leaves_no_plaintext_after_the_next_run(
     backed_up(&env).await;
     let file = env.dir.path().join("shop.export");
     let f = file.to_str().unwrap();
-    killed_at(
-        &env,
+    env.killed_at(
         &["export", "shop", "--from-regions", "--to", f],
         "export-before-seal",
     );

@@ -91,11 +91,7 @@ async fn backups_are_encrypted_in_two_regions_and_one_region_plus_a_key_restores
 
     // Disaster: a new, empty appliance with only region-b and the recovery kit.
     let kit = env.recovery_kit();
-    let dr = Env::new();
-    dr.write_regions(&format!(
-        "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-b").display()
-    ));
+    let dr = env.disaster_recovery_from("region-b");
     let out = dr.ok(&[
         "catalog",
         "rebuild",

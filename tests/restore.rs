@@ -147,11 +147,7 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
     // Disaster: the appliance's disk and region A are gone.
     std::fs::remove_dir_all(&env.home).unwrap();
     std::fs::remove_dir_all(env.dir.path().join("regions/region-a")).unwrap();
-    let dr = Env::new();
-    dr.write_regions(&format!(
-        "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-b").display()
-    ));
+    let dr = env.disaster_recovery_from("region-b");
     for (i, p) in points.iter().enumerate() {
         let target = dr.dir.path().join(format!("restored-{i}"));
         let report = dr.json(&[

@@ -270,11 +270,7 @@ async fn tablespaces_are_per_compute_backed_up_and_restored_with_a_map() {
 
     // Disaster: the appliance is gone; restore from region B with the recovery kit.
     std::fs::remove_dir_all(&env.home).unwrap();
-    let dr = Env::new();
-    dr.write_regions(&format!(
-        "min_copies = 1\n[[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-        env.dir.path().join("regions/region-b").display()
-    ));
+    let dr = env.disaster_recovery_from("region-b");
     let (oid_a, oid_b) = (main_spaces["ta"].0, main_spaces["tb"].0);
     // A name the point does not know is refused with the tablespaces it has; nothing written.
     let refused = dr.dir.path().join("refused");

@@ -107,7 +107,7 @@ impl TablespaceMap {
             }
             seen.push((key, d));
             if !delta {
-                check_empty(key, d)?;
+                check_empty(&format!("--tablespace-map {key}={}", d.display()), d)?;
             }
         }
         let root = self.root_for(dir);
@@ -119,7 +119,13 @@ impl TablespaceMap {
             )));
         }
         if !delta {
-            check_empty("(unmapped tablespaces)", &root)?;
+            check_empty(
+                &format!(
+                    "{}, where tablespaces without --tablespace-map go",
+                    root.display()
+                ),
+                &root,
+            )?;
         }
         Ok(())
     }
@@ -192,14 +198,14 @@ impl TablespaceMap {
     }
 }
 
-fn check_empty(key: &str, d: &Path) -> Result<()> {
+/// Refuses a directory that exists and holds something; `what` names it for the message.
+fn check_empty(what: &str, d: &Path) -> Result<()> {
     match std::fs::read_dir(d) {
         Ok(mut rd) => {
             if rd.next().is_some() {
                 return Err(Error::Refused(format!(
-                    "--tablespace-map {key}={}: the directory is not empty; choose an empty or \
-                     new one",
-                    d.display()
+                    "{what}: the directory is not empty; choose an empty or new one (or map \
+                     each tablespace elsewhere with --tablespace-map)"
                 )));
             }
             Ok(())
@@ -347,6 +353,16 @@ mod tests {
         assert!(err(vec![("1", t.path().to_path_buf())], false).contains("not contain it"));
         assert!(err(vec![("1", home.join("x"))], false).contains("appliance's own"));
         assert!(err(vec![("1", full.clone())], false).contains("not empty"));
+        // The default place of unmapped tablespaces, beside the data directory, too.
+        let beside = t.path().join("data.tablespaces");
+        std::fs::create_dir_all(beside.join("16384")).unwrap();
+        let e = err(vec![], false);
+        assert!(
+            e.contains("data.tablespaces, where tablespaces without --tablespace-map go"),
+            "{e}"
+        );
+        assert!(check(vec![], true).is_ok());
+        std::fs::remove_dir_all(&beside).unwrap();
         assert!(check(vec![("1", full.clone())], true).is_ok());
         assert!(err(
             vec![("1", t.path().join("a")), ("2", t.path().join("a/b"))],

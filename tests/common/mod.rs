@@ -148,6 +148,56 @@ impl Env {
         ]);
     }
 
+    /// A new, empty appliance (another home) that knows only `region` of this one: the
+    /// machine a disaster recovery starts from.
+    pub fn disaster_recovery_from(&self, region: &str) -> Env {
+        let dr = Env::new();
+        dr.write_regions(&format!(
+            "min_copies = 1\n[[region]]\nname = \"{region}\"\nurl = \"file://{}\"\n",
+            self.dir.path().join("regions").join(region).display()
+        ));
+        dr
+    }
+
+    /// Runs cairn with `failpoint` armed and insists that it was killed there (SIGKILL).
+    #[track_caller]
+    pub fn killed_at(&self, args: &[&str], failpoint: &str) {
+        use std::os::unix::process::ExitStatusExt;
+        let out = self
+            .command(args)
+            .env("CAIRN_FAILPOINT", failpoint)
+            .output()
+            .expect("run cairn");
+        assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "cairn {args:?} was to be killed at {failpoint}:\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Every layer file of this home: (id, extension `img` or `wal`, path), by id.
+    pub fn layer_files(&self) -> Vec<(String, String, PathBuf)> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.home.join("layers")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Some((id, ext)) = name.split_once('.') {
+                        out.push((id.to_string(), ext.to_string(), p));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Two local-directory regions, region-a and region-b, both needed for a copy to count.
     pub fn two_file_regions(&self) {
         self.write_regions(&format!(
