@@ -51,7 +51,13 @@ async fn restores_from_region_b(env: &Env, kit: &Path, sum: &str) {
         "--recovery-kit",
         kit.to_str().unwrap(),
     ]);
-    let server = Plain::start(&target);
+    has_main(&target, env, sum).await;
+}
+
+/// The restored data directory `dir` starts and holds main's table with `sum`; `env` is an
+/// appliance that holds the cluster (it gives the superuser's password).
+async fn has_main(dir: &Path, env: &Env, sum: &str) {
+    let server = Plain::start(dir);
     let pw = env
         .ok(&["cluster", "password", "shop", "--superuser"])
         .trim()
@@ -177,13 +183,7 @@ async fn a_rebuild_and_a_restore_killed_midway_succeed_on_the_next_run() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     dr.ok(&args);
     assert_eq!(staged(), 0, "staging swept");
-    let server = Plain::start(&second);
-    let pw = dr
-        .ok(&["cluster", "password", "shop", "--superuser"])
-        .trim()
-        .to_string();
-    let c = connect(&server.url(&pw)).await;
-    assert_eq!(table_checksum(&c, "t").await, sum);
+    has_main(&second, &dr, &sum).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
