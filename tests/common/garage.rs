@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::free_ports;
 
 pub struct Garage {
     pub dir: PathBuf,
@@ -120,7 +120,8 @@ fn field(text: &str, name: &str) -> String {
 impl Garage {
     pub fn start(dir: &Path) -> Garage {
         std::fs::create_dir_all(dir).unwrap();
-        let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+        let ports = free_ports(3);
+        let (rpc, s3, admin) = (ports[0], ports[1], ports[2]);
         let mut secret = [0u8; 32];
         cairn_engine::ids::random_bytes(&mut secret);
         let conf = dir.join("garage.toml");

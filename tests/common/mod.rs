@@ -413,12 +413,21 @@ pub async fn scalar(c: &tokio_postgres::Client, sql: &str) -> String {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// A port of 127.0.0.1 that was free a moment ago. Another process may take it before the
+/// caller binds it: callers that start a server retry on "address in use" ([`Plain`]), and
+/// those that can let the server choose do so ([`Env::spawn_up`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports (all held at once while they are chosen, so none comes twice).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 /// Minimal HTTP GET against 127.0.0.1 (status, body).
@@ -505,33 +514,40 @@ impl Plain {
     /// [`Plain::start`], also listening on a Unix socket in `socket` (reachable by postgres).
     pub fn start_with_socket(dir: &Path, socket: Option<&Path>) -> Plain {
         let sockets = socket.map_or(String::new(), |p| p.display().to_string());
-        let port = free_port();
-        let log = dir.parent().unwrap().join(format!("{port}.log"));
-        std::fs::write(&log, b"").unwrap();
-        chown_postgres(&log);
-        let out = pg_command("pg_ctl")
-            .arg("start")
-            .arg("-D")
-            .arg(dir)
-            .args(["-w", "-l"])
-            .arg(&log)
-            .arg("-o")
-            .arg(format!(
-                "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{sockets}'"
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "start {}: {}\n{}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Plain {
-            dir: dir.to_path_buf(),
-            port,
+        // The port is free when chosen; if another process takes it first, choose again.
+        for attempt in 1.. {
+            let port = free_port();
+            let log = dir.parent().unwrap().join(format!("{port}.log"));
+            std::fs::write(&log, b"").unwrap();
+            chown_postgres(&log);
+            let out = pg_command("pg_ctl")
+                .arg("start")
+                .arg("-D")
+                .arg(dir)
+                .args(["-w", "-l"])
+                .arg(&log)
+                .arg("-o")
+                .arg(format!(
+                    "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{sockets}'"
+                ))
+                .output()
+                .unwrap();
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+            if !out.status.success() && log_text.contains("could not bind") && attempt < 5 {
+                continue;
+            }
+            assert!(
+                out.status.success(),
+                "start {}: {}\n{log_text}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            return Plain {
+                dir: dir.to_path_buf(),
+                port,
+            };
         }
+        unreachable!("the loop returns or panics")
     }
 
     pub fn url(&self, password: &str) -> String {
