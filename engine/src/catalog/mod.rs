@@ -326,8 +326,14 @@ impl Catalog {
         if backend == Backend::Sqlite {
             private_sqlite_files(url)?;
         }
+        // No idle reaping or lifetime recycling: with them sqlx runs a maintenance task that
+        // was seen spinning at 100% CPU in `Semaphore::release` while a `compute start` waited
+        // forever (sqlx-core 0.8.6, a loaded two-core machine). Four connections at most stay
+        // open; a broken one is replaced on acquire (`test_before_acquire`).
         let mut opts = AnyPoolOptions::new()
             .max_connections(4)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(30));
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _| {
