@@ -58,7 +58,7 @@ impl Engine {
             user: "postgres".into(),
             password: generate_password(),
         };
-        let server = Server::new(
+        let mut server = Server::new(
             &bins,
             &self.user,
             &dir.join("pgdata"),
@@ -66,7 +66,7 @@ impl Engine {
             &dir.join("postgres.log"),
         );
         let result = self
-            .create_inner(name, cid, tid, &server, &creds, progress)
+            .create_inner(name, cid, tid, &mut server, &creds, progress)
             .await;
         if server.running() {
             let _ = server.stop("immediate");
@@ -90,7 +90,7 @@ impl Engine {
         name: &str,
         cid: ClusterId,
         tid: TimelineId,
-        server: &Server,
+        server: &mut Server,
         creds: &Credentials,
         progress: &Arc<Progress>,
     ) -> Result<()> {
@@ -99,7 +99,7 @@ impl Engine {
         self.user.check_reachable(&dir)?;
         progress.phase("initdb", 0);
         server.initdb(creds)?;
-        server.start(&crate::compute::compute_settings("main"))?;
+        server.start_on_free_port(&crate::compute::compute_settings("main"))?;
         let ctrl = server.control_data()?;
         let client = server.connect(creds, "postgres").await?;
         client

@@ -332,21 +332,20 @@ impl Engine {
                 (plan, paths, total)
             }
         };
+        // A port the operator named is refused when taken; one Cairn chose moves on (below).
+        let chosen = port.is_none();
         let port = match port {
             Some(p) => p,
             None => free_port()?,
         };
-        let server = self.server_for(cluster, tl.id, port)?;
+        let mut server = self.server_for(cluster, tl.id, port)?;
         let dir = self.home.compute_dir(tl.id);
         remove_tree(&dir)?;
         crate::fsutil::create_dir_mode(&dir, 0o711).map_err(|e| Error::path("create", &dir, e))?;
         self.user.check_reachable(&dir)?;
-        if crate::pg::server::port_in_use(port) {
+        if !chosen && crate::pg::server::port_in_use(port) {
             remove_tree(&dir)?;
-            return Err(Error::Refused(format!(
-                "port {port} on 127.0.0.1 is already in use by another program; pick another \
-                 with --port, or stop what listens there"
-            )));
+            return Err(Error::PortInUse(port));
         }
         let datadir = server.datadir.clone();
         let placement = Placement::under(dir.join("tablespaces"));
@@ -386,11 +385,17 @@ impl Engine {
         }
         progress.phase("start", 0);
         let started = std::time::Instant::now();
-        if let Err(e) = server.start(&settings) {
+        let started_ok = if chosen {
+            server.start_on_free_port(&settings)
+        } else {
+            server.start(&settings)
+        };
+        if let Err(e) = started_ok {
             let _ = server.stop("immediate");
             remove_tree(&dir)?;
             return Err(e);
         }
+        let port = server.port;
         let user = match self.after_start(cluster, &server, &creds, &tl).await {
             Ok(user) => user,
             Err(e) => {

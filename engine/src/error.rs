@@ -35,6 +35,12 @@ pub enum Error {
     /// PostgreSQL (a binary or a server) failed.
     #[error("{context}: {detail}")]
     Postgres { context: String, detail: String },
+    /// A port on 127.0.0.1 that a server was to listen on is taken by another program.
+    #[error(
+        "port {0} on 127.0.0.1 is already in use by another program; pick another with --port, \
+         or stop what listens there"
+    )]
+    PortInUse(u16),
     /// Another process holds a lock on the object.
     #[error("{0} is busy: another cairn process is working on it; try again when it finishes")]
     Busy(String),

@@ -35,7 +35,7 @@ impl ScratchServer {
             user: "postgres".into(),
             password: generate_password(),
         };
-        let server = Server::new(
+        let mut server = Server::new(
             &bins,
             &user,
             &datadir,
@@ -43,7 +43,7 @@ impl ScratchServer {
             &dir.join("server.log"),
         );
         server.initdb(&creds)?;
-        server.start(settings)?;
+        server.start_on_free_port(settings)?;
         Ok(ScratchServer {
             server,
             creds,
@@ -77,5 +77,36 @@ impl Drop for ScratchServer {
         if !self.stopped {
             let _ = self.server.stop("immediate");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    /// A port another program takes between `free_port` and the start: `start` names it,
+    /// `start_on_free_port` moves to another port and the server answers there.
+    #[tokio::test]
+    async fn a_port_taken_before_the_start_is_named_or_left_for_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ScratchServer::start(&dir.path().join("pg"), &[]).expect("start PostgreSQL");
+        s.stop().unwrap();
+        let taken = s.server.port;
+        let _holder = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+        match s.server.start(&[]) {
+            Err(Error::PortInUse(p)) => assert_eq!(p, taken),
+            other => panic!("expected PortInUse({taken}), got {other:?}"),
+        }
+        s.server.start_on_free_port(&[]).unwrap();
+        s.stopped = false;
+        assert_ne!(s.server.port, taken);
+        let c = s.connect("postgres").await.unwrap();
+        let port: String = c
+            .query_one("SHOW port", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0);
+        assert_eq!(port, s.server.port.to_string());
     }
 }

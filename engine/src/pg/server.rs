@@ -30,8 +30,9 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; a race with other programs is possible and
-/// is reported by [`Server::start`]).
+/// A free TCP port on 127.0.0.1 (free when asked; another program may take it before a server
+/// binds it: [`Server::start`] reports that as [`Error::PortInUse`], and
+/// [`Server::start_on_free_port`] then moves to another port).
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("find a free port", e))?;
     Ok(l.local_addr()
@@ -114,7 +115,7 @@ impl Server {
     /// the shell `pg_ctl` passes them through.
     pub fn start(&self, settings: &[(&str, String)]) -> Result<()> {
         if port_in_use(self.port) {
-            return Err(port_busy(self.port));
+            return Err(Error::PortInUse(self.port));
         }
         for p in [&self.datadir, &self.log] {
             shell_safe_path(p)?;
@@ -165,7 +166,7 @@ impl Server {
         if let Err(e) = res {
             let tail = self.log_tail(20);
             if tail.contains("could not bind") || tail.contains("Address already in use") {
-                return Err(port_busy(self.port));
+                return Err(Error::PortInUse(self.port));
             }
             return Err(Error::postgres(
                 format!("start PostgreSQL in {}", self.datadir.display()),
@@ -173,6 +174,23 @@ impl Server {
             ));
         }
         Ok(())
+    }
+
+    /// [`Server::start`] on a port Cairn chose: when another program took the port between
+    /// [`free_port`] and the start, the server moves to another free port (up to five tries).
+    /// `self.port` is the port it listens on afterwards.
+    pub fn start_on_free_port(&mut self, settings: &[(&str, String)]) -> Result<()> {
+        let mut tries = 1;
+        loop {
+            match self.start(settings) {
+                Err(Error::PortInUse(taken)) if tries < 5 => {
+                    tries += 1;
+                    self.port = free_port()?;
+                    tracing::info!(taken, port = self.port, "port taken meanwhile; another one");
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Stops the server: `fast` rolls back sessions and shuts down cleanly (a shutdown
@@ -233,13 +251,6 @@ impl Server {
     pub fn control_data(&self) -> Result<ControlData> {
         control_data(&self.bins, &self.user, &self.datadir)
     }
-}
-
-fn port_busy(port: u16) -> Error {
-    Error::Refused(format!(
-        "port {port} on 127.0.0.1 is already in use by another program; pick another with \
-         --port, or stop what listens there"
-    ))
 }
 
 /// The connection URL of a server on 127.0.0.1:`port`, password included.
