@@ -128,9 +128,50 @@ pub fn write_new(dest: &Path, data: &[u8], mode: u32) -> io::Result<bool> {
     }
 }
 
+/// Gives `f` a length of at least `len` with every block allocated, without writing them: the
+/// blocks read as zeros, and a later write into them cannot meet a full disk (PostgreSQL
+/// expects that of a WAL segment). Where the file system cannot allocate, zeros are written.
+pub fn allocate(f: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let off_len = libc::off_t::try_from(len).map_err(io::Error::other)?;
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    if unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, off_len) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = f.metadata()?.len();
+    while at < len {
+        let n = (len - at).min(zeros.len() as u64) as usize;
+        std::os::unix::fs::FileExt::write_all_at(f, &zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocate_gives_the_length_in_zeros_and_keeps_what_was_written() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("segment");
+        let f = File::create(&p).unwrap();
+        allocate(&f, 1 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"wal", 4096).unwrap();
+        allocate(&f, 1 << 20).unwrap();
+        let b = fs::read(&p).unwrap();
+        assert_eq!(b.len(), 1 << 20);
+        assert_eq!(&b[4096..4099], b"wal");
+        assert!(b[..4096].iter().chain(&b[4099..]).all(|&x| x == 0));
+        // Allocated, not a hole: the blocks are on disk (512-byte units).
+        use std::os::unix::fs::MetadataExt;
+        assert!(fs::metadata(&p).unwrap().blocks() * 512 >= 1 << 20);
+    }
 
     #[test]
     fn write_new_never_replaces_and_leaves_no_temporary_file() {

@@ -1,7 +1,10 @@
 //! Materialise: write a (timeline, LSN) as a PostgreSQL data directory.
 //!
 //! The data directory is the image layer's files plus its `backup_label`, and `pg_wal` holds
-//! exactly the WAL from the image's redo point up to the target LSN, zeroed after it. No
+//! exactly the WAL from the image's redo point up to the target LSN, zeroed after it. Segments
+//! have their full size with every block allocated, but only what recovery reads is written:
+//! each segment's first page, and the WAL pages from the redo point's page on that are not
+//! all zeros. No
 //! `recovery.signal` is written: the server performs crash recovery from the backup label,
 //! replays every record up to the target, finds zeroes, and ends recovery *on the same
 //! PostgreSQL timeline* with an end-of-recovery checkpoint at the target. This is how a
@@ -24,7 +27,6 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,7 +41,7 @@ use crate::layer::image::{validate_rel_path, BlobRef, ImageMeta};
 use crate::layer::wal::WalMeta;
 use crate::layer_map::Plan;
 use crate::tablespace::{self, Placement};
-use crate::wal::segment_file_name;
+use crate::wal::{segment_file_name, XLOG_BLCKSZ};
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct MaterialiseStats {
@@ -114,6 +116,14 @@ pub fn materialise_delta(
     placement: &Placement,
     progress: &AtomicU64,
 ) -> Result<MaterialiseStats> {
+    check_delta_target(target)?;
+    write_point(plan, layers, target, placement, progress, true)
+}
+
+/// Refuses a delta over `target` unless it is a PostgreSQL data directory no server runs on
+/// (no `postmaster.pid`). Callers that change anything in `target` first (ownership
+/// included) call it before.
+pub fn check_delta_target(target: &Path) -> Result<()> {
     if target.join("postmaster.pid").exists() {
         return Err(Error::Refused(format!(
             "{} holds postmaster.pid: stop the PostgreSQL server running on it first (if none \
@@ -128,7 +138,7 @@ pub fn materialise_delta(
             target.display()
         )));
     }
-    write_point(plan, layers, target, placement, progress, true)
+    Ok(())
 }
 
 /// What a delta keeps: the image's files and directories.
@@ -519,6 +529,7 @@ fn write_wal(
     };
     let tli = open.values().next().map_or(image.tli, |(_, m)| m.tli);
     let target = plan.lsn;
+    let replay_from = image.start_lsn.align_down(XLOG_BLCKSZ);
     let first = image.start_lsn.segment_number(segment_size);
     let last = target.segment_number(segment_size);
     // Segments are independent: written in parallel, one buffer per task.
@@ -528,21 +539,97 @@ fn write_wal(
             let mut buf = vec![0u8; segment_size as usize];
             let seg_start = Lsn(segno * segment_size);
             let seg_end = Lsn(seg_start.0 + segment_size);
+            // What recovery reads: the segment's first page (its long header identifies the
+            // segment to the reader) and everything from the page of the image's redo point
+            // on. WAL before that point is never replayed and stays zeros, as does the rest
+            // of the segment after the target.
+            let mut ranges: Vec<(u64, u64)> = Vec::new();
+            let first_page_end = Lsn(seg_start.0 + XLOG_BLCKSZ);
             for piece in &plan.wal {
                 for w in &piece.layers {
                     let (f, m) = &open[&w.id];
                     let from = m.data_start.max(seg_start);
                     let to = m.end.min(piece.to).min(target).min(seg_end);
-                    if from >= to {
-                        continue;
+                    for (from, to) in [(from, to.min(first_page_end)), (from.max(replay_from), to)]
+                    {
+                        if from < to {
+                            crate::ingest::wal::read_range(f, m, from, to, &mut buf, seg_start)?;
+                            ranges.push((from.0 - seg_start.0, to.0 - seg_start.0));
+                        }
                     }
-                    crate::ingest::wal::read_range(f, m, from, to, &mut buf, seg_start)?;
                 }
             }
             let path = wal_dir.join(segment_file_name(tli, segno, segment_size));
-            let mut out = File::create(&path).ctx("create WAL segment", &path)?;
-            out.write_all(&buf).ctx("write WAL segment", &path)?;
+            let out = File::create(&path).ctx("create WAL segment", &path)?;
+            // Full size with its blocks allocated (zeros); only the ranges above are written,
+            // less their pages of zeros (the rest of a segment after a WAL switch is zeros
+            // in the layer too).
+            crate::fsutil::allocate(&out, segment_size).ctx("allocate WAL segment", &path)?;
+            for (lo, hi) in nonzero_pages(&buf, merge(ranges)) {
+                std::os::unix::fs::FileExt::write_all_at(&out, &buf[lo as usize..hi as usize], lo)
+                    .ctx("write WAL segment", &path)?;
+            }
             out.sync_data().ctx("sync WAL segment", &path)
         })?;
     Ok((last - first + 1, tli, segment_size))
+}
+
+/// The parts of `ranges` of `buf` that are not whole WAL pages of zeros (page-aligned, merged).
+fn nonzero_pages(buf: &[u8], ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for (lo, hi) in ranges {
+        let mut at = lo;
+        while at < hi {
+            let end = ((at / XLOG_BLCKSZ + 1) * XLOG_BLCKSZ).min(hi);
+            if buf[at as usize..end as usize].iter().any(|&b| b != 0) {
+                out.push((at, end));
+            }
+            at = end;
+        }
+    }
+    merge(out)
+}
+
+/// Byte ranges sorted and merged where they touch or overlap.
+fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_where_they_touch_and_pages_of_zeros_are_left_out() {
+        assert_eq!(
+            merge(vec![(10, 20), (0, 5), (5, 8), (15, 30)]),
+            [(0, 8), (10, 30)]
+        );
+        assert_eq!(merge(vec![]), []);
+        let page = XLOG_BLCKSZ as usize;
+        let mut buf = vec![0u8; 4 * page];
+        // Page 0 and page 3 hold a byte each, page 2 its last byte; page 1 is zeros.
+        buf[10] = 1;
+        buf[2 * page + page - 1] = 1;
+        buf[3 * page] = 1;
+        // Page 1 is left out; pages 2 and 3 are written as one range, cut to the range's end.
+        assert_eq!(
+            nonzero_pages(&buf, vec![(0, 4 * page as u64 - 8)]),
+            [(0, XLOG_BLCKSZ), (2 * XLOG_BLCKSZ, 4 * XLOG_BLCKSZ - 8)]
+        );
+        // A range starting inside a page keeps its start.
+        assert_eq!(nonzero_pages(&buf, vec![(5, 20)]), [(5, 20)]);
+        assert_eq!(
+            nonzero_pages(&buf, vec![(page as u64, 2 * page as u64)]),
+            []
+        );
+    }
 }

@@ -204,6 +204,9 @@ async fn run(
                          restore of the same cluster"
                     )));
                 }
+                // Before anything is fetched or taken over: a server running on it keeps
+                // running untouched.
+                cairn_engine::materialise::check_delta_target(dir)?;
                 delta = true;
             }
             tablespaces.check(
