@@ -63,6 +63,9 @@ async fn kill_at_every_failpoint_keeps_catalog_and_files_in_agreement() {
         ("layers-before-commit", &["compute", "sync", "main"]),
         ("layers-after-commit", &["compute", "sync", "main"]),
         ("layers-before-commit", &["image", "create", "main"]),
+        // The catalog's own commit, reached by every transaction.
+        ("catalog-before-commit", &["compute", "sync", "main"]),
+        ("catalog-before-commit", &["image", "create", "main"]),
     ];
     for (i, (fp, args)) in cases.iter().enumerate() {
         c.batch_execute(&format!(
@@ -184,13 +187,43 @@ async fn kill_at_random_moments_loses_nothing_durable() {
         } else {
             &["compute", "sync", "main"]
         };
-        let mut child = env.command(args).spawn().unwrap();
+        let layers_before = env.layers().len();
+        let trace = env.dir.path().join(format!("failpoints-{round}"));
+        let mut child = env
+            .command(args)
+            .env("CAIRN_FAILPOINT_TRACE", &trace)
+            .spawn()
+            .unwrap();
         let delay = Duration::from_millis(rng.random_range(0..took[round % 2].max(20) * 9 / 10));
         let hit = kill_after(&mut child, delay);
+        // The failpoints the command passed say where the kill landed.
+        let passed = std::fs::read_to_string(&trace).unwrap_or_default();
+        let passed: Vec<&str> = passed.lines().collect();
+        let phase = passed
+            .last()
+            .copied()
+            .unwrap_or("before the first failpoint");
         eprintln!(
             "round {round}: {args:?} after {delay:?}: {}",
-            if hit { "killed" } else { "had finished" }
+            if hit {
+                format!("killed after '{phase}' ({} points passed)", passed.len())
+            } else {
+                "had finished".to_string()
+            }
         );
+        let layers_after = env.layers().len();
+        if !passed.contains(&"catalog-before-commit") {
+            assert_eq!(
+                layers_after, layers_before,
+                "round {round}: killed before any commit ('{phase}'), yet the catalog changed"
+            );
+        }
+        if !hit {
+            assert!(
+                layers_after > layers_before,
+                "round {round}: {args:?} finished without a new layer"
+            );
+        }
         killed += hit as u32;
         env.ok(&["compute", "sync", "main"]);
         env.ok(&["check", "--full"]);

@@ -4,6 +4,11 @@
 //! `name@N` fires on the N-th hit), reaching it kills the process with SIGKILL — exactly what
 //! `kill -9` does, with no destructor, flush or cleanup running. Without the variable the
 //! points cost one cached lookup.
+//!
+//! When `CAIRN_FAILPOINT_TRACE` names a file, every point reached appends its name and a
+//! newline to it in one `write` (the kernel keeps it when the process is killed a moment
+//! later): a test that kills a command at a random moment reads there which points the
+//! command had passed, that is, the phase the kill landed in.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +34,30 @@ fn counters() -> &'static Mutex<HashMap<String, AtomicU64>> {
     C.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Kills the process if `name` is armed and this is the armed hit.
+fn trace() -> Option<&'static Mutex<std::fs::File>> {
+    static TRACE: OnceLock<Option<Mutex<std::fs::File>>> = OnceLock::new();
+    TRACE
+        .get_or_init(|| {
+            let path = std::env::var_os("CAIRN_FAILPOINT_TRACE")?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+                .map(Mutex::new)
+        })
+        .as_ref()
+}
+
+/// Records `name` in the trace file when there is one; kills the process if `name` is armed
+/// and this is the armed hit.
 pub fn hit(name: &str) {
+    if let Some(t) = trace() {
+        use std::io::Write;
+        let f = t.lock().unwrap_or_else(|e| e.into_inner());
+        // A trace only tests read: a failed write loses a line of it, nothing else.
+        let _ = (&*f).write_all(format!("{name}\n").as_bytes());
+    }
     let Some(&nth) = armed().get(name) else {
         return;
     };
