@@ -36,6 +36,10 @@ const PINNED: &[(&str, &str)] = &[
         "v2/image.layer",
         "4154f1d88a3631a371af774f6271e462e766ca8ae09ae4e2bb9751015e7371ae",
     ),
+    (
+        "real/wal-v1.layer",
+        "62dbc1d1caa090967bc7a350bf37de49a1f754556b2ecbfc5bd4640ab84a42f2",
+    ),
 ];
 
 fn page(seed: u8) -> Vec<u8> {
@@ -343,4 +347,101 @@ fn damaged_layers_are_refused_with_the_reason() {
         .unwrap()
         .to_string();
     assert!(err.contains("not an image layer"), "{err}");
+}
+
+/// A WAL layer written by a real run (`cairn compute sync` of PostgreSQL 15, recipe in
+/// `docs/FORMAT.md`, "Golden vectors"), decoded and compared with what `pg_waldump` printed about
+/// the same WAL: the synthetic vectors above pin the layout, this one the meaning of real WAL.
+#[test]
+fn a_real_runs_wal_layer_decodes_to_what_pg_waldump_saw() {
+    let path = golden_root().join("real/wal-v1.layer");
+    let f = LayerFile::open(&path, LayerKind::Wal).unwrap();
+    assert_eq!(f.version, 1);
+    let id = LayerId(Sha256::digest(std::fs::read(&path).unwrap()).into());
+    f.verify_id(id).unwrap();
+    let meta = WalMeta::decode(&f.meta).unwrap();
+    assert_eq!(
+        meta.encode(),
+        f.meta,
+        "metadata re-encodes to the same bytes"
+    );
+    assert_eq!(meta.system_id, 7_715_506_054_522_863_357);
+    assert_eq!((meta.pg_major, meta.tli), (15, 1));
+    assert_eq!(meta.segment_size, 16 << 20);
+    // pg_waldump: the first record (CHECKPOINT_SHUTDOWN) at 0/030000A0, prev 0/03000028; the
+    // last (a COMMIT of 34 bytes) at 0/03046128.
+    assert_eq!(meta.start, Lsn(0x300_00A0));
+    assert_eq!(meta.prev_record, Some(Lsn(0x300_0028)));
+    assert_eq!(meta.last_record, Lsn(0x304_6128));
+    assert_eq!(meta.end, Lsn(0x304_6150));
+    // Every event, as pg_waldump listed the records: (kind, start, end = start + length
+    // rounded up to 8, commit time in microseconds since the Unix epoch).
+    type Seen<'a> = (EventKind, Lsn, Lsn, Option<i64>, Option<&'a str>);
+    let seen: Vec<Seen> = meta
+        .events
+        .iter()
+        .map(|e| {
+            let time = (e.kind == EventKind::Commit).then_some(e.time_us);
+            (e.kind, e.before, e.end, time, e.name.as_deref())
+        })
+        .collect();
+    let expected = vec![
+        // CHECKPOINT_SHUTDOWN, 114 bytes.
+        (
+            EventKind::ShutdownCheckpoint,
+            Lsn(0x300_00A0),
+            Lsn(0x300_0118),
+            None,
+            None,
+        ),
+        // COMMIT 2026-12-04 17:44:03.089104 UTC, 821 bytes.
+        (
+            EventKind::Commit,
+            Lsn(0x302_4BC0),
+            Lsn(0x302_4EF8),
+            Some(1_796_406_243_089_104),
+            None,
+        ),
+        // COMMIT 2026-12-04 17:44:05.664986 UTC, 1349 bytes.
+        (
+            EventKind::Commit,
+            Lsn(0x304_5A90),
+            Lsn(0x304_5FD8),
+            Some(1_796_406_245_664_986),
+            None,
+        ),
+        // RESTORE_POINT golden_vector, 98 bytes.
+        (
+            EventKind::RestorePoint,
+            Lsn(0x304_6038),
+            Lsn(0x304_60A0),
+            None,
+            Some("golden_vector"),
+        ),
+        // COMMIT 2026-12-04 17:44:05.669208 UTC, 34 bytes.
+        (
+            EventKind::Commit,
+            Lsn(0x304_6128),
+            Lsn(0x304_6150),
+            Some(1_796_406_245_669_208),
+            None,
+        ),
+    ];
+    assert_eq!(seen, expected);
+    // The chunks hold the WAL itself, contiguous, each verified by its hash; the restore
+    // point's name is inside its record.
+    let mut wal = Vec::new();
+    let mut next = meta.data_start;
+    for c in &meta.chunks {
+        assert_eq!(c.lsn, next, "chunks are contiguous");
+        wal.extend(f.read_blob(c.offset, c.clen, c.raw_len, &c.hash).unwrap());
+        next = Lsn(c.lsn.0 + u64::from(c.raw_len));
+    }
+    assert!(next >= meta.end, "the chunks cover the layer up to its end");
+    let at = |l: Lsn| (l.0 - meta.data_start.0) as usize;
+    let rp = &wal[at(Lsn(0x304_6038))..at(Lsn(0x304_60A0))];
+    assert!(
+        rp.windows(13).any(|w| w == b"golden_vector"),
+        "the restore point's record holds its name"
+    );
 }
