@@ -57,6 +57,9 @@ pub struct CreateArgs {
 #[derive(Subcommand, Debug)]
 pub enum ExportCmd {
     /// List the exports the regions hold.
+    #[command(
+        after_help = "Examples:\n  cairn export list\n  cairn export list --region region-b --json"
+    )]
     List {
         /// Only this region.
         #[arg(long, value_name = "REGION")]

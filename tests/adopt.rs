@@ -44,25 +44,14 @@ impl Source {
              host replication cairn 127.0.0.1/32 scram-sha-256\n",
         )
         .unwrap();
-        let port = free_port();
         let senders = if wal_level == "minimal" { 0 } else { 5 };
-        let out = pg_command("pg_ctl")
-            .arg("start")
-            .arg("-D")
-            .arg(&datadir)
-            .arg("-l")
-            .arg(dir.join("source.log"))
-            .args(["-w", "-o"])
-            .arg(format!(
-                "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
+        let port = pg_ctl_start(
+            &datadir,
+            &dir.join("source.log"),
+            &format!(
+                "-c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
                  -c wal_level={wal_level} -c max_wal_senders={senders}"
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            ),
         );
         Source { datadir, port }
     }

@@ -8,29 +8,10 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::time::{Duration, Instant};
 
 use common::garage::Garage;
 use common::*;
 use serde_json::Value;
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn api(port: u16, path: &str) -> Option<Value> {
-    let (status, body) = http_get(port, path)?;
-    (status == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
-}
 
 /// ~12 MiB of incompressible data: the image layer exceeds the 5 MiB part size.
 const RANDOM_TABLE: &str =

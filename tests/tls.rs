@@ -133,23 +133,7 @@ impl Pg {
             opts.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
         }
         chown_postgres(dir);
-        let port = free_port();
-        let out = pg_command("pg_ctl")
-            .arg("start")
-            .arg("-D")
-            .arg(&datadir)
-            .arg("-l")
-            .arg(dir.join("server.log"))
-            .args(["-w", "-o"])
-            .arg(format!("-p {port} {opts}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.join("server.log")).unwrap_or_default()
-        );
+        let port = pg_ctl_start(&datadir, &dir.join("server.log"), &opts);
         Pg { datadir, port }
     }
 

@@ -3,28 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
-use serde_json::Value;
-
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn api(port: u16, path: &str) -> Option<Value> {
-    let (status, body) = http_get(port, path)?;
-    (status == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn up_demo_serves_the_api_ingests_and_stops_cleanly() {
@@ -125,47 +104,73 @@ async fn up_demo_serves_the_api_ingests_and_stops_cleanly() {
     env.ok(&["check", "--full"]);
 }
 
+/// The subcommands a `--help` text lists under "Commands:" (`help` itself left out; wrapped
+/// descriptions are indented deeper than the names).
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a `--help` text is of a command that runs by itself (a usage line that does not
+/// end in `<COMMAND>`), not only a group of subcommands.
+fn runnable(help: &str) -> bool {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Usage:"))
+        .take_while(|l| !l.trim().is_empty())
+        .any(|l| !l.trim_end().ends_with("<COMMAND>"))
+}
+
 #[test]
 fn every_command_has_help_with_an_example() {
     let env = Env::new();
-    let top = env.ok(&["--help"]);
-    for cmd in [
-        "up", "cluster", "branch", "compute", "image", "layer", "check",
-    ] {
-        assert!(top.contains(cmd), "{cmd} listed in --help");
-    }
-    for cmd in [
-        vec!["up"],
-        vec!["cluster", "create"],
-        vec!["cluster", "adopt"],
-        vec!["cluster", "list"],
-        vec!["cluster", "sync"],
-        vec!["cluster", "delete"],
-        vec!["branch", "create"],
-        vec!["branch", "list"],
-        vec!["branch", "show"],
-        vec!["branch", "reset"],
-        vec!["branch", "delete"],
-        vec!["branch", "protect"],
-        vec!["compute", "start"],
-        vec!["compute", "stop"],
-        vec!["compute", "sync"],
-        vec!["compute", "list"],
-        vec!["image", "create"],
-        vec!["layer", "list"],
-        vec!["check"],
-    ] {
-        let mut args = cmd.clone();
+    // Every command the help texts list, found by walking them (none can be forgotten here).
+    let mut pending: Vec<Vec<String>> = vec![vec![]];
+    let mut leaves = Vec::new();
+    while let Some(cmd) = pending.pop() {
+        let mut args: Vec<&str> = cmd.iter().map(String::as_str).collect();
         args.push("--help");
         let out = env.ok(&args);
-        assert!(
-            out.contains("Examples:"),
-            "cairn {cmd:?} --help has examples"
-        );
-        assert!(
-            out.contains(&format!("cairn {}", cmd.join(" "))),
-            "{cmd:?}: {out}"
-        );
+        let subs = subcommands(&out);
+        if runnable(&out) {
+            assert!(
+                out.contains("Examples:"),
+                "cairn {} --help has examples:\n{out}",
+                cmd.join(" ")
+            );
+            assert!(
+                out.contains(&format!("cairn {}", cmd.join(" "))),
+                "cairn {} --help shows the command itself:\n{out}",
+                cmd.join(" ")
+            );
+            leaves.push(cmd.join(" "));
+        }
+        for sub in subs {
+            let mut next = cmd.clone();
+            next.push(sub);
+            pending.push(next);
+        }
+    }
+    for known in [
+        "up",
+        "cluster adopt",
+        "branch create",
+        "compute start",
+        "backup now",
+        "restore",
+        "export",
+        "regions check",
+        "key rotate",
+        "catalog rebuild",
+        "check",
+    ] {
+        assert!(leaves.iter().any(|l| l == known), "{known} in {leaves:?}");
     }
     let adopt = env.ok(&["cluster", "adopt", "--help"]);
     for need in ["REPLICATION", "wal_level", "pg_hba.conf"] {
@@ -212,22 +217,13 @@ async fn a_home_the_postgres_user_cannot_reach_still_runs_computes() {
     );
 }
 
-/// A raw GET with the given Host and Authorization headers: the status code.
+/// The status of GET /api/health sent with the given Host and Authorization headers.
 fn get_status(port: u16, host: &str, auth: Option<&str>) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "GET /api/health HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
+    let mut headers = vec![("Host", host)];
+    if let Some(a) = auth {
+        headers.push(("Authorization", a));
+    }
+    http_get_with(port, "/api/health", &headers).map(|(status, _)| status)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -52,8 +52,40 @@ impl Env {
         c
     }
 
+    /// Runs cairn to its end and returns what it printed. A command still running after
+    /// [`command_timeout`] is killed and fails the test with what it had printed: a hang is a
+    /// failure with a name, not a suite that never ends.
+    #[track_caller]
     pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run cairn")
+        let child = self
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run cairn");
+        let pid = child.id() as i32;
+        let (done, finished) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let out = child.wait_with_output();
+            let _ = done.send(());
+            out
+        });
+        let limit = command_timeout();
+        if finished.recv_timeout(limit).is_err() {
+            // SAFETY: signalling our own child, which has not been reaped (the waiter is
+            // still waiting for it).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            let out = waiter.join().unwrap().expect("wait for cairn");
+            panic!(
+                "cairn {args:?} still running after {} s: killed\nstdout: {}\nstderr: {}",
+                limit.as_secs(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        waiter.join().unwrap().expect("wait for cairn")
     }
 
     /// Runs cairn and insists on success; returns stdout.
@@ -91,6 +123,58 @@ impl Env {
         let out = self.ok(&a);
         serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("cairn {args:?}: bad JSON ({e}): {out}"))
+    }
+
+    /// Runs cairn (insisting on success) under `strace` and returns its stdout and the bytes its
+    /// write system calls put into each file below `dir` (by path relative to `dir`), as the
+    /// kernel answered them: a measure of what a command wrote that does not depend on what the
+    /// command says about itself.
+    #[track_caller]
+    pub fn ok_counting_writes(
+        &self,
+        args: &[&str],
+        dir: &Path,
+    ) -> (String, std::collections::BTreeMap<String, u64>) {
+        let cairn = self.command(args);
+        let log = self.dir.path().join("strace");
+        let mut traced = Command::new("strace");
+        traced
+            .args(["-f", "-ff", "--seccomp-bpf", "-qq", "-y", "-e"])
+            .arg("trace=write,pwrite64,writev,pwritev,pwritev2,copy_file_range,sendfile")
+            .arg("-o")
+            .arg(&log)
+            .arg(cairn.get_program())
+            .args(cairn.get_args());
+        for (k, v) in cairn.get_envs() {
+            match v {
+                Some(v) => traced.env(k, v),
+                None => traced.env_remove(k),
+            };
+        }
+        let out = traced
+            .output()
+            .expect("run strace (apt-get install strace)");
+        assert!(
+            out.status.success(),
+            "cairn {args:?} under strace failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let dir = std::fs::canonicalize(dir).expect("canonical dir");
+        let mut written = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(self.dir.path()).unwrap() {
+            let e = e.unwrap();
+            if !e.file_name().to_string_lossy().starts_with("strace.") {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            for (path, n) in text.lines().filter_map(|l| traced_write(l, &dir)) {
+                *written.entry(path).or_insert(0) += n;
+            }
+            std::fs::remove_file(e.path()).unwrap();
+        }
+        (String::from_utf8_lossy(&out.stdout).into_owned(), written)
     }
 
     /// Starts the branch's compute and returns its connection URL.
@@ -389,7 +473,7 @@ pub fn chown_postgres(p: &Path) {
 pub async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+        .unwrap_or_else(|e| panic!("connect: {e:?}"));
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -430,25 +514,94 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Minimal HTTP GET against 127.0.0.1 (status, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+/// How long one cairn command may run in a test: `CAIRN_TEST_COMMAND_TIMEOUT` seconds, 600 by
+/// default (the slowest command of the suite takes well under a minute here).
+pub fn command_timeout() -> std::time::Duration {
+    let secs = std::env::var("CAIRN_TEST_COMMAND_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    std::time::Duration::from_secs(secs)
+}
+
+/// The file below `dir` (relative path) and the bytes one `strace -y` line says a write
+/// system call put into it. `copy_file_range` writes to its second descriptor, the others to
+/// their first.
+fn traced_write(line: &str, dir: &Path) -> Option<(String, u64)> {
+    let (call, rest) = line.split_once('(')?;
+    let nth = usize::from(call == "copy_file_range");
+    let mut fds = rest.split('<').skip(1);
+    let path = fds.nth(nth)?.split_once('>')?.0;
+    let n: i64 = line
+        .rsplit_once(") = ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
         .ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    // Chunked bodies: keep it simple, take the JSON between the first '{'/'[' and the last '}'/']'.
-    let start = body.find(['{', '['])?;
-    let end = body.rfind(['}', ']'])?;
-    Some((status, body[start..=end].to_string()))
+    let rel = Path::new(path).strip_prefix(dir).ok()?;
+    (n > 0).then(|| (rel.to_string_lossy().into_owned(), n as u64))
+}
+
+/// HTTP GET of `http://127.0.0.1:PORT/PATH` with a real HTTP client (chunked bodies, keep-alive
+/// and all): `(status, body)`, or `None` while nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    http_get_with(port, path, &[])
+}
+
+/// [`http_get`] with extra request headers (`Host` included: it replaces the default one). Runs
+/// on a thread of its own so that synchronous and async tests can both call it.
+pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(10))
+                .build()
+                .expect("HTTP client");
+            let mut request = client.get(&url);
+            for (k, v) in &headers {
+                request = request.header(k.as_str(), v.as_str());
+            }
+            let response = request.send().await.ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.text().await.ok()?))
+        })
+    })
+    .join()
+    .expect("HTTP thread")
+}
+
+/// The JSON body of a `200 OK` answer to GET `path`, `None` otherwise.
+pub fn api(port: u16, path: &str) -> Option<Value> {
+    let (status, body) = http_get(port, path)?;
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, failing the test after `secs` seconds.
+#[track_caller]
+pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// The password in a compute URL.
@@ -500,6 +653,41 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Starts PostgreSQL on `datadir` with `pg_ctl` (as the postgres OS user when root), with the
+/// server options `opts` and a free port of 127.0.0.1, logging to `log`; returns the port. A
+/// port is free when chosen: if another process binds it before the server does, the server
+/// fails to bind and another port is chosen (up to five tries).
+#[track_caller]
+pub fn pg_ctl_start(datadir: &Path, log: &Path, opts: &str) -> u16 {
+    for attempt in 1.. {
+        let port = free_port();
+        std::fs::write(log, b"").unwrap();
+        chown_postgres(log);
+        let out = pg_command("pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(datadir)
+            .args(["-w", "-l"])
+            .arg(log)
+            .arg("-o")
+            .arg(format!("-c port={port} {opts}"))
+            .output()
+            .unwrap();
+        let log_text = std::fs::read_to_string(log).unwrap_or_default();
+        if !out.status.success() && log_text.contains("could not bind") && attempt < 5 {
+            continue;
+        }
+        assert!(
+            out.status.success(),
+            "start {}: {}\n{log_text}",
+            datadir.display(),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        return port;
+    }
+    unreachable!("the loop returns or panics")
+}
+
 /// A plain data directory, started by the test with pg_ctl (not by cairn).
 pub struct Plain {
     pub dir: PathBuf,
@@ -514,40 +702,17 @@ impl Plain {
     /// [`Plain::start`], also listening on a Unix socket in `socket` (reachable by postgres).
     pub fn start_with_socket(dir: &Path, socket: Option<&Path>) -> Plain {
         let sockets = socket.map_or(String::new(), |p| p.display().to_string());
-        // The port is free when chosen; if another process takes it first, choose again.
-        for attempt in 1.. {
-            let port = free_port();
-            let log = dir.parent().unwrap().join(format!("{port}.log"));
-            std::fs::write(&log, b"").unwrap();
-            chown_postgres(&log);
-            let out = pg_command("pg_ctl")
-                .arg("start")
-                .arg("-D")
-                .arg(dir)
-                .args(["-w", "-l"])
-                .arg(&log)
-                .arg("-o")
-                .arg(format!(
-                    "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{sockets}'"
-                ))
-                .output()
-                .unwrap();
-            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-            if !out.status.success() && log_text.contains("could not bind") && attempt < 5 {
-                continue;
-            }
-            assert!(
-                out.status.success(),
-                "start {}: {}\n{log_text}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr),
-            );
-            return Plain {
-                dir: dir.to_path_buf(),
-                port,
-            };
+        let name = dir.file_name().unwrap().to_string_lossy();
+        let log = dir.parent().unwrap().join(format!("{name}.log"));
+        let port = pg_ctl_start(
+            dir,
+            &log,
+            &format!("-c listen_addresses=127.0.0.1 -c unix_socket_directories='{sockets}'"),
+        );
+        Plain {
+            dir: dir.to_path_buf(),
+            port,
         }
-        unreachable!("the loop returns or panics")
     }
 
     pub fn url(&self, password: &str) -> String {
