@@ -100,6 +100,14 @@ STORED2=$(echo "$J2" | json "d['stored_bytes']")
 NEWP=$(echo "$J2" | json "d['stats']['new_pieces']")
 ALLP=$(echo "$J2" | json "d['stats']['pieces']")
 INC_S=$(echo "$J2" | json "round(d['seconds'], 2)")
+# Bytes on disk, not what cairn reports: the sizes of the two image layer files themselves.
+image_file_size() {
+  local which=$1 l
+  l=$("$CAIRN" layer list --cluster big1 --json | json "json.dumps([l for l in d if l['kind']=='image'][$which])")
+  stat -c %s "$CAIRN_HOME/layers/$(echo "$l" | json "d['cluster_id']")/$(echo "$l" | json "d['timeline_id']")/$(echo "$l" | json "d['id']").img"
+}
+FILE1=$(image_file_size 0)
+FILE2=$(image_file_size -1)
 
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 MEM=$(free -g | awk '/Mem:/ {print $2}')
@@ -143,8 +151,9 @@ creation writes two catalog rows and copies no data.
 ## 3. Incremental image after 10 s of pgbench
 
 10 s of \`pgbench -c 2 -j 2\` ($TPS tps), then \`cairn image create\` ($INC_S s, which first ingests
-the WAL the run wrote): $NEWP of $ALLP pieces were new; the incremental image stored
-**$STORED2 bytes**, $(python3 -c "print(f'{100*$STORED2/$STORED1:.1f}')")% of the first image's $STORED1 bytes. pgbench
+the WAL the run wrote): $NEWP of $ALLP pieces were new. On disk, the incremental image's layer
+file is **$FILE2 bytes**, $(python3 -c "print(f'{100*$FILE2/$FILE1:.1f}')")% of the first image's file ($FILE1 bytes; \`stat\` of
+both files; cairn itself reports $STORED2 of $STORED1 bytes of new pieces). pgbench
 updates random rows of a 640 MiB table at ~1,500 tps, so 10 s touch a large share of its
 pages; a file-level incremental (one that copies every changed relation segment) would store
 the whole table again.

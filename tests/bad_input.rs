@@ -235,3 +235,88 @@ fn missing_postgres_binaries_are_named_and_nothing_is_created() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_delete_asks_for_yes_waits_for_stopped_computes_and_removes_only_its_cluster() {
+    let env = Env::new();
+    let start_in = |branch: &str, cluster: &str| {
+        env.ok(&[
+            "compute",
+            "start",
+            branch,
+            "--cluster",
+            cluster,
+            "--url-only",
+        ])
+        .trim()
+        .to_string()
+    };
+    let state = |env: &Env| {
+        (
+            env.json(&["cluster", "list"]),
+            env.json(&["branch", "list", "--cluster", "shop"]),
+            env.json(&["layer", "list", "--cluster", "shop"]),
+        )
+    };
+    env.ok(&["cluster", "create", "shop"]);
+    env.ok(&["cluster", "create", "other"]);
+    let c = connect(&start_in("main", "other")).await;
+    c.batch_execute("CREATE TABLE kept AS SELECT generate_series(1, 100) g")
+        .await
+        .unwrap();
+    let kept = table_checksum(&c, "kept").await;
+    drop(c);
+    env.ok(&["compute", "stop", "main", "--cluster", "other"]);
+    let clusters = env.json(&["cluster", "list"]);
+    let id = clusters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "shop")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    start_in("main", "shop");
+    let before = state(&env);
+
+    let err = env.fail(&["cluster", "delete", "shop"]);
+    assert!(err.contains("--yes") && err.contains("'shop'"), "{err}");
+    let err = env.fail(&["cluster", "delete", "shop", "--yes"]);
+    assert!(
+        err.contains("1 compute(s)") && err.contains("cairn compute stop"),
+        "{err}"
+    );
+    let err = env.fail(&["cluster", "delete", "nope", "--yes"]);
+    assert!(err.contains("nope"), "{err}");
+    assert_eq!(state(&env), before, "refused deletions change nothing");
+
+    env.ok(&["compute", "stop", "main", "--cluster", "shop"]);
+    env.ok(&["cluster", "delete", "shop", "--yes"]);
+    let names: Vec<String> = env
+        .json(&["cluster", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["other"]);
+    assert!(
+        !env.home.join("layers").join(&id).exists(),
+        "its layers are gone"
+    );
+    let secrets: Vec<String> = std::fs::read_dir(env.home.join("secrets"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !secrets.iter().any(|s| s.contains(&id)),
+        "its secrets are gone: {secrets:?}"
+    );
+    // The other cluster is untouched.
+    let c = connect(&start_in("main", "other")).await;
+    assert_eq!(table_checksum(&c, "kept").await, kept);
+    drop(c);
+    env.ok(&["check", "--full"]);
+    env.stop_all();
+}

@@ -11,6 +11,8 @@ use common::*;
 struct Point {
     lsn: String,
     time: String,
+    /// The same instant as `time`, written with another UTC offset.
+    time_elsewhere: String,
     restore_point: String,
     checksum: String,
 }
@@ -27,8 +29,8 @@ async fn branches_at_lsn_time_and_restore_point_show_exactly_that_point() {
 
     let mut points = Vec::new();
     for k in 1..=3 {
-        // A second apart, so that time targets fall cleanly between batches.
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        // Milliseconds apart: time targets resolve to the microsecond, not to a second.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         main.batch_execute(&format!(
             "INSERT INTO t SELECT g, {k}, md5(g::text || '{k}') FROM generate_series({}, {}) g",
             k * 1000,
@@ -41,15 +43,33 @@ async fn branches_at_lsn_time_and_restore_point_show_exactly_that_point() {
             .await
             .unwrap();
         let lsn = scalar(&main, "SELECT pg_current_wal_lsn()::text").await;
-        let time = scalar(&main, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')").await;
+        // One instant, in UTC and elsewhere: RFC 3339 at +05:30, PostgreSQL's format at -03.
+        let (zone, format) = if k % 2 == 0 {
+            ("05:30", "YYYY-MM-DD\"T\"HH24:MI:SS.US\"+05:30\"")
+        } else {
+            ("-03:00", "YYYY-MM-DD HH24:MI:SS.US\"-03\"")
+        };
+        let row = main
+            .query_one(
+                &format!(
+                    "SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+                            to_char(t AT TIME ZONE INTERVAL '{zone}', '{format}') \
+                     FROM (SELECT clock_timestamp() AS t) s"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        let (time, time_elsewhere): (String, String) = (row.get(0), row.get(1));
         let checksum = table_checksum(&main, "t").await;
         points.push(Point {
             lsn,
             time,
+            time_elsewhere,
             restore_point: rp,
             checksum,
         });
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         // Noise after the point that no branch at the point may see.
         main.batch_execute(&format!(
             "UPDATE t SET v = 'changed after {k}' WHERE batch = {k}"
@@ -63,6 +83,7 @@ async fn branches_at_lsn_time_and_restore_point_show_exactly_that_point() {
         for (kind, flag, value) in [
             ("lsn", "--at", &p.lsn),
             ("time", "--at-time", &p.time),
+            ("zone", "--at-time", &p.time_elsewhere),
             ("rp", "--at-restore-point", &p.restore_point),
         ] {
             let name = format!("b{}-{kind}", i + 1);

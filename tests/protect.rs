@@ -69,18 +69,49 @@ async fn backups_are_encrypted_in_two_regions_and_one_region_plus_a_key_restores
         list[0]["regions"]["region-b"]["restorable_to"],
         head.as_str()
     );
-    // Nothing in a region is readable: no plaintext of the table, no PostgreSQL magic.
-    for key in env.region_objects("region-a") {
-        let b = std::fs::read(env.region_root("region-a").join(&key)).unwrap();
-        let text = String::from_utf8_lossy(&b);
-        assert!(
-            !text.contains("c4ca4238a0b923820dcc509a6f75849b"),
-            "md5('1') readable in {key}"
-        );
-        assert!(!text.contains("PostgreSQL"), "plaintext in {key}");
-        if key.contains("/layers/") {
-            assert!(b.starts_with(b"CAIRNOBJ"), "{key} is an envelope object");
+    // Nothing in a region is readable: none of the table's values, no PostgreSQL or layer-file
+    // magic, and every payload object is as incompressible as ciphertext is.
+    let c = connect(&env.start("main")).await;
+    let mut needles: Vec<String> = c
+        .query("SELECT h FROM t WHERE g IN (0, 7, 30000, 59999)", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(needles.len(), 4);
+    drop(c);
+    needles.push("PostgreSQL".into());
+    needles.push("CAIRNEND".into());
+    for region in ["region-a", "region-b"] {
+        let objects = env.region_objects(region);
+        let mut payloads = 0;
+        for key in &objects {
+            let b = std::fs::read(env.region_root(region).join(key)).unwrap();
+            for n in &needles {
+                assert!(
+                    !b.windows(n.len()).any(|w| w == n.as_bytes()),
+                    "'{n}' readable in {region}/{key}"
+                );
+            }
+            if key.contains("/layers/") {
+                assert!(b.starts_with(b"CAIRNOBJ"), "{key} is an envelope object");
+                if b.len() > 4096 {
+                    let packed = zstd::encode_all(&b[..], 3).unwrap();
+                    assert!(
+                        packed.len() as f64 > 0.97 * b.len() as f64,
+                        "{region}/{key} compresses to {} of {} bytes: not ciphertext",
+                        packed.len(),
+                        b.len()
+                    );
+                    payloads += 1;
+                }
+            }
         }
+        assert!(
+            payloads >= 2,
+            "{region}: {payloads} payload objects in {objects:?}"
+        );
     }
     assert_eq!(
         payload_hashes(&env, "region-a"),
@@ -395,7 +426,12 @@ async fn rotation_and_escrow_rewrap_keys_without_touching_payloads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleted_branches_leave_the_regions_through_the_deletion_queue() {
     let env = Env::new();
-    two_regions(&env, "");
+    // A deletion delay, as in production (24 h by default), short enough to wait out here.
+    env.write_regions(&format!(
+        "min_copies = 2\ndeletion_delay = \"2s\"\n{}\n{}",
+        env.file_region("region-a"),
+        env.file_region("region-b")
+    ));
     backed_up_cluster(&env).await;
     env.ok(&["branch", "create", "dev", "--from", "main"]);
     let c = connect(&env.start("dev")).await;
@@ -428,27 +464,71 @@ async fn deleted_branches_leave_the_regions_through_the_deletion_queue() {
             );
         }
     }
+    let dev_index = env
+        .region_objects("region-a")
+        .into_iter()
+        .find(|k| k.contains(&dev_tl) && k.rsplit('/').next().unwrap().starts_with("index-"))
+        .expect("dev's index in region-a");
+    let dev_index_bytes = std::fs::read(env.region_root("region-a").join(&dev_index)).unwrap();
+    let has_all = |r: &str, ids: &[String]| {
+        let objects = env.region_objects(r);
+        ids.iter().all(|id| {
+            objects.iter().any(|k| k.contains(&format!("layers/{id}")))
+                && objects.iter().any(|k| k.contains(&format!("keys/{id}")))
+        })
+    };
+    let has_none = |r: &str, ids: &[String]| {
+        let objects = env.region_objects(r);
+        !objects
+            .iter()
+            .any(|k| ids.iter().any(|id| k.contains(id.as_str())) || k.contains(&dev_tl))
+    };
     env.ok(&["branch", "delete", "dev"]);
-    env.ok(&["regions", "gc"]);
+    // Queued, not deleted: the delay has not passed.
+    let gc = env.json(&["regions", "gc"]);
+    assert!(gc["queued"].as_u64().unwrap() > 0, "{gc}");
+    assert_eq!(gc["result"]["deleted"], 0, "{gc}");
     for r in ["region-a", "region-b"] {
-        let after = env.region_objects(r);
         assert!(
-            !after.iter().any(|k| k.contains(&dev_tl)),
-            "dev's index is gone from {r}"
+            has_all(r, &dev_layers),
+            "dev's objects wait out the delay in {r}"
         );
-        for id in &dev_layers {
-            assert!(
-                !after.iter().any(|k| k.contains(id.as_str())),
-                "dev's layer {id} and its key are gone from {r}: {after:?}"
-            );
-        }
-        for id in &other_layers {
-            assert!(
-                after.iter().any(|k| k.contains(&format!("layers/{id}")))
-                    && after.iter().any(|k| k.contains(&format!("keys/{id}"))),
-                "main's layer {id} and its key stay in {r}"
-            );
-        }
+    }
+    // A signed index naming dev's layers is still present in region-a (a copy under another
+    // name): there, the due deletions of what it names are held back.
+    let planted = dev_index.replace(dev_index.rsplit('/').next().unwrap(), "index-kept-by-test");
+    std::fs::write(env.region_root("region-a").join(&planted), &dev_index_bytes).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let gc = env.json(&["regions", "gc"]);
+    assert!(
+        gc["result"]["kept_referenced"].as_u64().unwrap() >= dev_layers.len() as u64,
+        "{gc}"
+    );
+    assert!(
+        has_none("region-b", &dev_layers),
+        "dev's objects gone from region-b"
+    );
+    assert!(
+        dev_layers.iter().all(|id| env
+            .region_objects("region-a")
+            .iter()
+            .any(|k| k.contains(&format!("layers/{id}")))),
+        "region-a keeps the layers its remaining index names"
+    );
+    assert!(
+        !env.region_objects("region-a").contains(&dev_index),
+        "the queued index itself went first"
+    );
+    // Once nothing names them, the held-back deletions go through.
+    std::fs::remove_file(env.region_root("region-a").join(&planted)).unwrap();
+    let gc = env.json(&["regions", "gc"]);
+    assert_eq!(gc["result"]["kept_referenced"], 0, "{gc}");
+    for r in ["region-a", "region-b"] {
+        assert!(has_none(r, &dev_layers), "dev's objects gone from {r}");
+        assert!(
+            has_all(r, &other_layers),
+            "main's layers and keys stay in {r}"
+        );
     }
     env.ok(&["regions", "check", "--full"]);
     env.stop_all();
@@ -620,15 +700,28 @@ async fn kills_during_shipping_leave_every_index_naming_only_present_objects() {
     }
     let mut rng = seeded_rng("kills_during_shipping_leave_every_index_naming_only_present_objects");
     for round in 0..3 {
+        let trace = env.dir.path().join(format!("failpoints-{round}"));
         let mut child = env
             .command(&["backup", "now", "--no-image"])
+            .env("CAIRN_FAILPOINT_TRACE", &trace)
             .spawn()
             .unwrap();
         let delay = std::time::Duration::from_millis(rand::Rng::random_range(&mut rng, 0..300));
         let hit = kill_after(&mut child, delay);
+        let passed = std::fs::read_to_string(&trace).unwrap_or_default();
         eprintln!(
             "round {round}: after {delay:?}: {}",
-            if hit { "killed" } else { "had finished" }
+            if hit {
+                format!(
+                    "killed after '{}'",
+                    passed
+                        .lines()
+                        .last()
+                        .unwrap_or("before the first failpoint")
+                )
+            } else {
+                "had finished".to_string()
+            }
         );
         env.ok(&["regions", "check"]);
     }
@@ -754,10 +847,7 @@ async fn key_changes_while_up_ships_take_effect_without_stalling_any_region() {
     wait_shipped(&env, &after_rotation);
     c.batch_execute(&write(4)).await.unwrap();
     wait_shipped(&env, &scalar(&c, "SELECT pg_current_wal_lsn()::text").await);
-    let health = {
-        let (_, body) = http_get(port, "/api/health").unwrap();
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()
-    };
+    let health = api(port, "/api/health").expect("/api/health answers 200 with JSON");
     for r in health["regions"].as_array().unwrap() {
         assert!(r["last_error"].is_null(), "a region stalled: {health}");
         assert!(r["last_success_at_us"].is_i64(), "{health}");

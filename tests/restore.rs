@@ -52,7 +52,7 @@ async fn batch_and_point(
     k: i32,
     flag: &'static str,
 ) -> Point {
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     c.batch_execute(&format!(
         "INSERT INTO t SELECT g, {k}, md5(g::text || '{branch}{k}') FROM generate_series({}, {}) g",
         k * 1000,
@@ -85,7 +85,7 @@ async fn batch_and_point(
         checksum: table_checksum(c, "t").await,
         dump: pg_dumpall(port, password),
     };
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     // Noise after the point, which a restore at the point must not show.
     c.batch_execute(&format!("UPDATE t SET v = 'after {k}' WHERE batch = {k}"))
         .await
@@ -150,6 +150,7 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
     let dr = env.disaster_recovery_from("region-b");
     for (i, p) in points.iter().enumerate() {
         let target = dr.dir.path().join(format!("restored-{i}"));
+        let started = std::time::Instant::now();
         let report = dr.json(&[
             "restore",
             "shop",
@@ -164,6 +165,9 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
         ]);
         assert_eq!(report["region"], "region-b");
         assert!(report["substitutions"].as_array().unwrap().is_empty());
+        // Each phase did work and was timed; together they fit in the time the test saw.
+        let wall = started.elapsed().as_secs_f64();
+        let mut sum = 0.0;
         for phase in [
             "fetch_index",
             "fetch_layers",
@@ -171,11 +175,19 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
             "wal_replay",
             "first_connection",
         ] {
-            assert!(
-                report["phases"][phase].as_f64().is_some_and(|s| s >= 0.0),
-                "phase {phase} timed: {report}"
-            );
+            let secs = report["phases"][phase].as_f64().unwrap_or(-1.0);
+            assert!(secs > 0.0, "phase {phase} not timed: {report}");
+            sum += secs;
         }
+        assert!(
+            sum <= wall,
+            "phases sum to {sum} s, the command took {wall} s"
+        );
+        // Recovery started PostgreSQL and replayed: that is not instantaneous.
+        assert!(
+            report["phases"]["wal_replay"].as_f64().unwrap() > 0.05,
+            "{report}"
+        );
         let server = Plain::start(&target);
         let c = connect(&server.url_as(&password)).await;
         assert_eq!(
@@ -206,6 +218,35 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
         .flatten()
         .collect();
     assert!(staged.is_empty(), "staging left behind: {staged:?}");
+    // Every restore is recorded in the catalog, with its point, region and report.
+    use sqlx::{Connection, Row};
+    let url = format!("sqlite://{}", dr.home.join("catalog.db").display());
+    let mut cat = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT branch, point, region, ok, report, started_at, finished_at FROM restores \
+         ORDER BY started_at",
+    )
+    .fetch_all(&mut cat)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), points.len(), "one row per restore");
+    for (row, p) in rows.iter().zip(&points) {
+        assert_eq!(row.get::<String, _>("branch"), p.branch);
+        assert!(
+            row.get::<String, _>("point").contains(&p.value),
+            "{}",
+            p.value
+        );
+        assert_eq!(row.get::<String, _>("region"), "region-b");
+        assert_eq!(row.get::<i64, _>("ok"), 1);
+        assert!(row.get::<i64, _>("finished_at") > row.get::<i64, _>("started_at"));
+        let report: serde_json::Value =
+            serde_json::from_str(&row.get::<String, _>("report")).unwrap();
+        assert!(
+            report["phases"]["wal_replay"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+    }
 }
 
 /// A cluster with data, backed up to both regions; returns the table's checksum.
@@ -373,6 +414,40 @@ async fn objects_missing_or_corrupt_in_the_preferred_region_come_from_the_other(
     assert_eq!(table_checksum(&c, "t").await, sum, "main untouched");
     drop(c);
     env.stop_all();
+
+    // The layer deleted from region A corrupted in region B too: no region has it intact.
+    let b_root = env.region_root("region-b");
+    let in_b = env
+        .region_objects("region-b")
+        .into_iter()
+        .find(|k| k.ends_with(&format!("layers/{}", needed[0])))
+        .unwrap();
+    let p = b_root.join(&in_b);
+    let mut bytes = std::fs::read(&p).unwrap();
+    bytes[200] ^= 0x5a;
+    std::fs::write(&p, bytes).unwrap();
+    let nowhere = env.dir.path().join("nowhere");
+    let err = env.fail(&[
+        "restore",
+        "shop",
+        "--region",
+        "region-a",
+        "--to-datadir",
+        nowhere.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(needed[0].as_str())
+            && err.contains("could not be fetched intact from any region")
+            && err.contains("regions repair"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&nowhere)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "a failed restore leaves no data directory: {left:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -513,28 +588,53 @@ async fn a_delta_restore_rewrites_a_small_fraction_and_equals_a_fresh_restore() 
     env.ok(&["backup", "now"]);
     // Stray files a fresh restore would not have.
     std::fs::write(d.join("stray.txt"), b"not in the image").unwrap();
-    let r = env.json(&[
-        "restore",
-        "shop",
-        "--to-datadir",
-        d.to_str().unwrap(),
-        "--delta",
-        "--no-recover",
-    ]);
-    let (written, data) = (
+    // What the delta writes is counted twice: as cairn reports it, and by the kernel (every
+    // write system call into the directory, seen by strace).
+    let (out, per_file) = env.ok_counting_writes(
+        &[
+            "restore",
+            "shop",
+            "--to-datadir",
+            d.to_str().unwrap(),
+            "--delta",
+            "--no-recover",
+            "--json",
+        ],
+        &d,
+    );
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (reported, data) = (
         r["written_bytes"].as_u64().unwrap(),
         r["data_bytes"].as_u64().unwrap(),
     );
-    let ratio = written as f64 / data as f64;
+    let traced: u64 = per_file.values().sum();
+    let mut biggest: Vec<_> = per_file.iter().collect();
+    biggest.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+    println!("most written: {:?}", &biggest[..biggest.len().min(8)]);
+    let ratio = traced as f64 / data as f64;
     println!(
-        "delta restore wrote {written} of {data} bytes ({:.2} %)",
+        "delta restore wrote {traced} bytes into the directory (reported {reported}) \
+         of {data} bytes of data ({:.2} %)",
         ratio * 100.0
     );
     assert!(data > 10 << 20, "{r}");
     assert!(
         ratio < 0.10,
-        "delta rewrote {:.1} % of the data",
+        "delta wrote {:.1} % of the data into the directory",
         ratio * 100.0
+    );
+    // The changed pages at least (20 rows: one or two heap pages). Outside pg_wal, what the
+    // kernel saw is what cairn reports for the data files plus the few small files a restore
+    // always writes (backup_label): the report is checked, not taken on trust.
+    assert!(traced >= 8192, "nothing written: {traced}");
+    let outside_wal: u64 = per_file
+        .iter()
+        .filter(|(p, _)| !p.starts_with("pg_wal/"))
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        reported > 0 && reported <= outside_wal && outside_wal <= reported + (64 << 10),
+        "reported {reported} bytes of data files, the kernel saw {outside_wal} outside pg_wal"
     );
     assert!(r["removed"].as_u64().unwrap() >= 1, "{r}");
     let fresh = env.dir.path().join("fresh");
@@ -555,6 +655,19 @@ async fn a_delta_restore_rewrites_a_small_fraction_and_equals_a_fresh_restore() 
         assert!(v == &b[k], "{k} differs from a fresh restore");
     }
     let server = Plain::start(&d);
+    let c = connect(&server.url_as(&password)).await;
+    assert_eq!(table_checksum(&c, "t").await, sum);
+    drop(c);
+    // Not over a running server: refused, and the server keeps serving the same rows.
+    let err = env.fail(&[
+        "restore",
+        "shop",
+        "--to-datadir",
+        d.to_str().unwrap(),
+        "--delta",
+        "--no-recover",
+    ]);
+    assert!(err.contains("running"), "{err}");
     let c = connect(&server.url_as(&password)).await;
     assert_eq!(table_checksum(&c, "t").await, sum);
     drop(c);
