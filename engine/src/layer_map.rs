@@ -307,15 +307,7 @@ impl LayerMap {
                 }
             }
         }
-        windows.sort();
-        let mut merged: Vec<(Lsn, Lsn)> = Vec::new();
-        for (lo, hi) in windows {
-            match merged.last_mut() {
-                Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
-                _ => merged.push((lo, hi)),
-            }
-        }
-        merged
+        merge_ranges(windows)
     }
 
     /// How far the history's WAL reaches, without a gap, from `image.start`.
@@ -351,5 +343,17 @@ impl LayerMap {
     }
 }
 
+/// Ranges `[lo, hi)` (or windows `[lo, hi]`) sorted and merged where they touch or overlap.
+pub fn merge_ranges<T: Ord + Copy>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(T, T)> = Vec::new();
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
 #[cfg(test)]
 mod tests;

@@ -39,7 +39,7 @@ use crate::ids::{LayerId, Lsn};
 use crate::layer::file::{LayerFile, LayerKind};
 use crate::layer::image::{validate_rel_path, BlobRef, ImageMeta};
 use crate::layer::wal::WalMeta;
-use crate::layer_map::Plan;
+use crate::layer_map::{merge_ranges, Plan};
 use crate::tablespace::{self, Placement};
 use crate::wal::{segment_file_name, XLOG_BLCKSZ};
 
@@ -565,7 +565,7 @@ fn write_wal(
             // less their pages of zeros (the rest of a segment after a WAL switch is zeros
             // in the layer too).
             crate::fsutil::allocate(&out, segment_size).ctx("allocate WAL segment", &path)?;
-            for (lo, hi) in nonzero_pages(&buf, merge(ranges)) {
+            for (lo, hi) in nonzero_pages(&buf, merge_ranges(ranges)) {
                 std::os::unix::fs::FileExt::write_all_at(&out, &buf[lo as usize..hi as usize], lo)
                     .ctx("write WAL segment", &path)?;
             }
@@ -587,20 +587,7 @@ fn nonzero_pages(buf: &[u8], ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
             at = end;
         }
     }
-    merge(out)
-}
-
-/// Byte ranges sorted and merged where they touch or overlap.
-fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    ranges.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (lo, hi) in ranges {
-        match out.last_mut() {
-            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    out
+    merge_ranges(out)
 }
 
 #[cfg(test)]
@@ -610,10 +597,10 @@ mod tests {
     #[test]
     fn ranges_merge_where_they_touch_and_pages_of_zeros_are_left_out() {
         assert_eq!(
-            merge(vec![(10, 20), (0, 5), (5, 8), (15, 30)]),
+            merge_ranges(vec![(10, 20), (0, 5), (5, 8), (15, 30)]),
             [(0, 8), (10, 30)]
         );
-        assert_eq!(merge(vec![]), []);
+        assert_eq!(merge_ranges(Vec::<(u64, u64)>::new()), []);
         let page = XLOG_BLCKSZ as usize;
         let mut buf = vec![0u8; 4 * page];
         // Page 0 and page 3 hold a byte each, page 2 its last byte; page 1 is zeros.
