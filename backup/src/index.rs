@@ -404,6 +404,70 @@ pub(crate) mod tests {
         assert!(err(&old.encode_signed(&me), &name).contains("unknown index format 1"));
         let v1 = sign_blob(MAGIC, 1, &me, b"{}");
         assert!(err(&v1, &name).contains("format 1"));
+        // Ids that would become paths and catalog rows: each malformed kind refused by name.
+        let layer = |id: &str, key_id: &str, refs: &[&str]| IndexedLayer {
+            id: id.into(),
+            kind: "image".into(),
+            start: "0/2000028".into(),
+            end: "0/2000100".into(),
+            file_size: 1,
+            logical_size: 1,
+            stored_bytes: 1,
+            created_at_us: 0,
+            object_size: 1,
+            object_sha256: "00".repeat(32),
+            key_id: key_id.into(),
+            dek_commitment: "00".repeat(32),
+            tail: None,
+            refs: refs.iter().map(|r| r.to_string()).collect(),
+        };
+        let (id, key) = ("ab".repeat(32), "cd".repeat(16));
+        let with = |l: IndexedLayer, ancestor: Option<&str>| {
+            let mut i = sample(3, 6);
+            i.layers = vec![l];
+            i.timeline.ancestor = ancestor.map(|a| (a.to_string(), "0/3000000".to_string()));
+            i.encode_signed(&me)
+        };
+        decode_verified(
+            &with(layer(&id, &key, &[&id]), Some(T2)),
+            &name,
+            "a",
+            &trust,
+        )
+        .unwrap();
+        for (bytes, why) in [
+            (with(layer(&id, &key, &[]), Some("../../etc")), "ancestor"),
+            (
+                with(layer(&id, &key, &[]), Some(&T2.to_uppercase())),
+                "ancestor",
+            ),
+            (with(layer(&id[..62], &key, &[]), None), "layer id"),
+            (with(layer(&id.to_uppercase(), &key, &[]), None), "layer id"),
+            (
+                with(layer(&format!("{}g", &id[..63]), &key, &[]), None),
+                "layer id",
+            ),
+            (
+                with(layer(&id, &key, &["../x"]), None),
+                "malformed layer id",
+            ),
+            (with(layer(&id, &key[..30], &[]), None), "key id"),
+        ] {
+            let e = err(&bytes, &name);
+            assert!(e.contains(why), "{why}: {e}");
+        }
+        // An index of 10,000 layers (a long-lived timeline) fits under the bound a reader
+        // fetches, with room to spare.
+        let mut big = sample(3, 6);
+        big.layers = (0..10_000u32)
+            .map(|n| layer(&format!("{n:064x}"), &key, &[]))
+            .collect();
+        let big = big.encode_signed(&me);
+        assert!(
+            (big.len() as u64) * 4 < MAX_INDEX_BYTES,
+            "{} bytes",
+            big.len()
+        );
         assert_eq!(generation_of(&name), Some(3));
         assert_eq!(generation_of("clusters/c/timelines/t/index-xyz"), None);
         assert_eq!(

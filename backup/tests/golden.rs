@@ -166,6 +166,16 @@ fn version_1_objects_keys_and_indexes_decode_forever() {
     );
     let (idx, who) = v1::decode_verified(&bytes, &name, "golden", &[signer.public()]).unwrap();
     assert_eq!(who, signer.public());
+    // Under another generation's name it is refused: the name binds the signed generation.
+    let other = index_key(
+        "87d5f66a79bb26404ee382b2bad18677",
+        "3f16a41e69f334efc49ad51731c9cf8b",
+        4,
+    );
+    let e = v1::decode_verified(&bytes, &other, "golden", &[signer.public()])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not a format 1 index of this name"), "{e}");
     let expected: v1::TimelineIndex = serde_json::from_str(index_json()).unwrap();
     assert_eq!(idx, expected);
     // A format 1 index still decodes, but a restore refuses to trust it (docs/FORMAT.md).

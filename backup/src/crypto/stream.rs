@@ -345,4 +345,33 @@ mod tests {
             "wrong key"
         );
     }
+
+    #[test]
+    fn the_largest_chunk_size_is_accepted_and_compressed_payloads_are_bounded() {
+        let dek = [5u8; 32];
+        // Chunks of exactly CHUNK_SIZE (what cairn writes) decode; one byte more is refused.
+        let mut h = hdr(2);
+        h.chunk_size = CHUNK_SIZE;
+        let p = vec![7u8; CHUNK_SIZE as usize + 10];
+        let sealed = seal_all(&dek, &h, &p);
+        assert_eq!(open_all(&dek, &sealed, &[2; 32], "o").unwrap(), p);
+        let mut big = h.encode();
+        big[12..16].copy_from_slice(&(CHUNK_SIZE + 1).to_le_bytes());
+        let e = Header::decode(&big, "o").unwrap_err().to_string();
+        assert!(e.contains("larger than cairn writes"), "{e}");
+        // A zstd payload inflates up to MAX_INFLATED, not beyond (a bomb of zeros).
+        h.compression = Compression::Zstd;
+        let small = vec![1u8; 1 << 20];
+        let packed = zstd::bulk::compress(&small, 3).unwrap();
+        let sealed = seal_all(&dek, &h, &packed);
+        assert_eq!(open_all(&dek, &sealed, &[2; 32], "o").unwrap(), small);
+        let bomb = vec![0u8; MAX_INFLATED as usize + 1];
+        let packed = zstd::bulk::compress(&bomb, 3).unwrap();
+        assert!(packed.len() < 1 << 20);
+        let sealed = seal_all(&dek, &h, &packed);
+        let e = open_all(&dek, &sealed, &[2; 32], "o")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not decompress"), "{e}");
+    }
 }
