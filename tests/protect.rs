@@ -250,6 +250,15 @@ async fn tampering_is_detected_with_region_object_and_reason_and_repaired() {
     std::fs::write(root.join(&index), serde_json::to_vec(&idx).unwrap()).unwrap();
     check("unsigned", &index);
 
+    // Key objects swapped: the small layer's wrapped key under the big layer's key name. The
+    // key object's own binding to its object refuses it (until now shown by a unit test only).
+    let key_of = |layer: &str| layer.replace("/layers/", "/keys/");
+    let big_id = big.rsplit('/').next().unwrap().to_string();
+    let big_key = std::fs::read(root.join(key_of(&big))).unwrap();
+    std::fs::copy(root.join(key_of(&small)), root.join(key_of(&big))).unwrap();
+    check("another", &big_id);
+    std::fs::write(root.join(key_of(&big)), &big_key).unwrap();
+
     // Damage in several places at once; repair restores every object from region-b.
     let mut b = original.clone();
     let at = 2_000_000.min(b.len() - 1);
