@@ -248,27 +248,9 @@ pub async fn open_engine(g: &Global) -> Result<Engine> {
     .with_context(|| format!("cannot open the data directory {}", g.home.display()))
 }
 
-/// Parses a timestamp: RFC 3339, PostgreSQL's `YYYY-MM-DD HH:MM:SS[.ffffff][+TZ]`, or a date
-/// and time without zone (UTC).
+/// Parses a timestamp (see [`cairn_units::parse_time`] for the accepted forms).
 pub fn parse_time(s: &str) -> Result<i64> {
-    let s = s.trim();
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp_micros());
-    }
-    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
-        if let Ok(t) = chrono::DateTime::parse_from_str(s, f) {
-            return Ok(t.timestamp_micros());
-        }
-    }
-    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
-        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
-            return Ok(t.and_utc().timestamp_micros());
-        }
-    }
-    bail!(
-        "'{s}' is not a timestamp: use RFC 3339 (2026-11-23T10:15:00Z) or PostgreSQL's format \
-         (2026-11-23 10:15:00.123456+00); times without a zone are UTC"
-    )
+    cairn_units::parse_time(s).map_err(anyhow::Error::msg)
 }
 
 pub fn point(at: &AtOpt) -> Result<PointSpec> {

@@ -284,12 +284,7 @@ pub fn layer_map_of(tls: &[TimelineRow], layers: &[LayerRow]) -> LayerMap {
     )
 }
 
-/// Formats Unix microseconds as an RFC 3339 UTC time.
-pub fn fmt_time(us: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_else(|| us.to_string())
-}
+pub use cairn_units::fmt_time;
 
 /// Removes a directory tree if it exists.
 pub fn remove_tree(p: &Path) -> Result<()> {

@@ -22,31 +22,7 @@ fn default_deletion_delay() -> String {
     "24h".into()
 }
 
-/// "90s", "30m", "24h", "7d" -> duration.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration (e.g. 30m, 24h, 7d)"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("'{s}': unknown unit (use s, m, h or d)")),
-    };
-    // Durations become microseconds in i64 arithmetic: refuse what would overflow there
-    // (a huge grace must never wrap around into "now").
-    const MAX_SECS: u64 = 100 * 365 * 86400;
-    match n.checked_mul(mult) {
-        Some(secs) if secs <= MAX_SECS => Ok(Duration::from_secs(secs)),
-        _ => Err(format!(
-            "'{s}' is longer than 100 years: too long to be meant"
-        )),
-    }
-}
+pub use cairn_units::{parse_duration, parse_size};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,25 +53,6 @@ pub struct RegionConfig {
     pub allow_http: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
-}
-
-/// "8MiB" -> bytes.
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (e.g. 8MiB)"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("'{s}': unknown unit (use KiB, MiB, GiB)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too large a size"))
 }
 
 impl RegionsConfig {
