@@ -30,6 +30,7 @@ use cairn_backup::index::{ClusterInfo, IndexedLayer, TimelineIndex};
 use cairn_backup::keys::{key_id, Identity};
 use cairn_backup::rebuild::{ambiguous, hex_id};
 use cairn_backup::region::{keys, Region};
+use cairn_backup::shred::ShredRecord;
 use cairn_backup::view::{read_region, Rejected};
 use cairn_backup::{Error, Protection, Result};
 use cairn_engine::layer::file::{Trailer, TRAILER_LEN};
@@ -195,13 +196,11 @@ async fn probe(
         }
     };
     rejected.extend(view.rejected.iter().cloned());
-    if let Some(r) = view.shredded.iter().find(|r| match &wanted.id {
-        Some(id) => &r.cluster_id == id,
-        None => {
-            r.cluster_name == wanted.name
-                && !view.indexes.iter().any(|i| i.cluster.name == wanted.name)
-        }
-    }) {
+    if let Some(r) = view
+        .shredded
+        .iter()
+        .find(|r| shred_refuses(r, wanted, &view.indexes))
+    {
         return Err(r.refusal());
     }
     let indexes: Vec<TimelineIndex> = view
@@ -261,6 +260,103 @@ async fn probe(
     })
 }
 
+/// Whether a region's shred record refuses the wanted cluster: by id when the id is known;
+/// by name only while no valid index of that name remains (a cluster created later under a
+/// shredded one's name is not refused for it).
+fn shred_refuses(r: &ShredRecord, wanted: &Wanted<'_>, indexes: &[TimelineIndex]) -> bool {
+    match &wanted.id {
+        Some(id) => &r.cluster_id == id,
+        None => {
+            r.cluster_name == wanted.name && !indexes.iter().any(|i| i.cluster.name == wanted.name)
+        }
+    }
+}
+
+/// The cluster a restore means: an id given with `--cluster-id` must be the appliance's own
+/// when the appliance has a cluster of that name; without one, the appliance's id decides.
+fn resolve_wanted<'a>(
+    cluster: &'a str,
+    given: Option<&str>,
+    local: Option<String>,
+) -> Result<Wanted<'a>> {
+    if let (Some(given), Some(local)) = (given, &local) {
+        if given != local {
+            return Err(Error::Refused(format!(
+                "cluster '{cluster}' of this appliance has id {local}, not {given}"
+            )));
+        }
+    }
+    Ok(Wanted {
+        name: cluster,
+        id: given.map(str::to_string).or(local),
+    })
+}
+
+/// How one region answered the probe, for ranking.
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    /// Position in the configured regions.
+    region: usize,
+    layers: usize,
+    seconds: f64,
+}
+
+/// The order objects are tried in: the healthy regions, healthiest first (the most layers
+/// indexed, then the fastest answer), then the others in configuration order. Each region
+/// appears once.
+fn try_order(regions: usize, healthy: &[Health]) -> Vec<usize> {
+    let mut ranked = healthy.to_vec();
+    ranked.sort_by(|a, b| {
+        b.layers
+            .cmp(&a.layers)
+            .then(a.seconds.total_cmp(&b.seconds))
+    });
+    let mut order: Vec<usize> = Vec::with_capacity(regions);
+    for i in ranked.iter().map(|h| h.region).chain(0..regions) {
+        if !order.contains(&i) {
+            order.push(i);
+        }
+    }
+    order
+}
+
+/// When the operator preferred a region and another one served the indexes: the substitution
+/// the report lists, with the preferred region's own error as the reason.
+fn index_substitution(
+    cluster: &str,
+    preferred: Option<&str>,
+    served_by: &str,
+    probes: &[RegionProbe],
+) -> Option<Substitution> {
+    let name = preferred.filter(|p| *p != served_by)?;
+    let reason = probes
+        .iter()
+        .find(|p| p.region == name)
+        .and_then(|p| p.error.clone())
+        .unwrap_or_default();
+    Some(Substitution {
+        object: format!("indexes of cluster '{cluster}'"),
+        region: name.to_string(),
+        reason,
+        served_by: Some(served_by.to_string()),
+    })
+}
+
+/// The plaintext size of a WAL layer object and its tail, against what the index says: the
+/// object is the indexed file, and the tail holds at least a trailer and lies inside it.
+fn check_tail(size: u64, tail_len: u64, file_size: u64, what: &str) -> Result<()> {
+    if size != file_size || tail_len < TRAILER_LEN || tail_len > size {
+        return Err(Error::tampered(
+            what,
+            format!(
+                "holds {size} plaintext bytes with a {tail_len}-byte tail; the index says \
+                 {file_size} and {tail_len}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What this appliance has written to each region: region -> timeline -> (generation,
 /// sequence). A restore refuses anything older.
 pub async fn seen_marks(p: &Protection) -> Result<HashMap<String, HashMap<String, (u64, u64)>>> {
@@ -298,17 +394,7 @@ impl Source {
             .cluster_by_name(cluster)
             .await?
             .map(|c| c.id.to_string());
-        if let (Some(given), Some(local)) = (cluster_id, &local_id) {
-            if given != local {
-                return Err(Error::Refused(format!(
-                    "cluster '{cluster}' of this appliance has id {local}, not {given}"
-                )));
-            }
-        }
-        let wanted = Wanted {
-            name: cluster,
-            id: cluster_id.map(str::to_string).or(local_id),
-        };
+        let wanted = resolve_wanted(cluster, cluster_id, local_id)?;
         let seen = seen_marks(p).await?;
         let trust = TrustInput {
             signers: &known,
@@ -393,45 +479,28 @@ impl Source {
                     .join("; ")
             )));
         }
-        // Healthiest: the most layers indexed, then the fastest answer.
-        views.sort_by(|a, b| {
-            b.1.layer_count()
-                .cmp(&a.1.layer_count())
-                .then(a.2.total_cmp(&b.2))
-        });
-        if let Some(name) = preferred {
-            if views[0].1.region != name {
-                tracing::warn!(preferred = name, using = %views[0].1.region, "preferred region cannot serve the indexes");
-            }
+        let health: Vec<Health> = views
+            .iter()
+            .map(|(i, v, secs)| Health {
+                region: *i,
+                layers: v.layer_count(),
+                seconds: *secs,
+            })
+            .collect();
+        let order = try_order(all.len(), &health);
+        let pos = views
+            .iter()
+            .position(|(i, _, _)| *i == order[0])
+            .ok_or_else(|| Error::Refused("no region answered the probe".into()))?;
+        let view = views.swap_remove(pos).1;
+        let substitutions: Vec<Substitution> =
+            index_substitution(cluster, preferred, &view.region, &probes)
+                .into_iter()
+                .collect();
+        for s in &substitutions {
+            tracing::warn!(preferred = %s.region, using = %view.region, "preferred region cannot serve the indexes");
         }
-        let first = views[0].0;
-        let mut order = vec![all[first].clone()];
-        // Then the other healthy regions, then the rest.
-        for (i, _, _) in &views[1..] {
-            order.push(all[*i].clone());
-        }
-        for (i, r) in all.iter().enumerate() {
-            if !order.iter().any(|o| o.name == r.name) && i != first {
-                order.push(r.clone());
-            }
-        }
-        let view = views.swap_remove(0).1;
-        let mut substitutions = Vec::new();
-        if let Some(name) = preferred {
-            if view.region != name {
-                let reason = probes
-                    .iter()
-                    .find(|p| p.region == name)
-                    .and_then(|p| p.error.clone())
-                    .unwrap_or_default();
-                substitutions.push(Substitution {
-                    object: format!("indexes of cluster '{cluster}'"),
-                    region: name.to_string(),
-                    reason,
-                    served_by: Some(view.region.clone()),
-                });
-            }
-        }
+        let order = order.into_iter().map(|i| all[i].clone()).collect();
         Ok((
             Source {
                 order,
@@ -570,16 +639,7 @@ impl Source {
                 let dek = self.data_key(region, cluster, l, &id).await?;
                 let obj = OpenedObject::open(region, &key, &dek, &id, Some(l.object_size)).await?;
                 let size = obj.layout.plain_len;
-                if size != l.file_size || tail.len < TRAILER_LEN || tail.len > size {
-                    return Err(Error::tampered(
-                        &what,
-                        format!(
-                            "holds {size} plaintext bytes with a {}-byte tail; the index says {} \
-                             and {}",
-                            tail.len, l.file_size, tail.len
-                        ),
-                    ));
-                }
+                check_tail(size, tail.len, l.file_size, &what)?;
                 let tb = obj.read_plain(size - tail.len, size).await?;
                 if hex::encode(Sha256::digest(&tb)) != tail.sha256 {
                     return Err(Error::tampered(
@@ -610,5 +670,273 @@ impl Source {
             })
             .await?;
         Ok(meta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_backup::index::{BranchName, PolicySnapshot, TimelineInfo};
+
+    fn cluster(id: &str, name: &str) -> ClusterInfo {
+        ClusterInfo {
+            id: id.into(),
+            name: name.into(),
+            kind: "created".into(),
+            pg_major: 15,
+            system_id: "1".into(),
+            segment_size: 16 << 20,
+            tli: 1,
+            created_at_us: 0,
+            source: None,
+            slot: None,
+            secrets: None,
+        }
+    }
+
+    fn layer(n: usize) -> IndexedLayer {
+        IndexedLayer {
+            id: format!("{n:064x}"),
+            kind: "wal".into(),
+            start: "0/0".into(),
+            end: "0/10".into(),
+            file_size: 1,
+            logical_size: 1,
+            stored_bytes: 1,
+            created_at_us: 0,
+            object_size: 1,
+            object_sha256: String::new(),
+            key_id: String::new(),
+            dek_commitment: String::new(),
+            tail: None,
+            refs: Vec::new(),
+        }
+    }
+
+    /// An index of timeline `id` (child of `ancestor`), on branch `branch`, with `layers` layers.
+    fn index(id: &str, ancestor: Option<&str>, branch: &str, layers: usize) -> TimelineIndex {
+        TimelineIndex {
+            format: 2,
+            path: format!("index-{id}"),
+            generation: 1,
+            sequence: 1,
+            written_at_us: 0,
+            cluster: cluster("c1", "shop"),
+            timeline: TimelineInfo {
+                id: id.into(),
+                ancestor: ancestor.map(|a| (a.to_string(), "0/10".to_string())),
+                head: "0/10".into(),
+                ancestor_prev: None,
+                created_at_us: 0,
+                branch: Some(BranchName {
+                    name: branch.into(),
+                    protected: false,
+                }),
+            },
+            layers: (0..layers).map(layer).collect(),
+            policy: PolicySnapshot {
+                min_copies: 1,
+                regions: Vec::new(),
+            },
+            keyring_fingerprint: String::new(),
+        }
+    }
+
+    fn view(indexes: Vec<TimelineIndex>, rejected: Vec<Rejected>) -> ClusterView {
+        ClusterView {
+            region: "region-a".into(),
+            cluster: cluster("c1", "shop"),
+            indexes,
+            signers: Vec::new(),
+            live: HashSet::new(),
+            ids: BTreeMap::new(),
+            rejected,
+        }
+    }
+
+    fn rejected(object: &str, reason: &str) -> Rejected {
+        Rejected {
+            region: "region-a".into(),
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_missing_branch_names_the_branches_there_and_what_was_set_aside() {
+        let v = view(
+            vec![
+                index("t1", None, "main", 1),
+                index("t2", Some("t1"), "dev", 1),
+            ],
+            vec![rejected("index-t3", "signed by an unknown key")],
+        );
+        let e = v.branch("gone").unwrap_err().to_string();
+        assert!(e.contains("its branches there: dev, main"), "{e}");
+        assert!(
+            e.contains("(objects set aside there: index-t3: signed by an unknown key)"),
+            "{e}"
+        );
+        let clean = view(vec![index("t1", None, "main", 1)], Vec::new());
+        let e = clean.branch("gone").unwrap_err().to_string();
+        assert!(!e.contains("set aside"), "{e}");
+        assert!(e.ends_with("its branches there: main"), "{e}");
+        assert_eq!(clean.branch("main").unwrap().timeline.id, "t1");
+    }
+
+    #[test]
+    fn ancestry_is_nearest_first_and_refuses_gaps_and_loops() {
+        let v = view(
+            vec![
+                index("t1", None, "main", 1),
+                index("t2", Some("t1"), "dev", 1),
+                index("t3", Some("t2"), "fix", 1),
+            ],
+            Vec::new(),
+        );
+        let ids: Vec<&str> = v
+            .ancestry("t3")
+            .unwrap()
+            .iter()
+            .map(|i| i.timeline.id.as_str())
+            .collect();
+        assert_eq!(ids, ["t3", "t2", "t1"]);
+        let gap = view(
+            vec![index("t3", Some("t2"), "fix", 1)],
+            vec![rejected("index-t2", "rolled back")],
+        );
+        let e = gap.ancestry("t3").unwrap_err().to_string();
+        assert!(e.contains("timeline t2 is named as an ancestor"), "{e}");
+        assert!(e.contains("index-t2: rolled back"), "{e}");
+        let looped = view(
+            vec![
+                index("t1", Some("t2"), "main", 1),
+                index("t2", Some("t1"), "dev", 1),
+            ],
+            Vec::new(),
+        );
+        let e = looped.ancestry("t1").unwrap_err().to_string();
+        assert!(e.contains("has a loop"), "{e}");
+    }
+
+    #[test]
+    fn layer_count_sums_every_index() {
+        let v = view(
+            vec![
+                index("t1", None, "main", 2),
+                index("t2", Some("t1"), "dev", 3),
+            ],
+            Vec::new(),
+        );
+        assert_eq!(v.layer_count(), 5);
+        assert_eq!(view(Vec::new(), Vec::new()).layer_count(), 0);
+    }
+
+    #[test]
+    fn the_region_with_most_layers_wins_then_the_fastest_and_each_is_tried_once() {
+        let h = |region, layers, seconds| Health {
+            region,
+            layers,
+            seconds,
+        };
+        // Region 2 indexes more layers though it answered last.
+        assert_eq!(
+            try_order(4, &[h(0, 5, 0.1), h(2, 6, 3.0), h(1, 5, 0.05)]),
+            [2, 1, 0, 3]
+        );
+        // Equal layers: the faster answer first.
+        assert_eq!(try_order(2, &[h(0, 5, 0.9), h(1, 5, 0.2)]), [1, 0]);
+        // Unhealthy regions last, in configuration order.
+        assert_eq!(try_order(4, &[h(3, 1, 1.0)]), [3, 0, 1, 2]);
+        assert_eq!(try_order(3, &[h(0, 1, 1.0)]), [0, 1, 2]);
+    }
+
+    fn probe(region: &str, error: Option<&str>) -> RegionProbe {
+        RegionProbe {
+            region: region.into(),
+            ok: error.is_none(),
+            layers: 0,
+            seconds: 0.0,
+            error: error.map(str::to_string),
+            rejected: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn indexes_from_another_region_than_the_preferred_one_are_a_substitution() {
+        let probes = [
+            probe("region-a", Some("holds no backup of cluster 'shop'")),
+            probe("region-b", None),
+        ];
+        let s = index_substitution("shop", Some("region-a"), "region-b", &probes).unwrap();
+        assert_eq!(s.object, "indexes of cluster 'shop'");
+        assert_eq!(s.region, "region-a");
+        assert_eq!(s.reason, "holds no backup of cluster 'shop'");
+        assert_eq!(s.served_by.as_deref(), Some("region-b"));
+        assert!(index_substitution("shop", Some("region-b"), "region-b", &probes).is_none());
+        assert!(index_substitution("shop", None, "region-b", &probes).is_none());
+    }
+
+    #[test]
+    fn a_shred_record_refuses_by_id_or_by_a_name_no_index_carries() {
+        let rec = ShredRecord {
+            format: 1,
+            path: "clusters/c1/shredded".into(),
+            cluster_id: "c1".into(),
+            cluster_name: "shop".into(),
+            requested_at_us: 0,
+            shredded_at_us: 0,
+        };
+        let by_id = |id: &str| Wanted {
+            name: "shop",
+            id: Some(id.into()),
+        };
+        let by_name = Wanted {
+            name: "shop",
+            id: None,
+        };
+        assert!(shred_refuses(&rec, &by_id("c1"), &[]));
+        assert!(!shred_refuses(&rec, &by_id("c2"), &[]));
+        assert!(shred_refuses(&rec, &by_name, &[]));
+        // A newer cluster named "shop" has a valid index: the name is not refused.
+        assert!(!shred_refuses(
+            &rec,
+            &by_name,
+            &[index("t9", None, "main", 1)]
+        ));
+        let other = Wanted {
+            name: "cart",
+            id: None,
+        };
+        assert!(!shred_refuses(&rec, &other, &[]));
+    }
+
+    #[test]
+    fn a_given_cluster_id_must_be_the_appliances_own() {
+        let e = resolve_wanted("shop", Some("c2"), Some("c1".into()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("has id c1, not c2"), "{e}");
+        let w = resolve_wanted("shop", Some("c1"), Some("c1".into())).unwrap();
+        assert_eq!(w.id.as_deref(), Some("c1"));
+        let w = resolve_wanted("shop", Some("c2"), None).unwrap();
+        assert_eq!(w.id.as_deref(), Some("c2"));
+        let w = resolve_wanted("shop", None, Some("c1".into())).unwrap();
+        assert_eq!(w.id.as_deref(), Some("c1"));
+        assert!(resolve_wanted("shop", None, None).unwrap().id.is_none());
+    }
+
+    #[test]
+    fn a_wal_tail_must_hold_a_trailer_inside_the_indexed_file() {
+        let t = TRAILER_LEN;
+        assert!(check_tail(1000, t, 1000, "x").is_ok());
+        assert!(check_tail(1000, 1000, 1000, "x").is_ok());
+        assert!(check_tail(1000, t - 1, 1000, "x").is_err());
+        assert!(check_tail(1000, 1001, 1000, "x").is_err());
+        assert!(check_tail(999, t, 1000, "x").is_err());
+        assert!(check_tail(1001, t, 1000, "x").is_err());
+        let e = check_tail(999, t, 1000, "region 'a', layer").unwrap_err();
+        assert!(e.to_string().contains("holds 999 plaintext bytes"), "{e}");
     }
 }
