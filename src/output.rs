@@ -25,21 +25,7 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-/// 1536 -> "1.5 KiB".
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use cairn_units::fmt_size as bytes;
 
 /// "0/3000150 (2026-11-23T11:06:16Z)".
 pub fn lsn_time(l: Lsn, t: Option<i64>) -> String {
@@ -74,16 +60,4 @@ pub fn error_chain(e: &anyhow::Error) -> String {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_are_readable() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(3 << 30), "3.0 GiB");
-    }
 }
