@@ -121,10 +121,13 @@ async fn guard(
     next.run(req).await
 }
 
-fn fail(e: impl std::fmt::Display) -> Response {
+/// An error as the API answers it: the status code of its kind, the kind, and the message.
+fn fail(e: impl Into<cairn_appliance::Error>) -> Response {
+    let e = e.into();
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({"error": e.to_string()})),
+        status,
+        Json(json!({"error": e.to_string(), "kind": e.kind()})),
     )
         .into_response()
 }
@@ -132,17 +135,17 @@ fn fail(e: impl std::fmt::Display) -> Response {
 async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let st = d.status.lock().unwrap_or_else(|e| e.into_inner());
     let uptime = st.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    let regions = d.protection.status();
+    let regions = d.app.protection().status();
     let region_trouble = regions.iter().any(|r| r.last_error.is_some());
     Json(json!({
-        "status": if d.protection.fenced() {
+        "status": if d.app.protection().fenced() {
             "fenced"
         } else if st.errors.is_empty() && !region_trouble {
             "ok"
         } else {
             "degraded"
         },
-        "fenced": d.protection.fenced(),
+        "fenced": d.app.protection().fenced(),
         "regions": regions,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": uptime,
@@ -153,20 +156,20 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 async fn clusters(State(d): State<Arc<Daemon>>) -> Response {
-    match d.engine.cluster_summaries().await {
+    match d.app.engine().cluster_summaries().await {
         Ok(v) => Json(v).into_response(),
         Err(e) => fail(e),
     }
 }
 
 async fn branches(State(d): State<Arc<Daemon>>) -> Response {
-    let clusters = match d.engine.catalog.clusters().await {
+    let clusters = match d.app.engine().catalog.clusters().await {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
     let mut all = Vec::new();
     for c in clusters {
-        match d.engine.branch_list(&c).await {
+        match d.app.engine().branch_list(&c).await {
             Ok(v) => all.extend(v),
             Err(e) => return fail(e),
         }
@@ -175,7 +178,7 @@ async fn branches(State(d): State<Arc<Daemon>>) -> Response {
 }
 
 async fn computes(State(d): State<Arc<Daemon>>) -> Response {
-    match d.engine.compute_list().await {
+    match d.app.engine().compute_list().await {
         Ok(v) => Json(v).into_response(),
         Err(e) => fail(e),
     }
@@ -183,18 +186,18 @@ async fn computes(State(d): State<Arc<Daemon>>) -> Response {
 
 async fn regions(State(d): State<Arc<Daemon>>) -> Response {
     Json(json!({
-        "min_copies": d.protection.regions.min_copies,
-        "regions": d.protection.status(),
+        "min_copies": d.app.protection().regions.min_copies,
+        "regions": d.app.protection().status(),
     }))
     .into_response()
 }
 
 async fn backups(State(d): State<Arc<Daemon>>) -> Response {
-    let clusters = match d.engine.catalog.clusters().await {
+    let clusters = match d.app.engine().catalog.clusters().await {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    match crate::protect::recovery_points(&d.protection, &clusters).await {
+    match d.app.recovery_points(&clusters).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => fail(e),
     }

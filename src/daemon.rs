@@ -16,14 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cairn_backup::Protection;
+use cairn_appliance::Appliance;
 use cairn_engine::adopt::Receiver;
 use cairn_engine::catalog::{BranchRow, ClusterKind, ClusterRow, ComputeRow};
 use cairn_engine::progress::Progress;
 use cairn_engine::{Engine, TimelineId};
 use clap::Args;
 
-use crate::commands::open_engine;
 use crate::Global;
 
 #[derive(Args, Debug)]
@@ -88,9 +87,8 @@ impl Status {
 }
 
 pub struct Daemon {
-    pub engine: Arc<Engine>,
-    /// The protection layer (keys, regions, shipping); shared with the region shippers.
-    pub protection: Arc<Protection>,
+    /// The engine and the protection layer (shared with the region shippers).
+    pub app: Appliance,
     pub status: Mutex<Status>,
     /// When each compute's WAL was last stored.
     last_sync: Mutex<HashMap<TimelineId, Instant>>,
@@ -130,7 +128,6 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     let access = Arc::new(
         crate::api::Access::new(args.listen, token, &args.api_host).map_err(anyhow::Error::msg)?,
     );
-    let engine = Arc::new(open_engine(g).await?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| {
@@ -142,17 +139,14 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
         })?;
     // With --listen 127.0.0.1:0 the system picks the port: say which one.
     let bound = listener.local_addr().unwrap_or(args.listen);
+    let app = crate::protect::open(g).await?;
+    let engine = app.engine();
     engine.recover_orphans().await?;
     if args.demo && engine.catalog.clusters().await?.is_empty() {
-        demo(&engine).await.context("setting up the demo cluster")?;
+        demo(engine).await.context("setting up the demo cluster")?;
     }
-    let (protection, generated) = Protection::open(engine.clone())
-        .await
-        .context("cannot open the protection layer")?;
-    crate::protect::announce(&generated);
     let daemon = Arc::new(Daemon {
-        engine,
-        protection: Arc::new(protection),
+        app,
         status: Mutex::new(Status {
             started: Some(Instant::now()),
             ..Status::default()
@@ -165,8 +159,8 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     // One shipper per region: a slow or dead region holds up only itself.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut shippers = Vec::new();
-    for i in 0..daemon.protection.regions.regions.len() {
-        let p = daemon.protection.clone();
+    for i in 0..daemon.app.protection().regions.regions.len() {
+        let p = daemon.app.protection().clone();
         let mut stop = stop_rx.clone();
         let every = args.ship_interval_duration();
         shippers.push(tokio::spawn(async move {
@@ -193,10 +187,10 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     });
     eprintln!(
         "cairn is up: data in {}, API on http://{}/api/health (Ctrl-C to stop)",
-        daemon.engine.home.root.display(),
+        daemon.app.engine().home.root.display(),
         bound
     );
-    if daemon.protection.fenced() {
+    if daemon.app.protection().fenced() {
         eprintln!(
             "FENCED: this appliance was rebuilt from a region; it ships nothing, deletes \
              nothing and streams from no source until `cairn catalog promote`"
@@ -246,7 +240,7 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
 
 /// Deletion queue and scheduled shreds (not on a fenced appliance: the regions are not its).
 async fn housekeeping(d: &Daemon) {
-    let p = &d.protection;
+    let p = &d.app.protection();
     if p.fenced() {
         return;
     }
@@ -304,14 +298,20 @@ async fn demo(engine: &Engine) -> Result<()> {
 /// Every compute the catalog knows, with its cluster and branch.
 async fn computes(d: &Daemon) -> Vec<(ClusterRow, ComputeRow, BranchRow)> {
     let mut out = Vec::new();
-    let Ok(computes) = d.engine.catalog.computes().await else {
+    let Ok(computes) = d.app.engine().catalog.computes().await else {
         return out;
     };
     for c in computes {
-        let Ok(cluster) = d.engine.catalog.cluster(c.cluster_id).await else {
+        let Ok(cluster) = d.app.engine().catalog.cluster(c.cluster_id).await else {
             continue;
         };
-        let Ok(Some(b)) = d.engine.catalog.branch_of_timeline(c.timeline_id).await else {
+        let Ok(Some(b)) = d
+            .app
+            .engine()
+            .catalog
+            .branch_of_timeline(c.timeline_id)
+            .await
+        else {
             continue;
         };
         out.push((cluster, c, b));
@@ -324,7 +324,8 @@ async fn restart_computes(d: &Daemon) {
         let port = (!cairn_engine::pg::server::port_in_use(c.port)).then_some(c.port);
         let progress = Arc::new(Progress::new());
         match d
-            .engine
+            .app
+            .engine()
             .compute_start(&cluster, &b.name, port, &progress)
             .await
         {
@@ -350,10 +351,10 @@ async fn restart_computes(d: &Daemon) {
 async fn start_receivers(d: &Daemon, out: &mut Vec<Receiver>) {
     // A fenced appliance never takes over a source's replication slot: the appliance it was
     // rebuilt from may still be using it.
-    if d.protection.fenced() {
+    if d.app.protection().fenced() {
         return;
     }
-    let Ok(clusters) = d.engine.catalog.clusters().await else {
+    let Ok(clusters) = d.app.engine().catalog.clusters().await else {
         return;
     };
     for c in clusters
@@ -364,14 +365,14 @@ async fn start_receivers(d: &Daemon, out: &mut Vec<Receiver>) {
             continue;
         }
         // pg_receivewal cannot be told to refuse a cleartext password: vet the source first.
-        if let Err(e) = d.engine.vet_source(&c).await {
+        if let Err(e) = d.app.engine().vet_source(&c).await {
             d.status
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .error(format!("cannot stream WAL of cluster '{}': {e}", c.name));
             continue;
         }
-        match d.engine.start_receiver(&c, None) {
+        match d.app.engine().start_receiver(&c, None) {
             Ok(r) => out.push(r),
             Err(e) => d
                 .status
@@ -402,7 +403,7 @@ async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<Receiver>) {
             .copied();
         let due = match last {
             Some(t) if t.elapsed() < policy.interval => {
-                match d.engine.compute_pending(&cluster, tl).await {
+                match d.app.engine().compute_pending(&cluster, tl).await {
                     Ok(Some(pending)) => pending >= policy.bytes,
                     Ok(None) => false,
                     Err(e) => {
@@ -420,7 +421,7 @@ async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<Receiver>) {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(tl, Instant::now());
-        match d.engine.compute_sync(&cluster, tl).await {
+        match d.app.engine().compute_sync(&cluster, tl).await {
             Ok(r) if r.layers > 0 => {
                 if let Err(e) = maybe_image(d, &cluster, tl, policy.image_after).await {
                     errors.push(format!("image of branch '{}': {e}", b.name));
@@ -432,12 +433,12 @@ async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<Receiver>) {
     }
     receivers.retain_mut(|r| r.alive());
     start_receivers(d, receivers).await;
-    if let Ok(clusters) = d.engine.catalog.clusters().await {
+    if let Ok(clusters) = d.app.engine().catalog.clusters().await {
         for c in clusters
             .into_iter()
             .filter(|c| c.kind == ClusterKind::Adopted)
         {
-            if let Err(e) = d.engine.ingest_spool(&c).await {
+            if let Err(e) = d.app.engine().ingest_spool(&c).await {
                 errors.push(format!("ingest of cluster '{}': {e}", c.name));
             }
         }
@@ -455,8 +456,8 @@ async fn maybe_image(
     tl: cairn_engine::TimelineId,
     image_after: u64,
 ) -> Result<()> {
-    let t = d.engine.catalog.timeline(tl).await?;
-    let map = d.engine.layer_map(cluster).await?;
+    let t = d.app.engine().catalog.timeline(tl).await?;
+    let map = d.app.engine().layer_map(cluster).await?;
     let since = match map.plan(tl, t.head) {
         Ok(p) => t.head.0.saturating_sub(p.image.end.0),
         Err(_) => u64::MAX,
@@ -464,11 +465,12 @@ async fn maybe_image(
     if since < image_after {
         return Ok(());
     }
-    let Some(b) = d.engine.catalog.branch_of_timeline(tl).await? else {
+    let Some(b) = d.app.engine().catalog.branch_of_timeline(tl).await? else {
         return Ok(());
     };
     let r = d
-        .engine
+        .app
+        .engine()
         .image_create(cluster, &b.name, &Arc::new(Progress::new()))
         .await?;
     tracing::info!(branch = %b.name, end = %r.end, stored = r.stored_bytes, "new image layer");
@@ -477,7 +479,7 @@ async fn maybe_image(
 
 async fn shutdown(d: &Daemon) {
     for (cluster, c, b) in computes(d).await {
-        match d.engine.compute_stop(&cluster, &b.name).await {
+        match d.app.engine().compute_stop(&cluster, &b.name).await {
             Ok(r) => {
                 eprintln!(
                     "stopped compute of branch '{}' (durable up to {})",
@@ -485,19 +487,20 @@ async fn shutdown(d: &Daemon) {
                 );
                 // Remember it should run, so the next `cairn up` starts it again.
                 let _ = d
-                    .engine
+                    .app
+                    .engine()
                     .mark_desired_running(&cluster, c.timeline_id, c.port)
                     .await;
             }
             Err(e) => eprintln!("error stopping the compute of branch '{}': {e}", b.name),
         }
     }
-    if let Ok(clusters) = d.engine.catalog.clusters().await {
+    if let Ok(clusters) = d.app.engine().catalog.clusters().await {
         for c in clusters
             .into_iter()
             .filter(|c| c.kind == ClusterKind::Adopted)
         {
-            if let Err(e) = d.engine.ingest_spool(&c).await {
+            if let Err(e) = d.app.engine().ingest_spool(&c).await {
                 eprintln!("error in the final ingest of cluster '{}': {e}", c.name);
             }
         }

@@ -52,7 +52,8 @@ pub async fn catalog(g: &Global, cmd: CatalogCmd) -> Result<()> {
             identity,
         } => rebuild(g, &from_region, &recovery_kit, identity.as_deref()).await,
         CatalogCmd::Promote => {
-            let (_, p) = open(g).await?;
+            let app = open(g).await?;
+            let p = app.protection();
             let generation = p.promote().await?;
             if g.json {
                 return print_json(
@@ -77,7 +78,8 @@ async fn rebuild(
 ) -> Result<()> {
     let kit = RecoveryKit::load(kit)?;
     let id = identity.map(Identity::load).transpose()?;
-    let (_, p) = open(g).await?;
+    let app = open(g).await?;
+    let p = app.protection();
     let r = p.rebuild(from_region, &kit, id.as_ref()).await?;
     if g.json {
         return print_json(&r);

@@ -127,7 +127,8 @@ async fn create(g: &Global, a: CreateArgs) -> Result<()> {
         (None, false) => Destination::Regions(a.to_region),
         _ => bail!("choose where the export goes: --to FILE or --to-region REGION"),
     };
-    let (_engine, p) = crate::protect::open(g).await?;
+    let app = crate::protect::open(g).await?;
+    let p = app.protection();
     let (identity, signers) = a.source.trust.load()?;
     let req = ExportRequest {
         cluster,
@@ -146,7 +147,7 @@ async fn create(g: &Global, a: CreateArgs) -> Result<()> {
     let r = with_progress(
         &progress,
         !g.json,
-        cairn_restore::export(&p, &req, &progress),
+        cairn_restore::export(p, &req, &progress),
     )
     .await?;
     if g.json {
@@ -187,8 +188,9 @@ fn print_report(r: &ExportReport) {
 }
 
 async fn list(g: &Global, only: Option<String>, opt: &TrustOpt) -> Result<()> {
-    let (_engine, p) = crate::protect::open(g).await?;
-    let t = trust(&p, opt.load()?.1);
+    let app = crate::protect::open(g).await?;
+    let p = app.protection();
+    let t = trust(p, opt.load()?.1);
     let mut all = Vec::new();
     for r in &p.regions.regions {
         if only.as_deref().is_some_and(|o| o != r.name) {
@@ -241,9 +243,10 @@ async fn decrypt(
     out: &std::path::Path,
     opt: &TrustOpt,
 ) -> Result<()> {
-    let (_engine, p) = crate::protect::open(g).await?;
+    let app = crate::protect::open(g).await?;
+    let p = app.protection();
     let (extra, signers) = opt.load()?;
-    let t = trust(&p, signers);
+    let t = trust(p, signers);
     let own = p.identities();
     let mut ids: Vec<&Identity> = extra.iter().collect();
     ids.extend(own.iter());

@@ -1,23 +1,22 @@
 //! Commands of the protection layer: `key`, `regions`, `backup`.
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use cairn_appliance::backup::ImageStep;
+use cairn_appliance::points::PointStatus;
+use cairn_appliance::{Appliance, ApplianceOptions};
 use cairn_backup::keys::{Generated, Identity};
 use cairn_backup::kit::RecoveryKit;
-use cairn_backup::region::parse_duration;
-use cairn_backup::Protection;
-use cairn_engine::catalog::ClusterRow;
-use cairn_engine::engine::{fmt_time, layer_map_of};
+use cairn_engine::engine::fmt_time;
 use cairn_engine::progress::Progress;
-use cairn_engine::Engine;
+use cairn_units::{fmt_duration, parse_duration};
 use clap::Subcommand;
 
 use crate::bar::with_progress;
-use crate::commands::{open_engine, ClusterOpt};
+use crate::commands::ClusterOpt;
 use crate::output::{bytes, print_json, table};
 use crate::Global;
 
@@ -171,13 +170,20 @@ pub fn announce(g: &Generated) {
     }
 }
 
-pub async fn open(g: &Global) -> Result<(Arc<Engine>, Protection)> {
-    let engine = Arc::new(open_engine(g).await?);
-    let (p, generated) = Protection::open(engine.clone())
-        .await
-        .context("cannot open the protection layer")?;
+/// Where the appliance lives, from the global options.
+pub fn options(g: &Global) -> ApplianceOptions {
+    ApplianceOptions {
+        home: g.home.clone(),
+        catalog_url: g.catalog.clone(),
+        pg_bin: g.pg_bin.clone(),
+    }
+}
+
+/// Opens the appliance (engine, keys, regions), announcing keys created on first use.
+pub async fn open(g: &Global) -> Result<Appliance> {
+    let (a, generated) = Appliance::open(&options(g)).await?;
     announce(&generated);
-    Ok((engine, p))
+    Ok(a)
 }
 
 pub async fn key(g: &Global, cmd: KeyCmd) -> Result<()> {
@@ -197,7 +203,8 @@ pub async fn key(g: &Global, cmd: KeyCmd) -> Result<()> {
         println!("{}", id.to_public());
         return Ok(());
     }
-    let (_, p) = open(g).await?;
+    let app = open(g).await?;
+    let p = app.protection();
     match cmd {
         KeyCmd::ExportPublic => {
             let v = serde_json::json!({
@@ -356,7 +363,8 @@ fn report_rewrap(g: &Global, what: &str, r: &cairn_backup::keyring::RewrapReport
 }
 
 pub async fn regions(g: &Global, cmd: RegionsCmd) -> Result<()> {
-    let (_, p) = open(g).await?;
+    let app = open(g).await?;
+    let p = app.protection();
     match cmd {
         RegionsCmd::List => {
             let ships = p.state().shipments().await?;
@@ -479,131 +487,74 @@ pub async fn regions(g: &Global, cmd: RegionsCmd) -> Result<()> {
     Ok(())
 }
 
-/// Layers of `c` held by fewer than `min_copies` regions.
-async fn under_replicated(p: &Protection, c: &ClusterRow) -> Result<Vec<String>> {
-    let copies = p.copies().await?;
-    Ok(p.engine
-        .catalog
-        .layers(c.id)
-        .await?
-        .into_iter()
-        .map(|l| l.id.to_string())
-        .filter(|id| copies.get(id).map_or(0, |s| s.len()) < p.regions.min_copies as usize)
-        .collect())
-}
-
 pub async fn backup(g: &Global, cmd: BackupCmd) -> Result<()> {
-    let (engine, p) = open(g).await?;
+    let a = open(g).await?;
     match cmd {
         BackupCmd::Now { cluster, no_image } => {
-            p.require_unfenced("take backups")?;
-            let clusters = match &cluster.cluster {
-                Some(n) => vec![engine.resolve_cluster(Some(n)).await?],
-                None => engine.catalog.clusters().await?,
-            };
-            if clusters.is_empty() {
-                bail!("there is no cluster to back up; create one with `cairn cluster create`");
-            }
-            for c in &clusters {
-                if no_image {
-                    // Everything committed so far goes into this backup.
-                    for x in engine.compute_list().await? {
-                        if x.cluster == c.name && x.state == "running" {
-                            engine.compute_sync(c, x.timeline).await?;
-                        }
-                    }
-                } else {
-                    image_now(&engine, c, !g.json).await?;
-                }
+            for c in a.backup_targets(cluster.cluster.as_deref()).await? {
                 let progress = Arc::new(Progress::new());
-                let results = with_progress(&progress, !g.json, async {
-                    let ship = p.ship_all(Some(c.id));
-                    tokio::pin!(ship);
-                    loop {
-                        tokio::select! {
-                            r = &mut ship => break r,
-                            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                                let st = p.status();
-                                let total: u64 = st.iter().map(|s| s.pending_bytes + s.shipped_bytes).sum();
-                                let done: u64 = st.iter().map(|s| s.shipped_bytes).sum();
-                                progress.phase("shipping", total);
-                                progress.done.store(done, std::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
-                    }
-                })
-                .await;
-                let missing = under_replicated(&p, c).await?;
-                let errors: Vec<String> = results
-                    .iter()
-                    .filter_map(|(r, x)| x.as_ref().err().map(|e| format!("{r}: {e}")))
-                    .collect();
-                let summary = serde_json::json!({
-                    "cluster": c.name,
-                    "durable": missing.is_empty(),
-                    "under_replicated_layers": missing.len(),
-                    "regions": results.iter().map(|(r, x)| serde_json::json!({
-                        "region": r, "shipped": x.as_ref().ok(), "error": x.as_ref().err().map(|e| e.to_string())
-                    })).collect::<Vec<_>>(),
-                });
+                let r = with_progress(&progress, !g.json, a.backup_now(&c, no_image, &progress))
+                    .await?;
                 if g.json {
-                    print_json(&summary)?;
+                    print_json(&r)?;
                 } else {
-                    for (r, x) in &results {
-                        match x {
-                            Ok(n) => println!("region {r}: {n} object(s) shipped, up to date"),
-                            Err(e) => println!("region {r}: FAILED: {e}"),
+                    if r.image == ImageStep::AdoptedShipsLatest {
+                        eprintln!(
+                            "cluster '{}' is adopted: shipping its latest image and WAL",
+                            c.name
+                        );
+                    }
+                    for s in &r.regions {
+                        match (&s.shipped, &s.error) {
+                            (Some(n), _) => {
+                                println!("region {}: {n} object(s) shipped, up to date", s.region)
+                            }
+                            (None, e) => println!(
+                                "region {}: FAILED: {}",
+                                s.region,
+                                e.as_deref().unwrap_or("?")
+                            ),
                         }
                     }
                 }
-                if !missing.is_empty() {
-                    bail!(
-                        "backup of cluster '{}' is DEGRADED: {} layer(s) are in fewer than {} \
-                         region(s) ({}); `cairn up` keeps retrying",
-                        c.name,
-                        missing.len(),
-                        p.regions.min_copies,
-                        errors.join("; ")
-                    );
-                }
+                r.require_durable()?;
                 if !g.json {
                     println!(
                         "cluster '{}' is durable in at least {} regions",
-                        c.name, p.regions.min_copies
+                        c.name, r.min_copies
                     );
                 }
             }
         }
         BackupCmd::List { cluster } => {
-            let clusters = match &cluster.cluster {
-                Some(n) => vec![engine.resolve_cluster(Some(n)).await?],
-                None => engine.catalog.clusters().await?,
-            };
-            let list = recovery_points(&p, &clusters).await?;
+            let clusters = a.clusters(cluster.cluster.as_deref()).await?;
+            let list = a.recovery_points(&clusters).await?;
             if g.json {
                 return print_json(&list);
             }
-            let mut headers = vec!["CLUSTER", "BRANCH", "HEAD", "STATUS"];
-            let names = p.regions.names();
-            for n in &names {
-                headers.push(n.as_str());
-            }
+            let names = a.protection().regions.names();
+            let mut headers = vec!["CLUSTER", "BRANCH", "HEAD", "STATUS", "STORED"];
+            headers.extend(names.iter().map(String::as_str));
             table(
                 &headers,
                 list.iter()
                     .map(|b| {
                         let mut row = vec![
-                            b["cluster"].as_str().unwrap_or_default().to_string(),
-                            b["branch"].as_str().unwrap_or_default().to_string(),
-                            b["head"].as_str().unwrap_or_default().to_string(),
-                            b["status"].as_str().unwrap_or_default().to_string(),
+                            b.cluster.clone(),
+                            b.branch.clone(),
+                            b.head.to_string(),
+                            match b.status {
+                                PointStatus::Ok => "ok".to_string(),
+                                PointStatus::Degraded => "degraded".to_string(),
+                            },
+                            bytes(b.stored_bytes),
                         ];
                         for n in &names {
                             row.push(
-                                b["regions"][n]["restorable_to"]
-                                    .as_str()
-                                    .map(|s| s.to_string())
-                                    .unwrap_or_else(|| "-".into()),
+                                b.regions
+                                    .get(n)
+                                    .and_then(|r| r.restorable_to)
+                                    .map_or_else(|| "-".into(), |l| l.to_string()),
                             );
                         }
                         row
@@ -615,111 +566,5 @@ pub async fn backup(g: &Global, cmd: BackupCmd) -> Result<()> {
     Ok(())
 }
 
-/// Takes an image of every branch with a running compute; for a managed cluster without one,
-/// starts main's compute for the image and stops it again.
-async fn image_now(engine: &Engine, c: &ClusterRow, show: bool) -> Result<()> {
-    let computes = engine.compute_list().await?;
-    let running: Vec<_> = computes
-        .iter()
-        .filter(|x| x.cluster == c.name && x.state == "running")
-        .collect();
-    let progress = Arc::new(Progress::new());
-    if running.is_empty() {
-        if c.kind == cairn_engine::catalog::ClusterKind::Adopted {
-            eprintln!(
-                "cluster '{}' is adopted: shipping its latest image and WAL",
-                c.name
-            );
-            return Ok(());
-        }
-        with_progress(
-            &progress,
-            show,
-            engine.compute_start(c, "main", None, &progress),
-        )
-        .await?;
-        let r = with_progress(&progress, show, engine.image_create(c, "main", &progress)).await;
-        engine.compute_stop(c, "main").await?;
-        r?;
-        return Ok(());
-    }
-    for x in running {
-        with_progress(
-            &progress,
-            show,
-            engine.image_create(c, &x.branch, &progress),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// Per branch: head, and per region the latest point restorable from that region alone.
-pub async fn recovery_points(
-    p: &Protection,
-    clusters: &[ClusterRow],
-) -> Result<Vec<serde_json::Value>> {
-    let copies = p.copies().await?;
-    let mut out = Vec::new();
-    for c in clusters {
-        let tls = p.engine.catalog.timelines(c.id).await?;
-        let layers = p.engine.catalog.layers(c.id).await?;
-        let maps: HashMap<String, cairn_engine::layer_map::LayerMap> = p
-            .regions
-            .names()
-            .into_iter()
-            .map(|r| {
-                let held: Vec<_> = layers
-                    .iter()
-                    .filter(|l| {
-                        copies
-                            .get(&l.id.to_string())
-                            .is_some_and(|s| s.contains(&r))
-                    })
-                    .cloned()
-                    .collect();
-                (r, layer_map_of(&tls, &held))
-            })
-            .collect();
-        let degraded: HashSet<String> = layers
-            .iter()
-            .map(|l| l.id.to_string())
-            .filter(|id| copies.get(id).map_or(0, |s| s.len()) < p.regions.min_copies as usize)
-            .collect();
-        for b in p.engine.catalog.branches(c.id).await? {
-            let Some(t) = tls.iter().find(|t| t.id == b.timeline_id) else {
-                continue;
-            };
-            let mut regions = serde_json::Map::new();
-            for (name, m) in &maps {
-                let w = m.reconstructible_windows(t.id);
-                regions.insert(
-                    name.clone(),
-                    serde_json::json!({
-                        "windows": w.iter().map(|(a, b)| [a.to_string(), b.to_string()]).collect::<Vec<_>>(),
-                        "restorable_to": w.last().map(|x| x.1.to_string()),
-                    }),
-                );
-            }
-            let own_degraded = layers
-                .iter()
-                .any(|l| l.timeline_id == t.id && degraded.contains(&l.id.to_string()));
-            out.push(serde_json::json!({
-                "cluster": c.name,
-                "branch": b.name,
-                "head": t.head.to_string(),
-                "status": if own_degraded { "degraded" } else { "ok" },
-                "regions": regions,
-                "stored": bytes(layers.iter().filter(|l| l.timeline_id == t.id).map(|l| l.file_size).sum()),
-            }));
-        }
-    }
-    Ok(out)
-}
-
 /// The longest shred grace accepted.
 const MAX_GRACE: Duration = Duration::from_secs(3650 * 86400);
-
-fn fmt_duration(d: Duration) -> String {
-    format!("{}d", d.as_secs() / 86400)
-}

@@ -138,7 +138,8 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
         },
         (None, None) => anyhow::bail!("choose a target: --as-branch NAME or --to-datadir DIR"),
     };
-    let (_engine, p) = crate::protect::open(g).await?;
+    let app = crate::protect::open(g).await?;
+    let p = app.protection();
     let req = RestoreRequest {
         cluster: a.cluster,
         branch: a.branch,
@@ -154,7 +155,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     let r = with_progress(
         &progress,
         !g.json,
-        cairn_restore::restore(&p, &req, &progress),
+        cairn_restore::restore(p, &req, &progress),
     )
     .await?;
     if g.json {

@@ -3,6 +3,8 @@
 
 use std::io;
 
+pub use cairn_engine::error::ErrorKind;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,23 @@ impl Error {
 
     pub fn catalog(context: &str, e: sqlx::Error) -> Error {
         Error::Engine(cairn_engine::Error::catalog(context, e))
+    }
+
+    /// The kind of failure, for callers that act on it (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Tampered { .. } => ErrorKind::Corrupt,
+            Error::WrongKey { .. } | Error::Fenced(_) | Error::Refused(_) => {
+                ErrorKind::Precondition
+            }
+            Error::Region { source, .. } => match source {
+                object_store::Error::NotFound { .. } => ErrorKind::NotFound,
+                object_store::Error::InvalidPath { .. } => ErrorKind::InvalidInput,
+                _ => ErrorKind::Unavailable,
+            },
+            Error::Engine(e) => e.kind(),
+            Error::Io { .. } => ErrorKind::Internal,
+        }
     }
 
     /// Whether trying again later can help (a region that is down, a timeout).

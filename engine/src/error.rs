@@ -7,6 +7,27 @@ use std::path::Path;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What kind of failure an error is, for callers that act on it (the API's status codes, a
+/// report's classification) rather than print it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The request itself is malformed (a bad name, LSN, time or option).
+    InvalidInput,
+    /// Something the request names does not exist.
+    NotFound,
+    /// Another process or program holds what the request needs (a lock, a port).
+    Conflict,
+    /// The request is understood but the state does not allow it now (refusals).
+    Precondition,
+    /// Stored or received data failed a check.
+    Corrupt,
+    /// A dependency (catalog, region) cannot be reached now; trying later may help.
+    Unavailable,
+    /// Anything else: a local I/O failure, PostgreSQL failing.
+    Internal,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file-system operation failed.
@@ -92,6 +113,18 @@ impl Error {
         Error::Postgres {
             context: context.into(),
             detail: detail.into(),
+        }
+    }
+
+    /// The kind of failure, for callers that act on it.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Io { .. } | Error::Postgres { .. } => ErrorKind::Internal,
+            Error::Catalog { .. } => ErrorKind::Unavailable,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::Refused(_) => ErrorKind::Precondition,
+            Error::PortInUse(_) | Error::Busy(_) => ErrorKind::Conflict,
         }
     }
 
