@@ -9,7 +9,7 @@ use clap::Args;
 use cairn_backup::keys::{Identity, SignerPin};
 use cairn_backup::kit::RecoveryKit;
 use cairn_engine::progress::Progress;
-use cairn_restore::{RestoreReport, RestoreRequest, Target};
+use cairn_restore::{PlanSummary, RestoreReport, RestoreRequest, Target};
 
 use crate::bar::with_progress;
 use crate::commands::AtOpt;
@@ -49,6 +49,10 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "OID|NAME=DIR", requires = "to_datadir",
           value_parser = cairn_restore::tablespaces::parse_entry)]
     pub tablespace_map: Vec<(String, PathBuf)>,
+    /// Check every refusal and show what the restore would fetch and write, then stop:
+    /// nothing is written to the target or the catalog.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub source: SourceOpt,
 }
@@ -110,6 +114,7 @@ pub const AFTER_HELP: &str = "Examples:
   cairn restore shop --to-datadir /srv/pg-restored --delta      (rewrites only what changed)
   cairn restore shop --branch main --at-time 2026-11-23T09:59:59Z --as-branch before-drop
   cairn restore shop --at 0/3000150 --to-datadir /srv/pg --region region-b --identity escrow.age
+  cairn restore shop --to-datadir /srv/pg --dry-run     (every check, nothing written)
 
 On an empty machine: write HOME/regions.toml with the region's URL and credentials, then
   cairn restore shop --to-datadir DIR --region NAME --recovery-kit shop-appliance.kit
@@ -152,6 +157,17 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
         parallel: a.source.parallel,
     };
     let progress = Arc::new(Progress::new());
+    if a.dry_run {
+        let plan =
+            with_progress(&progress, !g.json, cairn_restore::plan(p, &req, &progress)).await?;
+        let summary = plan.summary(&req);
+        drop(plan);
+        if g.json {
+            return print_json(&summary);
+        }
+        print_plan(&summary);
+        return Ok(());
+    }
     let r = with_progress(
         &progress,
         !g.json,
@@ -163,6 +179,36 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     }
     print_report(&r);
     Ok(())
+}
+
+fn print_plan(s: &PlanSummary) {
+    println!(
+        "would restore cluster '{}' ({}) branch '{}' at {} ({}) to {}{}",
+        s.cluster,
+        s.cluster_id,
+        s.branch,
+        s.point,
+        s.lsn,
+        s.target,
+        if s.delta { " (delta)" } else { "" }
+    );
+    println!(
+        "from region '{}' (signed by {}): image layer {} and {} WAL layer(s), {} to fetch, up \
+         to {} to write; PostgreSQL {}",
+        s.region,
+        s.signers.join(", "),
+        s.image_layer,
+        s.wal_layers,
+        bytes(s.fetch_bytes),
+        bytes(s.write_bytes),
+        s.pg_major
+    );
+    for p in &s.probes {
+        for x in &p.rejected {
+            println!("  set aside: {x}");
+        }
+    }
+    println!("dry run: every check passed; nothing was written");
 }
 
 fn print_report(r: &RestoreReport) {

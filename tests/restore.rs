@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use serde_json::Value;
 
 fn two_regions(env: &Env) {
     env.write_regions(&format!(
@@ -17,6 +18,12 @@ fn two_regions(env: &Env) {
         env.file_region("region-a"),
         env.file_region("region-b")
     ));
+}
+
+/// An LSN as JSON gives it (`"0/3000150"`), as a number.
+fn lsn_of(v: &Value) -> u64 {
+    let (hi, lo) = v.as_str().unwrap().split_once('/').unwrap();
+    (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
 }
 
 /// `pg_dumpall` as `login` (`user:password` of a superuser, see [`login_of`]).
@@ -150,8 +157,7 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
     let dr = env.disaster_recovery_from("region-b");
     for (i, p) in points.iter().enumerate() {
         let target = dr.dir.path().join(format!("restored-{i}"));
-        let started = std::time::Instant::now();
-        let report = dr.json(&[
+        let args = [
             "restore",
             "shop",
             "--branch",
@@ -162,7 +168,28 @@ async fn every_branch_at_three_points_comes_back_from_one_region_on_an_empty_mac
             target.to_str().unwrap(),
             "--recovery-kit",
             kit.to_str().unwrap(),
-        ]);
+        ];
+        // A dry run first: the plan, nothing written.
+        let plan = dr.json(&[&args[..], &["--dry-run"]].concat());
+        assert!(!target.exists(), "a dry run wrote {}", target.display());
+        let started = std::time::Instant::now();
+        let report = dr.json(&args);
+        // The restore did what the dry run said: the same region and image, every planned
+        // layer, and the point at or before the planned one (the record boundary).
+        assert_eq!(plan["region"], report["region"]);
+        assert_eq!(plan["branch"], p.branch.as_str());
+        let fetched: Vec<&Value> = report["layers"].as_array().unwrap().iter().collect();
+        assert_eq!(&plan["image_layer"], fetched[0], "{plan}");
+        for l in plan["layers"].as_array().unwrap() {
+            assert!(fetched.contains(&l), "planned {l}, not fetched: {report}");
+        }
+        assert!(plan["fetch_bytes"].as_u64().unwrap() > 0, "{plan}");
+        assert!(
+            lsn_of(&report["lsn"]) <= lsn_of(&plan["lsn"]),
+            "restored {} after the planned {}",
+            report["lsn"],
+            plan["lsn"]
+        );
         assert_eq!(report["region"], "region-b");
         assert!(report["substitutions"].as_array().unwrap().is_empty());
         // Each phase did work and was timed; together they fit in the time the test saw.
@@ -481,6 +508,21 @@ async fn a_dropped_table_is_there_just_before_and_gone_just_after() {
     env.ok(&["backup", "now"]);
     for (name, at, present) in [("before", &before, true), ("after", &after, false)] {
         let target = env.dir.path().join(name);
+        let dry = env.ok(&[
+            "restore",
+            "shop",
+            "--at-time",
+            at,
+            "--to-datadir",
+            target.to_str().unwrap(),
+            "--dry-run",
+        ]);
+        assert!(
+            dry.contains("would restore cluster 'shop'")
+                && dry.contains("nothing was written")
+                && !target.exists(),
+            "{dry}"
+        );
         env.ok(&[
             "restore",
             "shop",
@@ -504,38 +546,44 @@ async fn a_dropped_table_is_there_just_before_and_gone_just_after() {
         );
     }
 
-    // Refusals: nothing written, the reason and the way out named.
+    // Refusals: nothing written, the reason and the way out named; a dry run refuses alike.
     let used = env.dir.path().join("before");
-    let err = env.fail(&["restore", "shop", "--to-datadir", used.to_str().unwrap()]);
-    assert!(err.contains("not empty"), "{err}");
     let fresh = env.dir.path().join("never");
-    let err = env.fail(&[
-        "restore",
-        "shop",
-        "--at",
-        "0/10",
-        "--to-datadir",
-        fresh.to_str().unwrap(),
-    ]);
-    assert!(err.contains("reconstructible:"), "{err}");
-    assert!(!fresh.exists(), "nothing written for a refused restore");
-    let err = env.fail(&["restore", "nosuch", "--to-datadir", fresh.to_str().unwrap()]);
-    assert!(err.contains("holds no backup of cluster 'nosuch'"), "{err}");
-    let err = env.fail(&[
-        "restore",
-        "shop",
-        "--branch",
-        "nosuch",
-        "--to-datadir",
-        fresh.to_str().unwrap(),
-    ]);
-    assert!(
-        err.contains("branch 'nosuch'") && err.contains("main"),
-        "{err}"
-    );
-    let err = env.fail(&["restore", "shop", "--as-branch", "main"]);
-    assert!(err.contains("already exists"), "{err}");
-    assert!(!fresh.exists());
+    for dry in [&[][..], &["--dry-run"][..]] {
+        let refused = |args: &[&str]| env.fail(&[args, dry].concat());
+        let err = refused(&["restore", "shop", "--to-datadir", used.to_str().unwrap()]);
+        assert!(err.contains("not empty"), "{dry:?}: {err}");
+        let err = refused(&[
+            "restore",
+            "shop",
+            "--at",
+            "0/10",
+            "--to-datadir",
+            fresh.to_str().unwrap(),
+        ]);
+        assert!(err.contains("reconstructible:"), "{dry:?}: {err}");
+        assert!(!fresh.exists(), "nothing written for a refused restore");
+        let err = refused(&["restore", "nosuch", "--to-datadir", fresh.to_str().unwrap()]);
+        assert!(
+            err.contains("holds no backup of cluster 'nosuch'"),
+            "{dry:?}: {err}"
+        );
+        let err = refused(&[
+            "restore",
+            "shop",
+            "--branch",
+            "nosuch",
+            "--to-datadir",
+            fresh.to_str().unwrap(),
+        ]);
+        assert!(
+            err.contains("branch 'nosuch'") && err.contains("main"),
+            "{dry:?}: {err}"
+        );
+        let err = refused(&["restore", "shop", "--as-branch", "main"]);
+        assert!(err.contains("already exists"), "{dry:?}: {err}");
+        assert!(!fresh.exists());
+    }
 }
 
 /// Every regular file below `root` with its contents, by relative path.

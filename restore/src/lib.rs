@@ -17,8 +17,10 @@
 //! - An export (`pg_dump` of one database at a point) is taken from a scratch copy that is
 //!   removed afterwards, and leaves the machine only sealed (see [`export`]).
 
+pub mod execute;
 pub mod export;
 pub mod logins;
+pub mod plan;
 pub mod recovery;
 pub mod restore;
 pub mod source;
@@ -26,7 +28,9 @@ pub mod space;
 pub mod staging;
 pub mod tablespaces;
 
+pub use execute::execute;
 pub use export::{export, Destination, ExportReport, ExportRequest};
+pub use plan::{plan, PlanSummary, RestorePlan};
 pub use restore::{restore, Phases, RestoreReport, RestoreRequest, Target};
 pub use source::{RegionProbe, Substitution};
 pub use tablespaces::TablespaceMap;
