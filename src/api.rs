@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::daemon::Daemon;
+use crate::state::Daemon;
 
 pub fn router(d: Arc<Daemon>, access: Arc<Access>) -> Router {
     Router::new()

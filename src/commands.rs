@@ -5,12 +5,14 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use cairn_engine::branch::PointSpec;
 use cairn_engine::progress::Progress;
-use cairn_engine::{Engine, EngineOptions, Lsn};
+use cairn_engine::Lsn;
 use clap::{Args, Subcommand};
 
+use crate::args::{parse_time, point, AtOpt, ClusterOpt, Global};
 use crate::bar::with_progress;
+use crate::open::open_engine;
 use crate::output::{bytes, lsn_time, print_json, table};
-use crate::{Cli, Command, Global};
+use crate::{Cli, Command};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
@@ -82,27 +84,6 @@ pub enum ClusterCmd {
         #[arg(long)]
         yes: bool,
     },
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct ClusterOpt {
-    /// Cluster (default: the only one).
-    #[arg(long, short = 'c', env = "CAIRN_CLUSTER")]
-    pub cluster: Option<String>,
-}
-
-#[derive(Args, Debug, Clone)]
-#[group(multiple = false)]
-pub struct AtOpt {
-    /// At this LSN (rounded down to a record boundary), e.g. 0/16B3748.
-    #[arg(long, value_name = "LSN")]
-    pub at: Option<String>,
-    /// At this time: everything committed at or before it, e.g. 2026-11-23T10:15:00Z.
-    #[arg(long, value_name = "TIMESTAMP")]
-    pub at_time: Option<String>,
-    /// Just after this restore point (SELECT pg_create_restore_point('NAME')).
-    #[arg(long, value_name = "NAME")]
-    pub at_restore_point: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,33 +217,6 @@ pub struct CheckArgs {
     pub full: bool,
     #[command(flatten)]
     pub cluster: ClusterOpt,
-}
-
-pub async fn open_engine(g: &Global) -> Result<Engine> {
-    Engine::open(EngineOptions {
-        home: g.home.clone(),
-        catalog_url: g.catalog.clone(),
-        pg_bin: g.pg_bin.clone(),
-    })
-    .await
-    .with_context(|| format!("cannot open the data directory {}", g.home.display()))
-}
-
-/// Parses a timestamp (see [`cairn_units::parse_time`] for the accepted forms).
-pub fn parse_time(s: &str) -> Result<i64> {
-    cairn_units::parse_time(s).map_err(anyhow::Error::msg)
-}
-
-pub fn point(at: &AtOpt) -> Result<PointSpec> {
-    Ok(if let Some(l) = &at.at {
-        PointSpec::Lsn(l.parse::<Lsn>().map_err(anyhow::Error::msg)?)
-    } else if let Some(t) = &at.at_time {
-        PointSpec::Time(parse_time(t)?)
-    } else if let Some(r) = &at.at_restore_point {
-        PointSpec::RestorePoint(r.clone())
-    } else {
-        PointSpec::Head
-    })
 }
 
 pub async fn run(cli: Cli) -> Result<()> {

@@ -16,14 +16,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use cairn_appliance::Appliance;
 use cairn_engine::adopt::Receiver;
 use cairn_engine::catalog::{BranchRow, ClusterKind, ClusterRow, ComputeRow};
 use cairn_engine::progress::Progress;
-use cairn_engine::{Engine, TimelineId};
+use cairn_engine::Engine;
 use clap::Args;
 
-use crate::Global;
+use crate::args::Global;
+use crate::state::{Daemon, Status};
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -66,33 +66,6 @@ impl UpArgs {
 }
 
 pub use cairn_units::parse_size;
-
-/// What the daemon reports through the API.
-#[derive(Default)]
-pub struct Status {
-    pub started: Option<Instant>,
-    /// Recent problems, newest last: (unix µs, message).
-    pub errors: Vec<(i64, String)>,
-    pub rounds: u64,
-}
-
-impl Status {
-    fn error(&mut self, msg: String) {
-        tracing::warn!("{msg}");
-        self.errors.push((cairn_engine::catalog::now_us(), msg));
-        if self.errors.len() > 50 {
-            self.errors.remove(0);
-        }
-    }
-}
-
-pub struct Daemon {
-    /// The engine and the protection layer (shared with the region shippers).
-    pub app: Appliance,
-    pub status: Mutex<Status>,
-    /// When each compute's WAL was last stored.
-    last_sync: Mutex<HashMap<TimelineId, Instant>>,
-}
 
 /// Reads the API token file: private, one non-empty line.
 fn read_token(path: &std::path::Path) -> Result<String> {
@@ -139,7 +112,7 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
         })?;
     // With --listen 127.0.0.1:0 the system picks the port: say which one.
     let bound = listener.local_addr().unwrap_or(args.listen);
-    let app = crate::protect::open(g).await?;
+    let app = crate::open::open(g).await?;
     let engine = app.engine();
     engine.recover_orphans().await?;
     if args.demo && engine.catalog.clusters().await?.is_empty() {

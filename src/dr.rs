@@ -8,9 +8,9 @@ use cairn_backup::keys::Identity;
 use cairn_backup::kit::RecoveryKit;
 use clap::Subcommand;
 
+use crate::args::Global;
+use crate::open::open;
 use crate::output::{bytes, print_json};
-use crate::protect::open;
-use crate::Global;
 
 #[derive(Subcommand, Debug)]
 pub enum CatalogCmd {

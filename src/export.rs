@@ -12,11 +12,11 @@ use cairn_backup::Protection;
 use cairn_engine::progress::Progress;
 use cairn_restore::{Destination, ExportReport, ExportRequest};
 
+use crate::args::AtOpt;
+use crate::args::Global;
+use crate::args::{SourceOpt, TrustOpt};
 use crate::bar::with_progress;
-use crate::commands::AtOpt;
 use crate::output::{bytes, print_json, table};
-use crate::restore::{SourceOpt, TrustOpt};
-use crate::Global;
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -127,13 +127,13 @@ async fn create(g: &Global, a: CreateArgs) -> Result<()> {
         (None, false) => Destination::Regions(a.to_region),
         _ => bail!("choose where the export goes: --to FILE or --to-region REGION"),
     };
-    let app = crate::protect::open(g).await?;
+    let app = crate::open::open(g).await?;
     let p = app.protection();
     let (identity, signers) = a.source.trust.load()?;
     let req = ExportRequest {
         cluster,
         branch: a.branch,
-        point: crate::commands::point(&a.at)?,
+        point: crate::args::point(&a.at)?,
         database: a.database,
         dest,
         from_regions: a.from_regions,
@@ -188,7 +188,7 @@ fn print_report(r: &ExportReport) {
 }
 
 async fn list(g: &Global, only: Option<String>, opt: &TrustOpt) -> Result<()> {
-    let app = crate::protect::open(g).await?;
+    let app = crate::open::open(g).await?;
     let p = app.protection();
     let t = trust(p, opt.load()?.1);
     let mut all = Vec::new();
@@ -243,7 +243,7 @@ async fn decrypt(
     out: &std::path::Path,
     opt: &TrustOpt,
 ) -> Result<()> {
-    let app = crate::protect::open(g).await?;
+    let app = crate::open::open(g).await?;
     let p = app.protection();
     let (extra, signers) = opt.load()?;
     let t = trust(p, signers);

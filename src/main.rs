@@ -4,19 +4,23 @@
 //! bars, the `up` daemon loop and its JSON API. All behaviour lives in the library crates.
 
 mod api;
+mod args;
 mod bar;
 mod commands;
 mod daemon;
 mod dr;
 mod export;
+mod open;
 mod output;
 mod protect;
 mod restore;
+mod state;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
+
+use args::Global;
 
 const AFTER_HELP: &str = "\
 Start here:
@@ -40,30 +44,6 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// Data directory holding the catalog, layers, computes and secrets (created on first use).
-    #[arg(
-        long,
-        global = true,
-        env = "CAIRN_HOME",
-        default_value = "./cairn-data"
-    )]
-    pub home: PathBuf,
-    /// Catalog database: omit for the embedded SQLite catalog, or postgres://user@host/db.
-    #[arg(long, global = true, env = "CAIRN_CATALOG", hide_env_values = true)]
-    pub catalog: Option<String>,
-    /// Directory of the PostgreSQL server binaries (default: pg_config, PATH, /usr/lib/postgresql/*/bin).
-    #[arg(long, global = true, env = "CAIRN_PG_BIN")]
-    pub pg_bin: Option<PathBuf>,
-    /// Print machine-readable JSON instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// More log output (repeat for more); logs go to stderr.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,18 +7,18 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use cairn_appliance::backup::ImageStep;
 use cairn_appliance::points::PointStatus;
-use cairn_appliance::{Appliance, ApplianceOptions};
-use cairn_backup::keys::{Generated, Identity};
+use cairn_backup::keys::Identity;
 use cairn_backup::kit::RecoveryKit;
 use cairn_engine::engine::fmt_time;
 use cairn_engine::progress::Progress;
 use cairn_units::{fmt_duration, parse_duration};
 use clap::Subcommand;
 
+use crate::args::ClusterOpt;
+use crate::args::Global;
 use crate::bar::with_progress;
-use crate::commands::ClusterOpt;
+use crate::open::open;
 use crate::output::{bytes, print_json, table};
-use crate::Global;
 
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
@@ -151,39 +151,6 @@ pub enum BackupCmd {
         #[command(flatten)]
         cluster: ClusterOpt,
     },
-}
-
-/// Tells the operator about keys created on first use.
-pub fn announce(g: &Generated) {
-    if let Some(p) = &g.identity {
-        eprintln!(
-            "generated the appliance identity {}: back it up now, somewhere else; without it \
-             (or an escrow key) no backup can be decrypted",
-            p.display()
-        );
-    }
-    if let Some(p) = &g.signing {
-        eprintln!(
-            "generated the index signing key {}: back it up with the identity",
-            p.display()
-        );
-    }
-}
-
-/// Where the appliance lives, from the global options.
-pub fn options(g: &Global) -> ApplianceOptions {
-    ApplianceOptions {
-        home: g.home.clone(),
-        catalog_url: g.catalog.clone(),
-        pg_bin: g.pg_bin.clone(),
-    }
-}
-
-/// Opens the appliance (engine, keys, regions), announcing keys created on first use.
-pub async fn open(g: &Global) -> Result<Appliance> {
-    let (a, generated) = Appliance::open(&options(g)).await?;
-    announce(&generated);
-    Ok(a)
 }
 
 pub async fn key(g: &Global, cmd: KeyCmd) -> Result<()> {

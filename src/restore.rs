@@ -6,15 +6,13 @@ use std::sync::Arc;
 use anyhow::Result;
 use clap::Args;
 
-use cairn_backup::keys::{Identity, SignerPin};
-use cairn_backup::kit::RecoveryKit;
 use cairn_engine::progress::Progress;
 use cairn_restore::{PlanSummary, RestoreReport, RestoreRequest, Target};
 
+use crate::args::AtOpt;
+use crate::args::{Global, SourceOpt};
 use crate::bar::with_progress;
-use crate::commands::AtOpt;
 use crate::output::{bytes, print_json};
-use crate::Global;
 
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("target").required(true).args(["as_branch", "to_datadir"]))]
@@ -57,58 +55,6 @@ pub struct RestoreArgs {
     pub source: SourceOpt,
 }
 
-/// What decides trust when reading backups: given by the operator, never learnt from a region.
-#[derive(Args, Debug, Clone, Default)]
-pub struct TrustOpt {
-    /// The recovery kit of the appliance that wrote the backups (`cairn key
-    /// export-recovery-kit`): the signing keys to trust and, usually, the identity.
-    #[arg(long, value_name = "FILE")]
-    pub recovery_kit: Option<PathBuf>,
-    /// An age identity that opens the data keys (default: the kit's, then the appliance's).
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// Also trust what this Ed25519 public key signed (64 hex digits, as `cairn key
-    /// export-public` prints it).
-    #[arg(long, value_name = "KEY")]
-    pub trust_signer: Option<String>,
-}
-
-impl TrustOpt {
-    /// The identity (given, else the kit's) and the signing keys to trust.
-    pub fn load(&self) -> Result<(Option<Identity>, Vec<[u8; 32]>)> {
-        let kit = self
-            .recovery_kit
-            .as_deref()
-            .map(RecoveryKit::load)
-            .transpose()?;
-        let mut signers: Vec<[u8; 32]> = kit.iter().flat_map(|k| k.signers.clone()).collect();
-        if let Some(s) = &self.trust_signer {
-            signers.push(SignerPin::parse(s)?.0);
-        }
-        let identity = match self.identity.as_deref() {
-            Some(p) => Some(Identity::load(p)?),
-            None => kit.and_then(|k| k.identity),
-        };
-        Ok((identity, signers))
-    }
-}
-
-/// How a point is read from the regions (restore, and export from a region).
-#[derive(Args, Debug)]
-pub struct SourceOpt {
-    /// Read from this region first (default: the healthiest).
-    #[arg(long, value_name = "REGION")]
-    pub region: Option<String>,
-    #[command(flatten)]
-    pub trust: TrustOpt,
-    /// The cluster's id, when the region holds several clusters of that name.
-    #[arg(long, value_name = "ID")]
-    pub cluster_id: Option<String>,
-    /// Layers downloaded at once.
-    #[arg(long, default_value_t = 4)]
-    pub parallel: usize,
-}
-
 pub const AFTER_HELP: &str = "Examples:
   cairn restore shop --to-datadir /srv/pg-restored
   cairn restore shop --to-datadir /srv/pg-restored --delta      (rewrites only what changed)
@@ -127,7 +73,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
     let point = if a.latest {
         cairn_engine::branch::PointSpec::Head
     } else {
-        crate::commands::point(&a.at)?
+        crate::args::point(&a.at)?
     };
     let (identity, signers) = a.source.trust.load()?;
     let target = match (&a.as_branch, &a.to_datadir) {
@@ -143,7 +89,7 @@ pub async fn restore(g: &Global, a: RestoreArgs) -> Result<()> {
         },
         (None, None) => anyhow::bail!("choose a target: --as-branch NAME or --to-datadir DIR"),
     };
-    let app = crate::protect::open(g).await?;
+    let app = crate::open::open(g).await?;
     let p = app.protection();
     let req = RestoreRequest {
         cluster: a.cluster,

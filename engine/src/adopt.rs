@@ -34,28 +34,8 @@ pub const SOURCE_REQUIREMENTS: &str = "the source needs a role with REPLICATION 
     'replication' connection and a normal one from this host (e.g. 'host replication cairn \
     10.0.0.5/32 scram-sha-256')";
 
+pub use crate::access::{source_user, write_compute_hba};
 pub use crate::pg::url::PgUrl as SourceUrl;
-
-/// The user named in a connection URL.
-pub fn source_user(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (creds, _) = rest[..end].rsplit_once('@')?;
-    Some(creds.split(':').next()?.to_string()).filter(|u| !u.is_empty())
-}
-
-/// Writes the authentication rules computes of adopted clusters use: password logins on
-/// loopback only, whatever the source's own rules allow.
-pub fn write_compute_hba(datadir: &Path) -> Result<()> {
-    let p = datadir.join("pg_hba.cairn.conf");
-    std::fs::write(
-        &p,
-        "# Written by cairn for a compute of an adopted cluster: loopback, passwords.\n\
-         host all all 127.0.0.1/32 scram-sha-256\n\
-         host replication all 127.0.0.1/32 scram-sha-256\n",
-    )
-    .ctx("write", &p)
-}
 
 fn advise(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Refused(format!("{context}: {e}; {SOURCE_REQUIREMENTS}"))
@@ -307,7 +287,7 @@ impl Engine {
 
     /// Ingests whatever the spool holds past the head; removes spool segments that are
     /// entirely in committed layers.
-    pub async fn ingest_spool(&self, c: &ClusterRow) -> Result<crate::compute::SyncReport> {
+    pub async fn ingest_spool(&self, c: &ClusterRow) -> Result<crate::timeline::SyncReport> {
         let (_, tl) = self.resolve_branch(c, "main").await?;
         let _g = self
             .home
@@ -337,7 +317,7 @@ impl Engine {
                 }
             }
         }
-        Ok(crate::compute::SyncReport {
+        Ok(crate::timeline::SyncReport {
             timeline: tl.id,
             from: tl.head,
             to: head,
@@ -346,7 +326,7 @@ impl Engine {
     }
 
     /// Receives the source's WAL up to its current flush position and ingests it.
-    pub async fn sync_adopted(&self, c: &ClusterRow) -> Result<crate::compute::SyncReport> {
+    pub async fn sync_adopted(&self, c: &ClusterRow) -> Result<crate::timeline::SyncReport> {
         let src = self.source_of(c)?;
         let client = connect_source(&src).await?;
         let flush: String = client

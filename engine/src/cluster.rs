@@ -99,13 +99,13 @@ impl Engine {
         self.user.check_reachable(&dir)?;
         progress.phase("initdb", 0);
         server.initdb(creds)?;
-        server.start_on_free_port(&crate::compute::compute_settings("main"))?;
+        server.start_on_free_port(&crate::access::compute_settings("main"))?;
         let ctrl = server.control_data()?;
         let client = server.connect(creds, "postgres").await?;
         client
             .execute(
                 "SELECT pg_create_physical_replication_slot($1, true)",
-                &[&crate::compute::SLOT],
+                &[&crate::access::SLOT],
             )
             .await
             .map_err(|e| Error::postgres("create the cairn replication slot", e.to_string()))?;
@@ -178,7 +178,7 @@ impl Engine {
             created_at_us: now_us(),
         })
         .await?;
-        crate::compute::add_layers(&mut tx, cluster, tl, Some(image), wals).await?;
+        crate::timeline::add_layers(&mut tx, cluster, tl, Some(image), wals).await?;
         crate::failpoint::hit("create-before-commit");
         tx.commit().await
     }

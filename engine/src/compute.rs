@@ -14,52 +14,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow, Tx};
+use crate::catalog::{now_us, ClusterKind, ClusterRow, ComputeRow, TimelineRow};
 use crate::engine::{remove_tree, Engine};
 use crate::error::{Error, Result};
 use crate::ids::{ClusterId, LayerId, Lsn, TimelineId};
 use crate::ingest::image::BuiltImage;
 use crate::ingest::wal::{self as wal_ingest, BuiltWal, WalStream};
-use crate::layer::file::LayerKind;
 use crate::materialise::{materialise, MaterialiseStats};
 use crate::pg::server::{free_port, Credentials, Server};
 use crate::progress::Progress;
 use crate::tablespace::Placement;
 use crate::wal::DirSource;
 
-/// The replication slot every compute keeps for Cairn.
-pub const SLOT: &str = "cairn";
 /// WAL bytes per layer at most.
 pub const MAX_WAL_LAYER: u64 = 256 << 20;
-
-/// Settings every compute runs with, whatever the cluster's configuration says.
-pub fn compute_settings(branch: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("cluster_name", format!("cairn-{branch}")),
-        ("archive_mode", "off".into()),
-        ("synchronous_standby_names", String::new()),
-        ("wal_level", "replica".into()),
-        ("full_page_writes", "on".into()),
-        ("max_replication_slots", "10".into()),
-        ("max_wal_senders", "10".into()),
-        // Only a superuser can create tablespaces; `LOCATION ''` keeps one inside the compute's
-        // own directory, and a real directory in pg_tblspc never stops recovery.
-        ("allow_in_place_tablespaces", "on".into()),
-    ]
-}
-
-/// The superuser a cluster's data directories know: `postgres` for managed clusters, the
-/// source's role for adopted ones.
-pub fn superuser(cluster: &ClusterRow) -> String {
-    match cluster.kind {
-        ClusterKind::Managed => "postgres".into(),
-        ClusterKind::Adopted => cluster
-            .source
-            .as_deref()
-            .and_then(crate::adopt::source_user)
-            .unwrap_or_else(|| "postgres".into()),
-    }
-}
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ComputeInfo {
@@ -93,7 +61,10 @@ impl ComputeInfo {
     }
 }
 
+pub use crate::access::{compute_settings, superuser, SLOT};
 pub use crate::compute_image::ImageReport;
+pub use crate::timeline::SyncReport;
+use crate::timeline::{add_layers, advance_slot, flush_lsn};
 
 /// A branch head's reconstruction prepared outside the local layers (e.g. fetched from a region).
 #[derive(Debug, Clone)]
@@ -102,14 +73,6 @@ pub struct PreparedSource {
     pub layers: std::collections::HashMap<LayerId, std::path::PathBuf>,
     /// Bytes the data directory will hold (for progress).
     pub logical_size: u64,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SyncReport {
-    pub timeline: TimelineId,
-    pub from: Lsn,
-    pub to: Lsn,
-    pub layers: usize,
 }
 
 impl Engine {
@@ -364,7 +327,7 @@ impl Engine {
             }
         };
         if cluster.kind == ClusterKind::Adopted {
-            crate::adopt::write_compute_hba(&server.datadir)?;
+            crate::access::write_compute_hba(&server.datadir)?;
         }
         self.user.chown_tree(&dir)?;
         let mut settings = compute_settings(branch);
@@ -634,81 +597,6 @@ impl Engine {
         tracing::info!(head = %report.to, "compute stopped");
         Ok(report)
     }
-}
-
-/// Adds durable layer files to a transaction (rows, references, WAL events); returns the
-/// timeline's head after its WAL layers.
-pub(crate) async fn add_layers(
-    tx: &mut Tx,
-    cluster: &ClusterRow,
-    tl: &TimelineRow,
-    image: Option<&BuiltImage>,
-    wals: &[BuiltWal],
-) -> Result<(Lsn, Option<Lsn>)> {
-    if let Some(img) = image {
-        tx.insert_layer(
-            &LayerRow {
-                id: img.id,
-                cluster_id: cluster.id,
-                timeline_id: tl.id,
-                kind: LayerKind::Image,
-                start: img.meta.start_lsn,
-                end: img.meta.end_lsn,
-                file_size: img.file_size,
-                logical_size: img.meta.logical_size(),
-                stored_bytes: img.stats.stored_bytes,
-                created_at_us: img.meta.created_at_us,
-            },
-            &img.meta.referenced_layers().copied().collect::<Vec<_>>(),
-            &[],
-        )
-        .await?;
-    }
-    let mut head = (tl.head, tl.head_prev);
-    for w in wals {
-        tx.insert_layer(
-            &LayerRow {
-                id: w.id,
-                cluster_id: cluster.id,
-                timeline_id: tl.id,
-                kind: LayerKind::Wal,
-                start: w.meta.start,
-                end: w.meta.end,
-                file_size: w.file_size,
-                logical_size: w.meta.end.0 - w.meta.start.0,
-                stored_bytes: w.file_size,
-                created_at_us: w.meta.created_at_us,
-            },
-            &[],
-            &w.meta.events,
-        )
-        .await?;
-        head = (w.meta.end, Some(w.meta.last_record));
-    }
-    Ok(head)
-}
-
-/// The server's WAL flush position.
-pub(crate) async fn flush_lsn(client: &tokio_postgres::Client) -> Result<Lsn> {
-    let f: String = client
-        .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
-        .await
-        .map_err(|e| Error::postgres("read the flush position", e.to_string()))?
-        .get(0);
-    f.parse()
-        .map_err(|e: String| Error::postgres("flush lsn", e))
-}
-
-/// Lets the server recycle WAL before `head`: it is in committed layers now.
-pub(crate) async fn advance_slot(client: &tokio_postgres::Client, head: Lsn) -> Result<()> {
-    client
-        .execute(
-            "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
-            &[&SLOT, &head.to_string()],
-        )
-        .await
-        .map_err(|e| Error::postgres("advance the cairn replication slot", e.to_string()))?;
-    Ok(())
 }
 
 /// A compute as `compute list` shows it.

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::catalog::{ClusterRow, TimelineRow};
-use crate::compute::{advance_slot, flush_lsn};
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::ids::Lsn;
@@ -19,6 +18,7 @@ use crate::ingest::image::{self, BuiltImage, DedupIndex, ImageInput};
 use crate::layer::image::ImageMeta;
 use crate::pg::server::{Credentials, Server};
 use crate::progress::Progress;
+use crate::timeline::{advance_slot, flush_lsn};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ImageReport {

@@ -16,7 +16,7 @@ use crate::ids::{LayerId, Lsn, TimelineId};
 use crate::layer::file::LayerKind;
 use crate::layer_map::{ImageDesc, LayerMap, TimelineDesc, Unreconstructible, WalDesc};
 use crate::pg::{OsUser, PgBinaries};
-use crate::wal_index::WalEvents;
+use crate::wal_events::WalEvents;
 
 /// How to open an engine.
 #[derive(Debug, Clone, Default)]

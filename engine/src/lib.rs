@@ -22,6 +22,7 @@ pub mod wal;
 
 pub use error::{Error, Result};
 pub use ids::{ClusterId, LayerId, Lsn, TimelineId};
+pub mod access;
 pub mod adopt;
 pub mod branch;
 pub mod catalog;
@@ -37,6 +38,8 @@ pub mod materialise;
 pub mod progress;
 pub mod tablespace;
 pub mod tenant;
+pub mod timeline;
+pub mod wal_events;
 pub mod wal_index;
 
 pub use engine::{Engine, EngineOptions};

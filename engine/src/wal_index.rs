@@ -53,8 +53,7 @@
 //!    migration still running on it fails on its next ingest rather than writing rows that
 //!    nothing reads.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -62,6 +61,7 @@ use crate::ids::{ClusterId, LayerId, Lsn, TimelineId};
 use crate::layer::file::{LayerFile, LayerKind};
 use crate::layer::wal::WalMeta;
 use crate::wal::{EventKind, WalEvent};
+pub use crate::wal_events::WalEvents;
 
 /// A commit or an abort: where its record starts and ends, and its time (Unix microseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,51 +230,9 @@ pub(crate) async fn last_txn_before<S: EventSource>(
     Ok(best)
 }
 
-/// How many decoded layers [`WalEvents`] keeps besides the registered ones.
-const RECENT: usize = 4;
-
-/// Events of WAL layers held in memory: those registered by whoever holds them before the
-/// layer files are local (a restore's staging engine), and the few last read from files.
-#[derive(Default)]
-pub struct WalEvents {
-    registered: Mutex<HashMap<LayerId, Arc<[WalEvent]>>>,
-    recent: Mutex<VecDeque<(LayerId, Arc<[WalEvent]>)>>,
-}
-
-impl WalEvents {
-    /// Makes `events` the events of `layer` for this engine's resolutions. The caller vouches
-    /// for them (metadata checked against a signed index).
-    pub fn register(&self, layer: LayerId, events: Vec<WalEvent>) {
-        if let Ok(mut m) = self.registered.lock() {
-            m.insert(layer, events.into());
-        }
-    }
-
-    fn get(&self, layer: LayerId) -> Option<Arc<[WalEvent]>> {
-        if let Some(e) = self.registered.lock().ok()?.get(&layer) {
-            return Some(e.clone());
-        }
-        let recent = self.recent.lock().ok()?;
-        recent
-            .iter()
-            .find(|(id, _)| *id == layer)
-            .map(|(_, e)| e.clone())
-    }
-
-    fn remember(&self, layer: LayerId, events: Arc<[WalEvent]>) {
-        if let Ok(mut recent) = self.recent.lock() {
-            recent.retain(|(id, _)| *id != layer);
-            if recent.len() >= RECENT {
-                recent.pop_front();
-            }
-            recent.push_back((layer, events));
-        }
-    }
-}
-
 /// Tests: events by layer id.
 #[cfg(test)]
-impl EventSource for HashMap<LayerId, Arc<[WalEvent]>> {
+impl EventSource for std::collections::HashMap<LayerId, Arc<[WalEvent]>> {
     async fn events(&self, l: &LayerTxns) -> Result<Arc<[WalEvent]>> {
         self.get(&l.layer)
             .cloned()

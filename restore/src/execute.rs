@@ -30,7 +30,8 @@ use cairn_engine::LayerId;
 
 use crate::plan::{plan_layers, RestorePlan};
 use crate::recovery::{recover, Replay};
-use crate::restore::{describe, Phases, RestoreReport, RestoreRequest, Target};
+use crate::report::{Phases, RestoreReport};
+use crate::request::{describe, RestoreRequest, Target};
 use crate::source::Source;
 use crate::staging::Staging;
 

@@ -27,7 +27,8 @@ use cairn_engine::pg::binaries::PgBinaries;
 use cairn_engine::progress::Progress;
 
 use crate::recovery::PrivateServer;
-use crate::restore::{RestoreReport, RestoreRequest, Target};
+use crate::report::RestoreReport;
+use crate::request::{RestoreRequest, Target};
 
 /// Where an export goes.
 #[derive(Debug, Clone)]

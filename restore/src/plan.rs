@@ -24,7 +24,7 @@ use cairn_engine::layer_map::{LayerMap, Plan};
 use cairn_engine::progress::Progress;
 use cairn_engine::{LayerId, Lsn};
 
-use crate::restore::{describe, RestoreRequest, Target};
+use crate::request::{describe, RestoreRequest, Target};
 use crate::source::{ClusterView, RegionProbe, Source};
 use crate::staging::Staging;
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use super::*;
 use crate::pg::scratch::ScratchServer;
-use crate::wal::EventKind;
+use crate::ids::LayerId;
+use crate::layer::LayerKind;
+use crate::wal::{EventKind, WalEvent};
 use crate::wal_index;
 
 fn sample_cluster() -> ClusterRow {
