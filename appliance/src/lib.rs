@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use cairn_backup::keys::Generated;
 use cairn_backup::Protection;
+use cairn_engine::catalog::schema::Component;
 use cairn_engine::catalog::ClusterRow;
 use cairn_engine::{Engine, EngineOptions};
 
@@ -48,6 +49,14 @@ impl ApplianceOptions {
         }
     }
 }
+
+/// Every crate's share of the catalog, in the order an appliance applies them: the engine's
+/// (when the engine opens), the protection layer's (when it opens) and the restore's.
+pub const CATALOG_COMPONENTS: &[&Component] = &[
+    &cairn_engine::catalog::schema::ENGINE,
+    &cairn_backup::schema::COMPONENT,
+    &cairn_restore::schema::COMPONENT,
+];
 
 /// The engine and the protection layer of one appliance, opened together.
 pub struct Appliance {
@@ -77,6 +86,9 @@ impl Appliance {
                     home: opts.home.clone(),
                     source: Box::new(e),
                 })?;
+        for c in CATALOG_COMPONENTS {
+            engine.catalog.migrate(c).await?;
+        }
         Ok((
             Appliance {
                 engine,

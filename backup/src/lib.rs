@@ -30,6 +30,7 @@ pub mod publish;
 pub mod rebuild;
 pub mod region;
 pub mod region_state;
+pub mod schema;
 pub mod ship;
 pub mod shred;
 pub mod state;

@@ -91,6 +91,7 @@ const KEYRING_WAIT: Duration = Duration::from_secs(600);
 impl Protection {
     /// Opens the protection layer: keys (created on first use), trust state, regions.
     pub async fn open(engine: Arc<Engine>) -> Result<(Protection, Generated)> {
+        engine.catalog.migrate(&crate::schema::COMPONENT).await?;
         let key_files = KeyFiles::new(&engine.home.root);
         let generated = key_files.ensure()?;
         let signer = key_files.signer()?;

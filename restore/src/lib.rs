@@ -19,12 +19,14 @@
 
 pub mod execute;
 pub mod export;
+pub mod history;
 pub mod logins;
 pub mod plan;
 pub mod recovery;
 pub mod report;
 pub mod request;
 pub mod restore;
+pub mod schema;
 pub mod source;
 pub mod space;
 pub mod staging;

@@ -54,4 +54,3 @@ pub struct RestoreReport {
     #[serde(skip)]
     pub cluster_row: Option<cairn_engine::catalog::ClusterRow>,
 }
-

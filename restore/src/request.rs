@@ -54,7 +54,6 @@ pub struct RestoreRequest {
     pub parallel: usize,
 }
 
-
 /// A point as the report shows it.
 pub(crate) fn describe(p: &PointSpec) -> String {
     match p {
@@ -62,4 +61,3 @@ pub(crate) fn describe(p: &PointSpec) -> String {
         other => other.to_string(),
     }
 }
-

@@ -20,10 +20,11 @@
 use std::sync::Arc;
 
 use cairn_backup::{Protection, Result};
-use cairn_engine::catalog::{now_us, RestoreRow};
+use cairn_engine::catalog::now_us;
 use cairn_engine::progress::Progress;
 use cairn_engine::TimelineId;
 
+use crate::history::RestoreRow;
 use crate::report::RestoreReport;
 use crate::request::{describe, RestoreRequest};
 
@@ -63,7 +64,7 @@ pub async fn restore(
         started_at_us: started_at,
         finished_at_us: now_us(),
     };
-    if let Err(e) = p.engine.catalog.record_restore(&row).await {
+    if let Err(e) = crate::history::record(&p.engine.catalog, &row).await {
         tracing::warn!(error = %e, "could not record the restore in the catalog");
     }
     result

@@ -19,11 +19,11 @@ mod rows;
 pub mod schema;
 mod tx;
 
+/// Column `col` of a row, the error naming the column (for the tables of other crates).
+pub use rows::get as column;
 use rows::{branch_row, cluster_row, compute_row, layer_row, timeline_row};
 use rows::{get, parse_col};
-pub use rows::{
-    now_us, BranchRow, ClusterKind, ClusterRow, ComputeRow, LayerRow, RestoreRow, TimelineRow,
-};
+pub use rows::{now_us, BranchRow, ClusterKind, ClusterRow, ComputeRow, LayerRow, TimelineRow};
 pub use tx::Tx;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 use crate::error::{Error, Result};
-use crate::ids::{ClusterId, Lsn, TimelineId};
+use crate::ids::{ClusterId, TimelineId};
 
 /// A connection pool to the catalog.
 #[derive(Clone)]
@@ -101,14 +101,16 @@ impl Catalog {
         format!("sqlite://{}?mode=rwc", home.join("catalog.db").display())
     }
 
-    /// Opens (creating if needed) the catalog at `url` and brings its schema up to date.
+    /// Opens (creating if needed) the catalog at `url` and brings the engine's tables up to
+    /// date; other crates then apply theirs with [`Catalog::migrate`].
     pub async fn open(url: &str) -> Result<Catalog> {
-        Self::open_with(url, schema::MIGRATIONS).await
+        let cat = Self::connect(url).await?;
+        cat.migrate(&schema::ENGINE).await?;
+        Ok(cat)
     }
 
-    /// Opens the catalog at `url` and applies `migrations` (all of them but in tests, which
-    /// build catalogs as older versions left them).
-    pub(crate) async fn open_with(url: &str, migrations: &[schema::Migration]) -> Result<Catalog> {
+    /// Opens (creating if needed) the catalog at `url` without changing its schema.
+    pub async fn connect(url: &str) -> Result<Catalog> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -185,9 +187,7 @@ impl Catalog {
                 e,
             )
         })?;
-        let cat = Catalog { pool, backend };
-        cat.migrate(migrations).await?;
-        Ok(cat)
+        Ok(Catalog { pool, backend })
     }
 
     pub fn backend(&self) -> Backend {
@@ -199,19 +199,20 @@ impl Catalog {
         &self.pool
     }
 
-    async fn migrate(&self, migrations: &[schema::Migration]) -> Result<()> {
-        let ctx = |what: &str| format!("migrate schema: {what}");
-        self.pool
-            .execute(
-                "CREATE TABLE IF NOT EXISTS cairn_schema (
-                    version BIGINT PRIMARY KEY,
-                    description TEXT NOT NULL,
-                    applied_at BIGINT NOT NULL)",
-            )
-            .await
-            .map_err(|e| Error::catalog(ctx("create version table"), e))?;
+    /// Applies the migrations of `component` this catalog lacks, each in a transaction of its
+    /// own; refuses a catalog where `component` has a migration this cairn does not know (a
+    /// newer cairn wrote it).
+    pub async fn migrate(&self, component: &schema::Component) -> Result<()> {
+        self.migrate_until(component, i64::MAX).await
+    }
+
+    /// [`Catalog::migrate`], but only up to version `last` (upgrade tests build catalogs as
+    /// older cairns left them).
+    pub async fn migrate_until(&self, component: &schema::Component, last: i64) -> Result<()> {
+        let ctx = |what: &str| format!("migrate the {} tables: {what}", component.name);
+        self.version_table().await?;
         let mut applied = Vec::new();
-        for m in migrations {
+        for m in component.migrations.iter().filter(|m| m.version <= last) {
             let mut tx = self
                 .pool
                 .begin()
@@ -239,24 +240,26 @@ impl Catalog {
                     .map_err(|e| Error::catalog(ctx(&format!("apply v{}", m.version)), e))?;
             }
             sqlx::query(
-                "INSERT INTO cairn_schema (version, description, applied_at) VALUES ($1, $2, $3)",
+                "INSERT INTO cairn_schema (version, description, applied_at, component)
+                 VALUES ($1, $2, $3, $4)",
             )
             .bind(m.version)
             .bind(m.description)
             .bind(now_us())
+            .bind(component.name)
             .execute(&mut *tx)
             .await
             .map_err(|e| Error::catalog(ctx("record version"), e))?;
             tx.commit()
                 .await
                 .map_err(|e| Error::catalog(ctx("commit"), e))?;
-            tracing::debug!(version = m.version, "catalog migrated");
+            tracing::debug!(
+                component = component.name,
+                version = m.version,
+                "catalog migrated"
+            );
             applied.push(m.version);
         }
-        let newest: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM cairn_schema")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| Error::catalog(ctx("read version"), e))?;
         if self.backend == Backend::Sqlite
             && applied.contains(&schema::BOUNDED_EVENTS)
             && !applied.contains(&1)
@@ -269,12 +272,75 @@ impl Catalog {
                 tracing::warn!(error = %e, "could not compact the catalog (VACUUM); its free pages will be reused");
             }
         }
-        let known = schema::MIGRATIONS.last().map_or(0, |m| m.version);
-        if newest.unwrap_or(0) > known {
+        let unknown: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM cairn_schema WHERE component = $1")
+                .bind(component.name)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| Error::catalog(ctx("read versions"), e))?
+                .into_iter()
+                .filter(|v| !component.migrations.iter().any(|m| m.version == *v))
+                .collect();
+        if let Some(v) = unknown.iter().max() {
             return Err(Error::Refused(format!(
-                "the catalog has schema version {}, newer than this cairn knows ({known}); \
-                 upgrade cairn",
-                newest.unwrap_or(0)
+                "the catalog's {} tables have schema version {v}, which this cairn does not know \
+                 (a newer cairn wrote them); upgrade cairn",
+                component.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The table of applied migrations, with the crate each belongs to (recorded since
+    /// migrations have components; older rows are named from [`schema::LEGACY`]).
+    async fn version_table(&self) -> Result<()> {
+        let ctx = |what: &str| format!("migrate schema: {what}");
+        self.pool
+            .execute(
+                "CREATE TABLE IF NOT EXISTS cairn_schema (
+                    version BIGINT PRIMARY KEY,
+                    description TEXT NOT NULL,
+                    applied_at BIGINT NOT NULL,
+                    component TEXT)",
+            )
+            .await
+            .map_err(|e| Error::catalog(ctx("create version table"), e))?;
+        let has_component = sqlx::query("SELECT component FROM cairn_schema LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await
+            .is_ok();
+        if !has_component {
+            // Another node may add it at the same moment: a second ADD fails, the column is
+            // there either way, which the check below confirms.
+            let _ = self
+                .pool
+                .execute("ALTER TABLE cairn_schema ADD COLUMN component TEXT")
+                .await;
+            sqlx::query("SELECT component FROM cairn_schema LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| Error::catalog(ctx("add the component column"), e))?;
+        }
+        for (version, component) in schema::LEGACY {
+            sqlx::query(
+                "UPDATE cairn_schema SET component = $1 WHERE version = $2 AND component IS NULL",
+            )
+            .bind(*component)
+            .bind(*version)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| Error::catalog(ctx("name the component of an older migration"), e))?;
+        }
+        // A version no crate is named for was written by a cairn this one cannot place.
+        let unplaced: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM cairn_schema WHERE component IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| Error::catalog(ctx("read versions"), e))?;
+        if let Some(v) = unplaced {
+            return Err(Error::Refused(format!(
+                "the catalog has schema version {v}, which this cairn does not know (a newer \
+                 cairn wrote it); upgrade cairn"
             )));
         }
         Ok(())
@@ -408,63 +474,6 @@ impl Catalog {
         rows.iter().map(layer_row).collect()
     }
 
-    // ---- restores ----
-
-    pub async fn record_restore(&self, r: &RestoreRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO restores (id, cluster_name, branch, point, lsn, target, region, ok, error,
-                                   report, started_at, finished_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-        )
-        .bind(&r.id)
-        .bind(&r.cluster)
-        .bind(&r.branch)
-        .bind(&r.point)
-        .bind(r.lsn.map(|l| l.as_i64()))
-        .bind(&r.target)
-        .bind(r.region.clone())
-        .bind(r.ok as i64)
-        .bind(r.error.clone())
-        .bind(&r.report)
-        .bind(r.started_at_us)
-        .bind(r.finished_at_us)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| Error::catalog("record a restore", e))?;
-        Ok(())
-    }
-
-    /// The latest restores, newest first; `cluster` filters.
-    pub async fn restores(&self, cluster: Option<&str>, limit: i64) -> Result<Vec<RestoreRow>> {
-        let rows = sqlx::query(
-            "SELECT * FROM restores WHERE ($1 = '' OR cluster_name = $1)
-             ORDER BY started_at DESC LIMIT $2",
-        )
-        .bind(cluster.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| Error::catalog("list restores", e))?;
-        rows.iter()
-            .map(|r| {
-                Ok(RestoreRow {
-                    id: get(r, "id")?,
-                    cluster: get(r, "cluster_name")?,
-                    branch: get(r, "branch")?,
-                    point: get(r, "point")?,
-                    lsn: get::<Option<i64>>(r, "lsn")?.map(|v| Lsn(v as u64)),
-                    target: get(r, "target")?,
-                    region: get(r, "region")?,
-                    ok: get::<i64>(r, "ok")? != 0,
-                    error: get(r, "error")?,
-                    report: get(r, "report")?,
-                    started_at_us: get(r, "started_at")?,
-                    finished_at_us: get(r, "finished_at")?,
-                })
-            })
-            .collect()
-    }
-
     // ---- computes ----
 
     pub async fn computes(&self) -> Result<Vec<ComputeRow>> {
@@ -487,5 +496,3 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod upgrade_tests;

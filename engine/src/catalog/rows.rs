@@ -47,23 +47,6 @@ pub struct ClusterRow {
     pub created_at_us: i64,
 }
 
-/// One restore, as recorded: the report is the JSON the restore printed.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RestoreRow {
-    pub id: String,
-    pub cluster: String,
-    pub branch: String,
-    pub point: String,
-    pub lsn: Option<Lsn>,
-    pub target: String,
-    pub region: Option<String>,
-    pub ok: bool,
-    pub error: Option<String>,
-    pub report: String,
-    pub started_at_us: i64,
-    pub finished_at_us: i64,
-}
-
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TimelineRow {
     pub id: TimelineId,
@@ -133,7 +116,8 @@ pub(super) fn parse_col<T: FromStr>(row: &AnyRow, col: &str) -> Result<T> {
     })
 }
 
-pub(super) fn get<T>(row: &AnyRow, col: &str) -> Result<T>
+/// Column `col` of a row, the error naming the column.
+pub fn get<T>(row: &AnyRow, col: &str) -> Result<T>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {

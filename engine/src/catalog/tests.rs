@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::pg::scratch::ScratchServer;
-use crate::ids::LayerId;
+use crate::ids::{LayerId, Lsn};
 use crate::layer::LayerKind;
+use crate::pg::scratch::ScratchServer;
 use crate::wal::{EventKind, WalEvent};
 use crate::wal_index;
 
@@ -28,36 +28,6 @@ fn sample_cluster() -> ClusterRow {
 
 async fn exercise(cat: &Catalog) {
     assert_eq!(cat.schema_version().await.unwrap(), 5);
-    // Restores are recorded, with or without a point, and listed newest first per cluster.
-    for (i, (cluster, ok)) in [("shop", false), ("shop", true), ("other", true)]
-        .into_iter()
-        .enumerate()
-    {
-        cat.record_restore(&RestoreRow {
-            id: format!("r{i}"),
-            cluster: cluster.into(),
-            branch: "main".into(),
-            point: "latest".into(),
-            lsn: ok.then_some(Lsn(0x300_0000 + i as u64)),
-            target: "data directory /x".into(),
-            region: ok.then(|| "region-b".into()),
-            ok,
-            error: (!ok).then(|| "refused".into()),
-            report: "{}".into(),
-            started_at_us: 10 + i as i64,
-            finished_at_us: 20 + i as i64,
-        })
-        .await
-        .unwrap();
-    }
-    let shop = cat.restores(Some("shop"), 10).await.unwrap();
-    assert_eq!(
-        shop.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-        ["r1", "r0"]
-    );
-    assert_eq!(shop[0].lsn, Some(Lsn(0x300_0001)));
-    assert_eq!(shop[1].error.as_deref(), Some("refused"));
-    assert_eq!(cat.restores(None, 2).await.unwrap().len(), 2);
     let c = sample_cluster();
     let root = TimelineRow {
         id: TimelineId::generate(),

@@ -1,12 +1,30 @@
 //! Upgrades: a catalog created at every earlier schema version, holding rows in every table of
-//! that version, migrates to the current version on SQLite and on PostgreSQL, and everything
-//! in it reads back through the catalog. Released migrations are pinned by the SHA-256 of their
-//! SQL, so editing one (instead of appending a new one) fails here.
+//! that version, migrates to the current version on SQLite and on PostgreSQL when an appliance
+//! opens it, and everything in it reads back. Released migrations of every crate are pinned by
+//! the SHA-256 of their SQL, so editing one (instead of appending a new one) fails here; version
+//! numbers are unique across crates; a catalog a newer cairn wrote is refused.
 
 use sha2::{Digest, Sha256};
 
-use super::*;
-use crate::pg::scratch::ScratchServer;
+use cairn_appliance::{Appliance, ApplianceOptions, CATALOG_COMPONENTS};
+use cairn_engine::catalog::schema::Migration;
+use cairn_engine::catalog::Catalog;
+use cairn_engine::pg::scratch::ScratchServer;
+use cairn_engine::Lsn;
+
+/// Every migration of every crate, by version.
+fn all_migrations() -> Vec<&'static Migration> {
+    let mut all: Vec<&Migration> = CATALOG_COMPONENTS
+        .iter()
+        .flat_map(|c| c.migrations.iter())
+        .collect();
+    all.sort_by_key(|m| m.version);
+    all
+}
+
+fn latest() -> i64 {
+    all_migrations().last().unwrap().version
+}
 
 const C: &str = "c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0";
 const MAIN: &str = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
@@ -112,7 +130,7 @@ fn rows_of(version: i64) -> Vec<String> {
              VALUES ('age1xyz', 'appliance', 'this appliance', 1)"
                 .to_string(),
             "INSERT INTO appliance (id, generation, trusted_signers, created_at)
-             VALUES ('app', 1, '[]', 1)"
+             VALUES ('self', 7, '[]', 1)"
                 .to_string(),
             "INSERT INTO deletions (region, object_key, reason, queued_at, not_before)
              VALUES ('region-a', 'clusters/x/layers/y', 'branch deleted', 8, 9)"
@@ -149,9 +167,10 @@ fn rows_of(version: i64) -> Vec<String> {
 /// Creates a catalog of schema `version` at `url` holding [`rows_of`] it, then opens it as
 /// this cairn does and checks that everything reads back.
 async fn upgrade_from(url: &str, version: i64) {
-    let old = Catalog::open_with(url, &schema::MIGRATIONS[..version as usize])
-        .await
-        .unwrap();
+    let old = Catalog::connect(url).await.unwrap();
+    for c in CATALOG_COMPONENTS {
+        old.migrate_until(c, version).await.unwrap();
+    }
     assert_eq!(old.schema_version().await.unwrap(), version);
     for stmt in rows_of(version) {
         sqlx::query(&stmt)
@@ -161,11 +180,20 @@ async fn upgrade_from(url: &str, version: i64) {
     }
     old.close().await;
 
-    let cat = Catalog::open(url).await.unwrap();
-    let latest = schema::MIGRATIONS.last().unwrap().version;
+    // Opened as an appliance opens it: the engine, then the protection layer (keys created on
+    // first use in the home), then the restore.
+    let home = tempfile::tempdir().unwrap();
+    let (app, _) = Appliance::open(&ApplianceOptions {
+        home: home.path().to_path_buf(),
+        catalog_url: Some(url.to_string()),
+        pg_bin: None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("from {version}: {e}"));
+    let cat = &app.engine().catalog;
     assert_eq!(
         cat.schema_version().await.unwrap(),
-        latest,
+        latest(),
         "from {version}"
     );
     let clusters = cat.clusters().await.unwrap();
@@ -204,8 +232,6 @@ async fn upgrade_from(url: &str, version: i64) {
         ("layer_keys", 2),
         ("shipments", 2),
         ("index_writes", 2),
-        ("key_recipients", 2),
-        ("appliance", 2),
         ("deletions", 2),
         ("shreds", 2),
         ("restores", 3),
@@ -221,25 +247,57 @@ async fn upgrade_from(url: &str, version: i64) {
             "{table} from version {version}"
         );
     }
+    // The appliance's identity: the one the old catalog held, else the one the protection
+    // layer records when it first opens; its key recipients likewise.
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT id, generation FROM appliance")
+        .fetch_all(cat.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "from {version}: {rows:?}");
+    assert_eq!(rows[0].1 == 7, version >= 2, "from {version}: {rows:?}");
+    let recipients: Vec<String> = sqlx::query_scalar("SELECT recipient FROM key_recipients")
+        .fetch_all(cat.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        recipients.contains(&"age1xyz".to_string()),
+        version >= 2,
+        "from {version}: {recipients:?}"
+    );
     if version >= 3 {
-        assert_eq!(cat.restores(Some("shop"), 10).await.unwrap().len(), 1);
+        let restores = cairn_restore::history::list(cat, Some("shop"), 10)
+            .await
+            .unwrap();
+        assert_eq!(restores.len(), 1);
+    }
+    // Every applied migration is named with the crate that owns it.
+    for c in CATALOG_COMPONENTS {
+        let owned: Vec<i64> = sqlx::query_scalar(
+            "SELECT version FROM cairn_schema WHERE component = $1 ORDER BY version",
+        )
+        .bind(c.name)
+        .fetch_all(cat.pool())
+        .await
+        .unwrap();
+        let expected: Vec<i64> = c.migrations.iter().map(|m| m.version).collect();
+        assert_eq!(owned, expected, "{} from {version}", c.name);
     }
     cat.close().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn every_earlier_schema_version_upgrades_on_sqlite() {
-    for version in 1..schema::MIGRATIONS.len() as i64 {
+    for version in 1..latest() {
         let dir = tempfile::tempdir().unwrap();
         upgrade_from(&Catalog::sqlite_url(dir.path()), version).await;
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn every_earlier_schema_version_upgrades_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let server = ScratchServer::start(&dir.path().join("pg"), &[]).expect("start PostgreSQL");
-    for version in 1..schema::MIGRATIONS.len() as i64 {
+    for version in 1..latest() {
         let db = format!("upgrade{version}");
         let admin = Catalog::open(&server.url("postgres")).await.unwrap();
         sqlx::query(&format!("CREATE DATABASE {db}"))
@@ -279,7 +337,7 @@ const RELEASED: &[(i64, &str)] = &[
 #[test]
 fn released_migrations_are_never_edited() {
     let mut got = Vec::new();
-    for m in schema::MIGRATIONS {
+    for m in all_migrations() {
         let mut h = Sha256::new();
         h.update(m.version.to_le_bytes());
         h.update(m.description.as_bytes());
@@ -304,4 +362,52 @@ fn released_migrations_are_never_edited() {
         got.len(),
         "pin the new migration's hash: {got:?}"
     );
+}
+
+#[test]
+fn version_numbers_are_unique_across_crates() {
+    let versions: Vec<i64> = all_migrations().iter().map(|m| m.version).collect();
+    let mut unique = versions.clone();
+    unique.dedup();
+    assert_eq!(versions, unique, "two crates share a migration version");
+    assert_eq!(
+        versions,
+        (1..=latest()).collect::<Vec<_>>(),
+        "versions are consecutive"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_a_newer_cairn_wrote_is_refused_naming_the_crate() {
+    for owner in ["engine", "backup"] {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Catalog::sqlite_url(dir.path());
+        let cat = Catalog::open(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO cairn_schema (version, description, applied_at, component)
+             VALUES (99, 'from the future', 1, $1)",
+        )
+        .bind(owner)
+        .execute(cat.pool())
+        .await
+        .unwrap();
+        cat.close().await;
+        let home = tempfile::tempdir().unwrap();
+        let err = Appliance::open(&ApplianceOptions {
+            home: home.path().to_path_buf(),
+            catalog_url: Some(url.clone()),
+            pg_bin: None,
+        })
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            err.contains(&format!("{owner} tables have schema version 99"))
+                && err.contains("upgrade cairn"),
+            "{owner}: {err}"
+        );
+        // The engine alone opens a catalog whose protection tables are newer.
+        assert_eq!(Catalog::open(&url).await.is_ok(), owner != "engine");
+    }
 }
