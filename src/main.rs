@@ -12,6 +12,7 @@ mod dr;
 mod export;
 mod open;
 mod output;
+mod policy;
 mod protect;
 mod restore;
 mod state;
@@ -84,6 +85,9 @@ pub enum Command {
     /// (fenced), then promote it.
     #[command(subcommand)]
     Catalog(dr::CatalogCmd),
+    /// Protection policies (RPO, RTO, schedules, retention, regions) from TOML files.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
     /// Restore any point of a branch from a region: as a new branch, or a data directory.
     #[command(after_help = restore::AFTER_HELP)]
     Restore(restore::RestoreArgs),

@@ -32,6 +32,12 @@ pub enum Error {
         min_copies: u32,
         reasons: String,
     },
+    /// Policy files with problems: every one of them, `FILE:LINE:COLUMN: MESSAGE`.
+    #[error("{} problem(s) in the policies of {}:\n{errors}", errors.len(), dir.display())]
+    Policies {
+        dir: PathBuf,
+        errors: cairn_policies::Errors,
+    },
     /// A request the appliance cannot carry out as given.
     #[error("{0}")]
     Refused(String),
@@ -44,6 +50,7 @@ impl Error {
             Error::Backup(e) => e.kind(),
             Error::Open { source, .. } => source.kind(),
             Error::NotDurable { .. } => ErrorKind::Unavailable,
+            Error::Policies { .. } => ErrorKind::InvalidInput,
             Error::Refused(_) => ErrorKind::Precondition,
         }
     }

@@ -17,6 +17,7 @@
 pub mod backup;
 pub mod error;
 pub mod points;
+pub mod policy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
