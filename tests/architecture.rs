@@ -291,7 +291,9 @@ fn the_circle_finder_finds_a_circle_and_only_a_circle() {
     assert_eq!(crate_paths(text), vec!["a::B", "c", "d::e::f", "g"]);
     assert_eq!(crate_paths(&code(text)), vec!["a::B", "c", "d::e::f"]);
     assert_eq!(
-        crate_paths(&code("x(); // crate::g\n#[cfg(test)]\nmod tests {\n crate::h\n}")),
+        crate_paths(&code(
+            "x(); // crate::g\n#[cfg(test)]\nmod tests {\n crate::h\n}"
+        )),
         Vec::<String>::new()
     );
 }
