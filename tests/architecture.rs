@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("cairn-units", 0),
     ("cairn-engine", 1),
     ("cairn-policies", 1),
+    ("cairn-scheduler", 2),
     ("cairn-backup", 2),
     ("cairn-restore", 3),
     ("cairn-appliance", 4),

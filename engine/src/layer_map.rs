@@ -94,11 +94,11 @@ fn earliest_hint(e: Option<Lsn>) -> String {
 }
 
 /// One segment of a history: LSNs `[from, to)` belong to `timeline`.
-#[derive(Debug, Clone, Copy)]
-struct Segment {
-    timeline: TimelineId,
-    from: Lsn,
-    to: Lsn,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub timeline: TimelineId,
+    pub from: Lsn,
+    pub to: Lsn,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -138,7 +138,7 @@ impl LayerMap {
     }
 
     /// The history of `tl` up to `x`, nearest timeline first.
-    fn history(&self, tl: TimelineId, x: Lsn) -> Result<Vec<Segment>, Unreconstructible> {
+    pub fn history(&self, tl: TimelineId, x: Lsn) -> Result<Vec<Segment>, Unreconstructible> {
         let mut out = Vec::new();
         let mut cur = self
             .timelines

@@ -1,0 +1,14 @@
+//! Cairn's scheduler: given policies and the state of the appliance, what must happen. Every
+//! decision here is a pure function of its inputs (the clock included, as an argument), so it
+//! is tested against simple models; the appliance carries the decisions out.
+//!
+//! Invariants:
+//! - Nothing here reads a file, the catalog, a region or the clock.
+//! - [`retention`]: a retention plan never deletes a layer that a retained point needs — the
+//!   image, the images it references, the WAL from its start to the point along the branch's
+//!   history — and every point of every retained window stays reconstructible from the layers
+//!   kept (checked against the engine's own planner by the property tests).
+
+pub mod retention;
+
+pub use retention::{plan_retention, History, ImageInfo, Period, Reason, RetentionPlan, WalInfo};
