@@ -8,7 +8,11 @@
 //!   image, the images it references, the WAL from its start to the point along the branch's
 //!   history — and every point of every retained window stays reconstructible from the layers
 //!   kept (checked against the engine's own planner by the property tests).
+//! - [`due`]: a job never overlaps itself, missed fires collapse into one late run, and no
+//!   schedule runs more than its `max_concurrent` at once.
 
+pub mod due;
 pub mod retention;
 
+pub use due::{due, Decision, DueRun, Job, JobKey, JobKind, JobState, Waiting};
 pub use retention::{plan_retention, History, ImageInfo, Period, Reason, RetentionPlan, WalInfo};
