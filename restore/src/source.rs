@@ -357,6 +357,20 @@ fn check_tail(size: u64, tail_len: u64, file_size: u64, what: &str) -> Result<()
     Ok(())
 }
 
+/// A WAL layer's metadata covers exactly the LSN range its index entry says (both ends).
+fn check_range(m: &WalMeta, l: &IndexedLayer, what: &str) -> Result<()> {
+    if m.start.to_string() != l.start || m.end.to_string() != l.end {
+        return Err(Error::tampered(
+            what,
+            format!(
+                "covers {}..{}, the index says {}..{}",
+                m.start, m.end, l.start, l.end
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What this appliance has written to each region: region -> timeline -> (generation,
 /// sequence). A restore refuses anything older.
 pub async fn seen_marks(p: &Protection) -> Result<HashMap<String, HashMap<String, (u64, u64)>>> {
@@ -657,15 +671,7 @@ impl Source {
                 }
                 let meta = t.decode_meta(&tb[..split], &what)?;
                 let m = WalMeta::decode(&meta).map_err(|e| Error::tampered(&what, e.0))?;
-                if m.start.to_string() != l.start || m.end.to_string() != l.end {
-                    return Err(Error::tampered(
-                        &what,
-                        format!(
-                            "covers {}..{}, the index says {}..{}",
-                            m.start, m.end, l.start, l.end
-                        ),
-                    ));
-                }
+                check_range(&m, l, &what)?;
                 Ok(m)
             })
             .await?;
@@ -938,5 +944,39 @@ mod tests {
         assert!(check_tail(1001, t, 1000, "x").is_err());
         let e = check_tail(999, t, 1000, "region 'a', layer").unwrap_err();
         assert!(e.to_string().contains("holds 999 plaintext bytes"), "{e}");
+    }
+
+    #[test]
+    fn wal_metadata_must_cover_exactly_the_indexed_range_at_both_ends() {
+        use cairn_engine::Lsn;
+        let meta = |start: u64, end: u64| WalMeta {
+            system_id: 1,
+            pg_major: 15,
+            tli: 1,
+            segment_size: 16 << 20,
+            timeline: cairn_engine::TimelineId([1; 16]),
+            data_start: Lsn(start),
+            start: Lsn(start),
+            end: Lsn(end),
+            prev_record: None,
+            last_record: Lsn(start),
+            created_at_us: 0,
+            chunks: vec![],
+            events: vec![],
+            resume_points: vec![],
+        };
+        // The index entry says 0/0..0/10.
+        let l = layer(1);
+        assert!(check_range(&meta(0, 0x10), &l, "x").is_ok());
+        // One end off is enough to refuse, whichever end.
+        assert!(check_range(&meta(0, 0x11), &l, "x").is_err());
+        assert!(check_range(&meta(1, 0x10), &l, "x").is_err());
+        assert!(check_range(&meta(1, 0x11), &l, "x").is_err());
+        let e = check_range(&meta(0, 0x20), &l, "region 'a', layer").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("covers 0/0..0/20, the index says 0/0..0/10"),
+            "{e}"
+        );
     }
 }
