@@ -93,7 +93,10 @@ fn broken_policies_are_refused_with_every_problem_located() {
     let path = dir.join("typo.toml");
     let path = path.display();
     assert!(
-        err.contains(&format!("2 problem(s) in the policies of {}", dir.display())),
+        err.contains(&format!(
+            "2 problem(s) in the policies of {}",
+            dir.display()
+        )),
         "{err}"
     );
     assert!(
@@ -112,4 +115,128 @@ fn broken_policies_are_refused_with_every_problem_located() {
     let empty = env.dir.path().join("no-policies");
     let text = env.ok(&["policy", "check", "--policies", empty.to_str().unwrap()]);
     assert!(text.contains("0 policies in"), "{text}");
+}
+
+fn write_policy(dir: &std::path::Path, pitr: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("keep.toml"),
+        format!(
+            "clusters = [\"shop\"]\n[objectives]\nrpo = \"1m\"\nrto = \"1h\"\n\
+             [schedules]\nimage = \"0 3 * * *\"\n\
+             [retention]\npitr = \"{pitr}\"\nmin_retention = \"1h\"\n\
+             [regions]\nuse = [\"eu-1\", \"eu-2\"]\nmin_copies = 2\n"
+        ),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_destructive_change_waits_for_its_cooling_off_and_the_audit_log_has_every_step() {
+    let env = Env::new();
+    tagged_regions(&env);
+    env.ok(&["cluster", "create", "shop"]);
+    // Two images with WAL before and after the second.
+    let url = env.start("main");
+    let c = connect(&url).await;
+    c.batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    env.ok(&["image", "create", "main"]);
+    c.batch_execute("INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    drop(c);
+    env.stop_all();
+    let dir = env.home.join("policies");
+
+    // First apply: nothing was in force, nothing is deleted: in force at once.
+    write_policy(&dir, "30d");
+    let first = env.json(&["policy", "apply", "--by", "alice"]);
+    assert_eq!(first["destructive"], false, "{first}");
+    assert_eq!(first["effective_at_us"], first["requested_at_us"]);
+    assert_eq!(first["files"][0]["name"], "keep");
+
+    // A one-day window, planned as of a week from now: the older image and the WAL before the
+    // newer one would go, which the 30-day window keeps.
+    write_policy(&dir, "1d");
+    let week = (chrono::Utc::now() + chrono::Duration::days(7))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let plan = env.json(&["policy", "plan", "--as-of", &week]);
+    assert_eq!(plan["destructive"], true, "{plan}");
+    assert_eq!(plan["in_force"], first["id"]);
+    assert_eq!(plan["policies"][0]["delta"], "changed");
+    let shop = &plan["clusters"][0];
+    assert_eq!(shop["cluster"], "shop");
+    assert!(
+        shop["newly_deleted_layers"].as_u64().unwrap() >= 2,
+        "{plan}"
+    );
+    assert!(!shop["windows"].as_array().unwrap().is_empty(), "{plan}");
+    let reasons = plan["reasons"].to_string();
+    assert!(
+        reasons.contains("PITR window shortened from 30d to 1d")
+            && reasons.contains("cluster shop: retention would delete"),
+        "{reasons}"
+    );
+    let text = env.ok(&["policy", "plan", "--as-of", &week]);
+    assert!(
+        text.contains("DESTRUCTIVE") && text.contains("restorable: main"),
+        "{text}"
+    );
+
+    // Applied without confirmation it waits 24 hours; the first change stays in force.
+    let second = env.json(&["policy", "apply", "--by", "bob"]);
+    assert_eq!(
+        (&second["destructive"], &second["confirmed"]),
+        (&serde_json::json!(true), &serde_json::json!(false))
+    );
+    let wait =
+        second["effective_at_us"].as_i64().unwrap() - second["requested_at_us"].as_i64().unwrap();
+    assert_eq!(wait, 24 * 3600 * 1_000_000);
+    let plan = env.json(&["policy", "plan"]);
+    assert_eq!(
+        plan["in_force"], first["id"],
+        "the waiting change is not in force"
+    );
+    let statuses = |env: &Env| -> Vec<String> {
+        env.json(&["policy", "log"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(statuses(&env), ["in_force", "pending"]);
+
+    // Cancelled, then applied with confirmation: in force at once, and the log has it all.
+    let id = second["id"].as_str().unwrap();
+    env.ok(&["policy", "cancel", id, "--by", "carol"]);
+    let err = env.fail(&["policy", "cancel", id]);
+    assert!(err.contains("already cancelled"), "{err}");
+    let third = env.json(&["policy", "apply", "--confirm-destructive", "--by", "dave"]);
+    assert_eq!(third["confirmed"], true);
+    assert_eq!(third["effective_at_us"], third["requested_at_us"]);
+    assert_eq!(statuses(&env), ["replaced", "cancelled", "in_force"]);
+    let log = env.json(&["policy", "log"]);
+    let by: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["change"]["requested_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(by, ["alice", "bob", "dave"]);
+    assert_eq!(log[1]["change"]["cancelled_by"], "carol");
+    assert_eq!(
+        log[2]["change"]["files"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    let text = env.ok(&["policy", "log"]);
+    assert!(
+        text.contains("destructive, confirmed") && text.contains("cancelled by carol"),
+        "{text}"
+    );
 }

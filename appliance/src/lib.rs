@@ -14,10 +14,14 @@
 //!
 //! [`Progress`]: cairn_engine::progress::Progress
 
+pub mod audit;
 pub mod backup;
 pub mod error;
 pub mod points;
 pub mod policy;
+pub mod policy_change;
+pub mod retention;
+pub mod schema;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,11 +56,13 @@ impl ApplianceOptions {
 }
 
 /// Every crate's share of the catalog, in the order an appliance applies them: the engine's
-/// (when the engine opens), the protection layer's (when it opens) and the restore's.
+/// (when the engine opens), the protection layer's (when it opens), the restore's and the
+/// appliance's own (policy changes).
 pub const CATALOG_COMPONENTS: &[&Component] = &[
     &cairn_engine::catalog::schema::ENGINE,
     &cairn_backup::schema::COMPONENT,
     &cairn_restore::schema::COMPONENT,
+    &schema::COMPONENT,
 ];
 
 /// The engine and the protection layer of one appliance, opened together.

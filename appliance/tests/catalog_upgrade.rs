@@ -332,6 +332,10 @@ const RELEASED: &[(i64, &str)] = &[
         5,
         "7d68e71c2c3cf08f7993f442e55626503b10a80dbb0775c39021cec2a73dbf94",
     ),
+    (
+        6,
+        "05a7211505b04bce683e34e177775c3c6559f3b58800852af41f802ded696a4e",
+    ),
 ];
 
 #[test]

@@ -33,7 +33,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Executor};
 
 use crate::error::{Error, Result};
-use crate::ids::{ClusterId, TimelineId};
+use crate::ids::{ClusterId, LayerId, TimelineId};
 
 /// A connection pool to the catalog.
 #[derive(Clone)]
@@ -463,6 +463,22 @@ impl Catalog {
         .await
         .map_err(|e| Error::catalog("list layers", e))?;
         rows.iter().map(layer_row).collect()
+    }
+
+    /// Every `(image, layer it references)` pair of a cluster's images.
+    pub async fn layer_refs(&self, cluster: ClusterId) -> Result<Vec<(LayerId, LayerId)>> {
+        let rows = sqlx::query(
+            "SELECT r.layer_id, r.ref_layer_id FROM layer_refs r
+             JOIN layers l ON l.id = r.layer_id WHERE l.cluster_id = $1
+             ORDER BY r.layer_id, r.ref_layer_id",
+        )
+        .bind(cluster.to_string())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::catalog("list layer references", e))?;
+        rows.iter()
+            .map(|r| Ok((parse_col(r, "layer_id")?, parse_col(r, "ref_layer_id")?)))
+            .collect()
     }
 
     pub async fn timeline_layers(&self, tl: TimelineId) -> Result<Vec<LayerRow>> {

@@ -1,0 +1,44 @@
+//! The appliance's tables in the catalog: policy changes (the audit log of `cairn policy
+//! apply`) and the policy files each change put in force.
+//!
+//! Invariants:
+//! - These migrations are the appliance crate's own ([`cairn_engine::catalog::schema`] states
+//!   the rules: append, never edit; version numbers unique across crates). They are applied
+//!   when the appliance opens ([`crate::Appliance::open`]).
+
+use cairn_engine::catalog::schema::{Component, Migration};
+
+/// The appliance's share of the catalog.
+pub const COMPONENT: Component = Component {
+    name: "appliance",
+    migrations: MIGRATIONS,
+};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 6,
+    description: "appliance: policy changes (audit log) and the policy files they put in force",
+    statements: &[
+        // One row per `policy apply`; a change is in force from `effective_at` unless
+        // cancelled, until a later change is.
+        "CREATE TABLE policy_changes (
+            id TEXT PRIMARY KEY,
+            requested_at BIGINT NOT NULL,
+            requested_by TEXT NOT NULL,
+            dir TEXT NOT NULL,
+            destructive BIGINT NOT NULL,
+            confirmed BIGINT NOT NULL,
+            effective_at BIGINT NOT NULL,
+            cancelled_at BIGINT,
+            cancelled_by TEXT,
+            summary TEXT NOT NULL
+        )",
+        "CREATE TABLE policy_files (
+            change_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            file TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            content TEXT NOT NULL,
+            PRIMARY KEY (change_id, name)
+        )",
+    ],
+}];
