@@ -106,6 +106,9 @@ pub struct LayerMap {
     timelines: HashMap<TimelineId, TimelineDesc>,
     images: HashMap<TimelineId, Vec<ImageDesc>>,
     wals: HashMap<TimelineId, Vec<WalDesc>>,
+    /// Per timeline, for each prefix `wals[..=i]`, the index of the layer reaching furthest
+    /// (the later one on a tie): covering a range is a binary search per step.
+    furthest: HashMap<TimelineId, Vec<usize>>,
 }
 
 impl LayerMap {
@@ -127,8 +130,16 @@ impl LayerMap {
         for v in m.images.values_mut() {
             v.sort_by_key(|i| (i.end, i.start));
         }
-        for v in m.wals.values_mut() {
+        for (tl, v) in m.wals.iter_mut() {
             v.sort_by_key(|w| (w.start, w.end));
+            let mut best: Vec<usize> = Vec::with_capacity(v.len());
+            for (i, w) in v.iter().enumerate() {
+                match best.last() {
+                    Some(&b) if v[b].end > w.end => best.push(b),
+                    _ => best.push(i),
+                }
+            }
+            m.furthest.insert(*tl, best);
         }
         m
     }
@@ -184,14 +195,18 @@ impl LayerMap {
     ) -> Result<Vec<WalDesc>, Unreconstructible> {
         let mut layers = Vec::new();
         let mut reach = from;
-        let empty = Vec::new();
-        let wals = self.wals.get(&timeline).unwrap_or(&empty);
+        let wals = self.wals_of(timeline);
+        let furthest = self
+            .furthest
+            .get(&timeline)
+            .map_or(&[][..], |v| v.as_slice());
         while reach < to {
             // The layer that starts at or before `reach` and extends furthest past it.
-            let next = wals
-                .iter()
-                .filter(|w| w.start <= reach && w.end > reach)
-                .max_by_key(|w| w.end);
+            let started = wals.partition_point(|w| w.start <= reach);
+            let next = started
+                .checked_sub(1)
+                .map(|i| &wals[furthest[i]])
+                .filter(|w| w.end > reach);
             match next {
                 Some(w) => {
                     layers.push(*w);

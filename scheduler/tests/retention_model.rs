@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use cairn_engine::layer_map::{ImageDesc, LayerMap, TimelineDesc, WalDesc};
+use cairn_engine::layer_map::{ImageDesc, LayerMap, Segment, TimelineDesc, WalDesc};
 use cairn_engine::{LayerId, Lsn, TimelineId};
 use cairn_policies::{Gfs, HoldPoint, LegalHold, Retention};
 use cairn_scheduler::retention::{plan_retention, History, ImageInfo, Period, WalInfo};
@@ -57,6 +57,9 @@ struct Spec {
 #[derive(Debug, Clone)]
 struct TlSpec {
     parent: Option<(usize, u8)>,
+    /// How much later than its parent's clock this timeline's clock runs (LSN units): a
+    /// branch's WAL at an LSN is written after its parent's at that LSN.
+    delay: u64,
     chunks: Vec<(u64, bool)>,
     images: Vec<(u8, u64)>,
 }
@@ -69,11 +72,13 @@ fn spec() -> impl Strategy<Value = Spec> {
             } else {
                 Just(None).boxed()
             },
+            0u64..40,
             prop::collection::vec((1u64..12, prop::bool::weighted(0.06)), 1..25),
             prop::collection::vec((0u8..=100, 0u64..6), 0..6),
         )
-            .prop_map(|(parent, chunks, images)| TlSpec {
+            .prop_map(|(parent, delay, chunks, images)| TlSpec {
                 parent,
+                delay,
                 chunks,
                 images,
             })
@@ -108,20 +113,25 @@ fn spec() -> impl Strategy<Value = Spec> {
 }
 
 /// Builds the history a spec describes.
-fn build(s: &Spec) -> History {
+/// Builds the history a spec describes; also each timeline's clock offset (µs).
+fn build(s: &Spec) -> (History, Vec<i64>) {
     let mut h = History::default();
     let mut next = 0u32;
     let mut heads: Vec<u64> = Vec::new();
+    let mut offsets: Vec<i64> = Vec::new();
     for (i, t) in s.timelines.iter().enumerate() {
-        let (ancestor, start) = match t.parent {
+        let (ancestor, start, parent_offset) = match t.parent {
             Some((p, frac)) => {
                 let p = p.min(i - 1);
                 let (from, head) = (first_lsn(&h, p), heads[p]);
                 let at = from + (head - from) * frac as u64 / 100;
-                (Some((tl(p), Lsn(at))), at)
+                (Some((tl(p), Lsn(at))), at, offsets[p])
             }
-            None => (None, BASE),
+            None => (None, BASE, 0),
         };
+        let offset = parent_offset + t.delay as i64 * US;
+        offsets.push(offset);
+        let time = |lsn: u64| time(lsn) + offset;
         let mut lsn = start;
         for &(len, gap) in &t.chunks {
             if gap {
@@ -178,7 +188,18 @@ fn build(s: &Spec) -> History {
             }
         }
     }
-    h
+    (h, offsets)
+}
+
+/// The time of point `x` on the history `segments` (nearest timeline first): the clock of the
+/// timeline whose segment holds it.
+fn time_on(segments: &[Segment], offsets: &[i64], x: u64) -> i64 {
+    let seg = segments
+        .iter()
+        .find(|s| s.from.0 <= x && (x < s.to.0 || s.to == segments[0].to))
+        .unwrap_or(&segments[0]);
+    let i = seg.timeline.0[0] as usize - 1;
+    time(x) + offsets[i]
 }
 
 fn first_lsn(h: &History, t: usize) -> u64 {
@@ -237,9 +258,15 @@ proptest! {
 
     #[test]
     fn every_retained_point_still_reconstructs(s in spec()) {
-        let h = build(&s);
-        let max_head = h.timelines.iter().map(|t| t.head.0).max().unwrap();
-        let now = time(max_head + s.now_extra);
+        let (h, offsets) = build(&s);
+        let latest = h
+            .wals
+            .iter()
+            .map(|w| w.last_time_us)
+            .chain(h.images.iter().map(|i| i.time_us))
+            .max()
+            .unwrap_or(0);
+        let now = latest + s.now_extra as i64 * US;
         let holds: Vec<LegalHold> = s
             .holds
             .iter()
@@ -270,26 +297,39 @@ proptest! {
 
         let full = map(&h, None);
         let kept = map(&h, Some(&plan.keep));
-        let cutoff_lsn = ((now - s.pitr_units as i64 * US) / US).max(0) as u64;
+        let cutoff = now - s.pitr_units as i64 * US;
         for &t in &h.live {
             let head = full.timeline(t).unwrap().head.0;
-            for x in cutoff_lsn.min(head)..=head {
-                if full.plan(t, Lsn(x)).is_ok() {
+            let segments = full.history(t, Lsn(head)).unwrap();
+            for x in 0..=head {
+                if time_on(&segments, &offsets, x) >= cutoff && full.plan(t, Lsn(x)).is_ok() {
                     prop_assert!(
                         kept.plan(t, Lsn(x)).is_ok(),
-                        "{:?} at {} lost (window from {}): {:?}",
-                        t, x, cutoff_lsn, kept.plan(t, Lsn(x))
+                        "{:?} at {} lost: {:?}",
+                        t, x, kept.plan(t, Lsn(x))
                     );
                 }
             }
-            // Held points.
+            // Held points: by LSN; by time, the last point at or before it (where the clock
+            // does not jump right after it, at a branch point).
             for hold in &holds {
                 let x = match hold.point {
-                    HoldPoint::Lsn(x) => x,
-                    HoldPoint::Time(at) => (at.timestamp_micros() / US) as u64,
+                    HoldPoint::Lsn(x) => Some(x),
+                    HoldPoint::Time(at) => {
+                        let at = at.timestamp_micros();
+                        (0..=head)
+                            .rev()
+                            .find(|x| time_on(&segments, &offsets, *x) <= at)
+                            .filter(|x| {
+                                *x < head
+                                    && time_on(&segments, &offsets, x + 1) - time_on(&segments, &offsets, *x) == US
+                            })
+                    }
                 };
-                if x <= head && full.plan(t, Lsn(x)).is_ok() {
-                    prop_assert!(kept.plan(t, Lsn(x)).is_ok(), "hold {} on {:?}", x, t);
+                if let Some(x) = x {
+                    if x <= head && full.plan(t, Lsn(x)).is_ok() {
+                        prop_assert!(kept.plan(t, Lsn(x)).is_ok(), "hold {} on {:?}", x, t);
+                    }
                 }
             }
         }

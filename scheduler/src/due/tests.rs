@@ -41,7 +41,12 @@ const GRACE: chrono::Duration = chrono::Duration::minutes(1);
 fn fires_missed_while_down_become_one_late_run() {
     let j = job("shop", "0 2 * * *", chrono_tz::UTC, Duration::ZERO, 1);
     let st = state(&[(&j, after("2026-11-01T02:00:00Z"))]);
-    let d = due(std::slice::from_ref(&j), &st, t("2026-11-04T09:00:00Z"), GRACE);
+    let d = due(
+        std::slice::from_ref(&j),
+        &st,
+        t("2026-11-04T09:00:00Z"),
+        GRACE,
+    );
     assert_eq!(
         d.start,
         [DueRun {
@@ -139,7 +144,12 @@ fn daylight_saving_moves_a_fixed_time_run_not_skips_it() {
         1,
     );
     let st = state(&[(&j, after("2026-03-28T01:30:00Z"))]);
-    let d = due(std::slice::from_ref(&j), &st, t("2026-03-29T01:00:30Z"), GRACE);
+    let d = due(
+        std::slice::from_ref(&j),
+        &st,
+        t("2026-03-29T01:00:30Z"),
+        GRACE,
+    );
     assert_eq!(d.start.len(), 1);
     assert_eq!(
         (d.start[0].fire, d.start[0].missed, d.start[0].late),
@@ -147,7 +157,12 @@ fn daylight_saving_moves_a_fixed_time_run_not_skips_it() {
     );
     // In autumn 02:30 happens twice; it runs once, at the first (00:30 UTC).
     let st = state(&[(&j, after("2026-10-24T00:30:00Z"))]);
-    let d = due(std::slice::from_ref(&j), &st, t("2026-10-25T02:00:00Z"), GRACE);
+    let d = due(
+        std::slice::from_ref(&j),
+        &st,
+        t("2026-10-25T02:00:00Z"),
+        GRACE,
+    );
     assert_eq!(
         (d.start[0].fire, d.start[0].missed),
         (t("2026-10-25T00:30:00Z"), 0)
@@ -211,4 +226,20 @@ fn jitter_spreads_a_policys_clusters_and_is_the_same_every_time() {
     let at = due(&jobs[k..=k], &st, start, GRACE);
     assert_eq!(at.start[0].start_at, start);
     assert!(!at.start[0].late);
+}
+
+#[test]
+fn a_run_standing_for_missed_fires_is_late_even_within_grace_and_grace_is_inclusive() {
+    let j = job("shop", "0 * * * *", chrono_tz::UTC, Duration::ZERO, 1);
+    let st = state(&[(&j, after("2026-11-01T10:00:00Z"))]);
+    let jobs = [j];
+    // 11:00 was missed; 12:00 is 30 s ago, within grace: late because of the missed fire.
+    let d = due(&jobs, &st, t("2026-11-01T12:00:30Z"), GRACE);
+    assert_eq!((d.start[0].missed, d.start[0].late), (1, true));
+    // Exactly one grace after its time, with nothing missed: still on time.
+    let st = state(&[(&jobs[0], after("2026-11-01T11:00:00Z"))]);
+    let d = due(&jobs, &st, t("2026-11-01T12:01:00Z"), GRACE);
+    assert_eq!((d.start[0].missed, d.start[0].late), (0, false));
+    let d = due(&jobs, &st, t("2026-11-01T12:01:01Z"), GRACE);
+    assert!(d.start[0].late);
 }

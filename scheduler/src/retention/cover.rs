@@ -180,17 +180,20 @@ impl<'a> Keeper<'a> {
             let Some(image) = self.images.get(&best.image.id).copied() else {
                 return;
             };
+            // A map with one image has at most one window, and it holds `x` (the image's WAL
+            // reaches `x`, or the planner would not have chosen it).
             let alone = self.only(image);
             let reach = alone
                 .reconstructible_windows(tl)
-                .into_iter()
-                .find(|(lo, hi)| *lo <= x && x <= *hi)
-                .map_or(x, |(_, hi)| hi)
+                .first()
+                .map_or(x, |(_, hi)| *hi)
                 .min(b);
             match alone.plan(tl, reach) {
                 Ok(p) => self.plan(&p, reason),
                 Err(_) => self.plan(&best, reason),
             }
+            // Within one history, windows of images that overlap end at the same WAL gap, so
+            // the first piece reaches `b`; the loop is a guard should that ever not hold.
             if reach >= b {
                 break;
             }

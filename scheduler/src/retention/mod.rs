@@ -129,8 +129,8 @@ pub fn plan_retention(history: &History, rules: &Retention, tz: Tz, now_us: i64)
                 continue;
             };
             match hold.point {
-                HoldPoint::Lsn(x) if Lsn(x) <= head => k.window(t, Lsn(x), Lsn(x), reason.clone()),
-                HoldPoint::Lsn(_) => {}
+                // A point beyond the head is in no window: nothing to keep (yet).
+                HoldPoint::Lsn(x) => k.window(t, Lsn(x), Lsn(x), reason.clone()),
                 HoldPoint::Time(at) => {
                     if let Some((from, to)) =
                         cover::layer_at_time(history, &full, t, head, at.timestamp_micros())

@@ -9,6 +9,7 @@ use cairn_engine::layer_map::{ImageDesc, TimelineDesc, WalDesc};
 use cairn_policies::{Gfs, HoldPoint, LegalHold};
 
 use super::*;
+use chrono_tz::Tz;
 
 const HOUR: i64 = 3_600_000_000;
 /// 2026-11-01T00:00:00Z.
@@ -237,6 +238,31 @@ fn a_head_without_an_image_keeps_its_whole_history() {
 }
 
 #[test]
+fn a_child_without_an_image_keeps_its_history_and_only_its_history() {
+    // The parent's only image is after the branch point: the child's head has no image.
+    let h = Builder::new()
+        .timeline(1, None, 10, false)
+        .wal(1, 0..10)
+        .images(1, [8])
+        .timeline(2, Some((1, 5)), 12, true)
+        .wal(2, 5..12)
+        .0;
+    let plan = plan_retention(
+        &h,
+        &rules(0, Gfs::default(), vec![]),
+        chrono_tz::UTC,
+        at(100),
+    );
+    // The parent below the branch point (w0..w4) and the child's own WAL; not the parent's
+    // WAL from the branch point on (w5 starts exactly there) nor its image at 8.
+    assert_eq!(
+        names(&plan.keep),
+        format!("{} {}", range('w', 0..=4), range('x', 5..=11))
+    );
+    assert_eq!(names(&plan.delete), format!("i8 {}", range('w', 5..=9)));
+}
+
+#[test]
 fn the_floor_keeps_what_is_young_whatever_else_the_policy_says() {
     let h = Builder::new()
         .timeline(1, None, 10, true)
@@ -289,5 +315,137 @@ fn gfs_periods_are_taken_in_the_policys_time_zone() {
             ("i23".to_string(), Period::Hourly),
             ("i25".to_string(), Period::Yearly),
         ]
+    );
+}
+
+/// Twenty-two months of history, generated: a WAL layer every six hours and an image every day
+/// at 18:00 UTC (also 06:00 and 12:00 on the last day), from 2025-01-01 to 2026-11-04T00:00Z.
+/// One LSN unit is one hour from 2025-01-01T00:00Z.
+fn two_years() -> (History, i64) {
+    const Y0: i64 = 1_735_689_600_000_000;
+    let hours: u64 = 672 * 24;
+    let t = |h: u64| Y0 + h as i64 * HOUR;
+    let mut h = History::default();
+    h.timelines.push(TimelineDesc {
+        id: tl(1),
+        ancestor: None,
+        head: Lsn(hours),
+    });
+    h.live.push(tl(1));
+    for s in (0..hours).step_by(6) {
+        h.wals.push(WalInfo {
+            desc: WalDesc {
+                id: id(b'w', s),
+                timeline: tl(1),
+                start: Lsn(s),
+                end: Lsn(s + 6),
+            },
+            first_time_us: t(s),
+            last_time_us: t(s + 6),
+            created_us: t(s + 6),
+        });
+    }
+    let mut images: Vec<u64> = (0..672).map(|d| d * 24 + 18).collect();
+    images.extend([671 * 24 + 6, 671 * 24 + 12]);
+    for e in images {
+        h.images.push(ImageInfo {
+            desc: ImageDesc {
+                id: id(b'i', e),
+                timeline: tl(1),
+                start: Lsn(e),
+                end: Lsn(e),
+            },
+            time_us: t(e),
+            created_us: t(e),
+            refs: vec![],
+        });
+    }
+    (h, t(hours))
+}
+
+/// The kept images as UTC times, oldest first.
+fn kept_images(h: &History, plan: &RetentionPlan) -> Vec<String> {
+    let mut v: Vec<i64> = h
+        .images
+        .iter()
+        .filter(|i| plan.keep.contains(&i.desc.id))
+        .map(|i| i.time_us)
+        .collect();
+    v.sort_unstable();
+    v.iter()
+        .map(|t| {
+            chrono::DateTime::from_timestamp_micros(*t)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M")
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn gfs_combinations_over_two_generated_years() {
+    let (h, now) = two_years();
+    let run = |gfs: Gfs, tz: Tz| {
+        let plan = plan_retention(&h, &rules(1, gfs, vec![]), tz, now);
+        kept_images(&h, &plan)
+    };
+    // 2026-11-03 is a Tuesday: its ISO week began on Monday 11-02.
+    let all = Gfs {
+        hourly: 3,
+        daily: 3,
+        weekly: 2,
+        monthly: 3,
+        yearly: 2,
+    };
+    assert_eq!(
+        run(all, chrono_tz::UTC),
+        [
+            "2025-12-31 18:00",
+            "2026-09-30 18:00",
+            "2026-10-31 18:00",
+            "2026-11-01 18:00",
+            "2026-11-02 18:00",
+            "2026-11-03 06:00",
+            "2026-11-03 12:00",
+            "2026-11-03 18:00",
+        ]
+    );
+    // Only the window (the last image is its anchor) when no GFS count is set.
+    assert_eq!(run(Gfs::default(), chrono_tz::UTC), ["2026-11-03 18:00"]);
+    // Weeks only: the newest image of each of the last five ISO weeks (Sundays, then the
+    // current week's Tuesday).
+    let weekly = Gfs {
+        weekly: 5,
+        ..Gfs::default()
+    };
+    assert_eq!(
+        run(weekly, chrono_tz::UTC),
+        [
+            "2026-10-11 18:00",
+            "2026-10-18 18:00",
+            "2026-10-25 18:00",
+            "2026-11-01 18:00",
+            "2026-11-03 18:00",
+        ]
+    );
+    // Months in Auckland (UTC+13 from 2026-09-27): 18:00 UTC is 07:00 the next day there, so
+    // the last image of a local month is the one of its second-to-last UTC day.
+    let monthly = Gfs {
+        monthly: 3,
+        yearly: 1,
+        ..Gfs::default()
+    };
+    assert_eq!(
+        run(monthly, chrono_tz::Pacific::Auckland),
+        ["2026-09-29 18:00", "2026-10-30 18:00", "2026-11-03 18:00"]
+    );
+    // More periods asked for than the history has: every year's newest, no more.
+    let years = Gfs {
+        yearly: 10,
+        ..Gfs::default()
+    };
+    assert_eq!(
+        run(years, chrono_tz::UTC),
+        ["2025-12-31 18:00", "2026-11-03 18:00"]
     );
 }
