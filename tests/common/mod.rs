@@ -5,6 +5,7 @@
 pub mod attacker;
 pub mod garage;
 pub mod liar;
+pub mod protection;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
