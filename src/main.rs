@@ -3,7 +3,6 @@
 //! This crate only wires things together: argument parsing, output formatting, progress
 //! bars, the `up` daemon loop and its JSON API. All behaviour lives in the library crates.
 
-mod api;
 mod args;
 mod bar;
 mod commands;
@@ -15,7 +14,6 @@ mod output;
 mod policy;
 mod protect;
 mod restore;
-mod state;
 
 use std::process::ExitCode;
 

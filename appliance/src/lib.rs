@@ -1,12 +1,13 @@
 //! The appliance as a library: the one place that opens the engine, the keys and the regions
-//! together and carries out what the appliance does as a whole (a backup now, the recovery
-//! points per region). The `cairn` binary parses arguments, calls this crate and prints; the
-//! JSON API, the scheduler and the verifier call the same functions.
+//! together and carries out what the appliance does as a whole: a backup now, the recovery
+//! points per region, the run of `cairn up` ([`runner`]) and its JSON API ([`api`]), policies
+//! and their audit log, retention plans. The `cairn` binary parses arguments, calls this crate
+//! and prints; the scheduler and the verifier call the same functions.
 //!
 //! Invariants:
-//! - Nothing here prints or draws progress: work reports through [`Progress`] and returns
-//!   typed values with raw numbers (bytes as `u64`, LSNs and times as values); presentation
-//!   is the caller's.
+//! - Nothing here prints or draws progress: work reports through [`Progress`] (and a run
+//!   through [`runner::Event`]s) and returns typed values with raw numbers (bytes as `u64`,
+//!   LSNs and times as values); presentation is the caller's.
 //! - Every error carries a kind ([`ErrorKind`]) that callers act on (an HTTP status code, a
 //!   report's classification) without reading its text.
 //! - Keys created on first use are returned to the caller ([`Generated`]) so that it can tell
@@ -14,13 +15,16 @@
 //!
 //! [`Progress`]: cairn_engine::progress::Progress
 
+pub mod api;
 pub mod audit;
 pub mod backup;
+pub mod demo;
 pub mod error;
 pub mod points;
 pub mod policy;
 pub mod policy_change;
 pub mod retention;
+pub mod runner;
 pub mod schema;
 
 use std::path::PathBuf;

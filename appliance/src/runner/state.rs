@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use cairn_appliance::Appliance;
+use crate::Appliance;
 use cairn_engine::TimelineId;
 
-/// What the daemon reports through the API.
+/// How the run is doing, as the API reports it.
 #[derive(Default)]
 pub struct Status {
     pub started: Option<Instant>,
@@ -21,7 +21,7 @@ pub struct Status {
 }
 
 impl Status {
-    pub(crate) fn error(&mut self, msg: String) {
+    pub fn error(&mut self, msg: String) {
         tracing::warn!("{msg}");
         self.errors.push((cairn_engine::catalog::now_us(), msg));
         if self.errors.len() > 50 {
@@ -30,6 +30,7 @@ impl Status {
     }
 }
 
+/// What the run's loop, its shippers and its API share.
 pub struct Daemon {
     /// The engine and the protection layer (shared with the region shippers).
     pub app: Appliance,

@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::state::Daemon;
+use crate::runner::state::Daemon;
 
 pub fn router(d: Arc<Daemon>, access: Arc<Access>) -> Router {
     Router::new()
@@ -122,7 +122,7 @@ async fn guard(
 }
 
 /// An error as the API answers it: the status code of its kind, the kind, and the message.
-fn fail(e: impl Into<cairn_appliance::Error>) -> Response {
+fn fail(e: impl Into<crate::Error>) -> Response {
     let e = e.into();
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (

@@ -1,0 +1,184 @@
+//! The appliance at work (`cairn up`): computes kept running, their WAL stored in their
+//! branches, images taken, layers shipped to every region, the deletion queue and shreds
+//! processed, the JSON API served.
+//!
+//! [`Runner::start`] removes what crashed processes left behind, restarts the computes that
+//! should run, starts WAL receivers for adopted clusters, one shipper per region (a slow or
+//! dead region holds up only itself) and the API. [`Runner::run`] then stores each compute's
+//! WAL at least every `sync_interval` (sooner once `sync_bytes` are waiting), ingests the
+//! receivers' spools, takes a new image of a branch once `image_after` bytes of WAL
+//! accumulated since its last one, and processes the deletion queue and due shreds every 30 s,
+//! until it is told to stop (or `exit_after` passes); then it stops the computes cleanly
+//! after a final ingest, so nothing written before is lost.
+//!
+//! Invariants:
+//! - What an operator should see is reported as an [`Event`]; the caller prints it. Problems
+//!   during rounds never stop the run: they are events and are kept in the status the API
+//!   shows.
+//! - Keyring changes and a promotion made by other cairn processes take effect in the
+//!   shippers without a restart.
+
+pub mod state;
+
+mod rounds;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_engine::adopt::Receiver;
+use cairn_engine::Lsn;
+
+use crate::api::Access;
+use crate::error::Result;
+use crate::Appliance;
+use state::{Daemon, Status};
+
+/// How the run stores WAL, takes images and ships.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub image_after: u64,
+    pub sync_interval: Duration,
+    pub sync_bytes: u64,
+    pub ship_interval: Duration,
+    /// Stop cleanly, as when told to, after this long.
+    pub exit_after: Option<Duration>,
+}
+
+/// Something an operator watching the run should see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    ComputeRestarted {
+        branch: String,
+        port: u16,
+    },
+    ComputeStopped {
+        branch: String,
+        durable_to: Lsn,
+    },
+    Shredded {
+        cluster: String,
+    },
+    /// The run is stopping: final ingest and clean shutdown of the computes.
+    Stopping,
+    /// A problem outside a round (rounds record theirs in the status).
+    Problem(String),
+}
+
+/// Where events go.
+pub type Events = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// A started run.
+pub struct Runner {
+    daemon: Arc<Daemon>,
+    opts: RunOptions,
+    events: Events,
+    receivers: Vec<Receiver>,
+    shippers: Vec<tokio::task::JoinHandle<()>>,
+    server: tokio::task::JoinHandle<()>,
+    stop_shippers: tokio::sync::watch::Sender<bool>,
+}
+
+impl Runner {
+    /// Starts the run on `app`, serving the API on `listener` to whom `access` admits.
+    pub async fn start(
+        app: Appliance,
+        opts: RunOptions,
+        listener: tokio::net::TcpListener,
+        access: Access,
+        events: Events,
+    ) -> Result<Runner> {
+        app.engine().recover_orphans().await?;
+        let daemon = Arc::new(Daemon {
+            app,
+            status: Mutex::new(Status {
+                started: Some(Instant::now()),
+                ..Status::default()
+            }),
+            last_sync: Mutex::new(HashMap::new()),
+        });
+        rounds::restart_computes(&daemon, &events).await;
+        let mut receivers: Vec<Receiver> = Vec::new();
+        rounds::start_receivers(&daemon, &mut receivers).await;
+        let (stop_shippers, stop_rx) = tokio::sync::watch::channel(false);
+        let mut shippers = Vec::new();
+        for i in 0..daemon.app.protection().regions.regions.len() {
+            let p = daemon.app.protection().clone();
+            let mut stop = stop_rx.clone();
+            let every = opts.ship_interval;
+            shippers.push(tokio::spawn(async move {
+                loop {
+                    let region = &p.regions.regions[i];
+                    if let Err(e) = p.refresh() {
+                        tracing::warn!(error = %e, "cannot reload the keys");
+                    }
+                    if !p.fenced() {
+                        let _ = p.ship_region(region, None).await;
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        _ = tokio::time::sleep(every) => {}
+                    }
+                }
+            }));
+        }
+        let router = crate::api::router(daemon.clone(), Arc::new(access));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(Runner {
+            daemon,
+            opts,
+            events,
+            receivers,
+            shippers,
+            server,
+            stop_shippers,
+        })
+    }
+
+    /// The appliance this run works for.
+    pub fn appliance(&self) -> &Appliance {
+        &self.daemon.app
+    }
+
+    /// Runs rounds until `stop` completes or `exit_after` passes, then stops cleanly.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<()> {
+        let policy = rounds::SyncPolicy {
+            interval: self.opts.sync_interval.max(Duration::from_millis(50)),
+            bytes: self.opts.sync_bytes,
+            image_after: self.opts.image_after,
+        };
+        let tick = policy.interval.min(Duration::from_secs(1));
+        let deadline = self.opts.exit_after.map(|d| Instant::now() + d);
+        let mut last_gc = Instant::now();
+        rounds::housekeeping(&self.daemon, &self.events).await;
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            rounds::round(&self.daemon, &policy, &mut self.receivers).await;
+            if last_gc.elapsed() >= Duration::from_secs(30) {
+                last_gc = Instant::now();
+                rounds::housekeeping(&self.daemon, &self.events).await;
+            }
+        }
+        (self.events)(Event::Stopping);
+        self.server.abort();
+        let _ = self.stop_shippers.send(true);
+        for s in self.shippers.drain(..) {
+            let _ = s.await;
+        }
+        for r in self.receivers.drain(..) {
+            r.stop();
+        }
+        rounds::shutdown(&self.daemon, &self.events).await;
+        Ok(())
+    }
+}
