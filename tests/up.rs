@@ -269,3 +269,33 @@ async fn the_api_needs_a_token_beyond_loopback_and_its_own_host_name() {
     }
     assert!(up.wait().unwrap().success());
 }
+
+#[test]
+fn logs_are_json_lines_with_log_format_json() {
+    let env = Env::new();
+    let out = env.run(&["--log-format", "json", "-vv", "cluster", "list"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let created = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "created data directory")
+        .unwrap_or_else(|| panic!("no 'created data directory' line: {stderr}"));
+    assert_eq!(created["level"], "DEBUG");
+    assert_eq!(
+        created["fields"]["home"],
+        env.home.display().to_string().as_str()
+    );
+    assert!(created["timestamp"].as_str().unwrap().ends_with('Z'));
+    // Text by default.
+    let out = env.run(&["-v", "-v", "cluster", "list"]);
+    let text = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !text.is_empty() && !text.trim_start().starts_with('{'),
+        "{text}"
+    );
+}
