@@ -60,6 +60,38 @@ async fn up_demo_serves_the_api_ingests_and_stops_cleanly() {
     let sum = table_checksum(&c, "big").await;
     drop(c);
 
+    // /metrics: Prometheus text with the run's rounds, the regions and the demo cluster's bytes
+    // (between what the layer list says just before and just after: ingest goes on).
+    let on_disk = |env: &Env| -> u64 {
+        env.layers()
+            .iter()
+            .map(|l| l["file_size"].as_u64().unwrap())
+            .sum()
+    };
+    let before = on_disk(&env);
+    let (status, metrics) = http_get(port, "/metrics").expect("GET /metrics");
+    let after = on_disk(&env);
+    assert_eq!(status, 200, "{metrics}");
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{metrics}"))
+    };
+    assert!(sample("cairn_up_rounds_total ") >= 1.0, "{metrics}");
+    assert_eq!(sample("cairn_fenced "), 0.0);
+    let stored = sample("cairn_cluster_stored_bytes{cluster=\"demo\"} ") as u64;
+    assert!(
+        before <= stored && stored <= after && stored > 0,
+        "{before} <= {stored} <= {after}\n{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE cairn_region_pending_bytes gauge"),
+        "{metrics}"
+    );
+
     // SIGTERM: final ingest, computes stopped cleanly, exit 0.
     // SAFETY: signalling our own child.
     unsafe {

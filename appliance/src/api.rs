@@ -1,4 +1,5 @@
-//! The JSON API of `cairn up` (read-only for now): health, clusters, branches, computes.
+//! The JSON API of `cairn up` (read-only for now): health, clusters, branches, computes,
+//! regions, backups; and `/metrics` in the Prometheus text format ([`crate::metrics`]).
 //! It binds to 127.0.0.1 by default and carries no secrets (connection URLs are omitted).
 //!
 //! Access ([`Access`]): a request must name this server in its `Host` header (a loopback
@@ -25,6 +26,7 @@ pub fn router(d: Arc<Daemon>, access: Arc<Access>) -> Router {
         .route("/api/computes", get(computes))
         .route("/api/regions", get(regions))
         .route("/api/backups", get(backups))
+        .route("/metrics", get(metrics))
         .with_state(d)
         .layer(axum::middleware::from_fn_with_state(access, guard))
 }
@@ -201,4 +203,62 @@ async fn backups(State(d): State<Arc<Daemon>>) -> Response {
         Ok(v) => Json(v).into_response(),
         Err(e) => fail(e),
     }
+}
+
+/// The run's state for Prometheus (see [`crate::metrics`]).
+async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
+    let (rounds, recent_errors, uptime_seconds) = {
+        let st = d.status.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            st.rounds,
+            st.errors.len(),
+            st.started.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        )
+    };
+    let p = d.app.protection();
+    let regions = p
+        .status()
+        .into_iter()
+        .map(|r| crate::metrics::RegionMetrics {
+            failing: r.last_error.is_some(),
+            region: r.region,
+            pending_objects: r.pending_objects,
+            pending_bytes: r.pending_bytes,
+            shipped_bytes: r.shipped_bytes,
+            last_success_at_us: r.last_success_at_us,
+        })
+        .collect();
+    let mut clusters = Vec::new();
+    let rows = match d.app.engine().catalog.clusters().await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    for c in rows {
+        let layers = match d.app.engine().catalog.layers(c.id).await {
+            Ok(l) => l,
+            Err(e) => return fail(e),
+        };
+        clusters.push(crate::metrics::ClusterMetrics {
+            cluster: c.name,
+            layers: layers.len() as u64,
+            stored_bytes: layers.iter().map(|l| l.file_size).sum(),
+            newest_layer_at_us: layers.iter().map(|l| l.created_at_us).max(),
+        });
+    }
+    let text = crate::metrics::render(&crate::metrics::Snapshot {
+        rounds,
+        recent_errors,
+        fenced: p.fenced(),
+        uptime_seconds,
+        regions,
+        clusters,
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
