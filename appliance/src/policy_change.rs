@@ -19,7 +19,7 @@ use cairn_policies::{Context, Policy, PolicySet, Retention};
 
 use crate::audit::{self, AppliedFile, ChangeStatus, PolicyChange};
 use crate::error::{Error, Result};
-use crate::retention::{impact, WindowView};
+use crate::retention::{ClusterLayers, WindowView};
 
 /// How one policy differs between the set in force and the new set.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -237,22 +237,16 @@ pub async fn plan(
     for c in engine.catalog.clusters().await? {
         let before = old.and_then(|s| s.for_cluster(&c.name));
         let after = new.for_cluster(&c.name);
-        let was = impact(engine, &c, rules_of(before), now_us).await?;
-        let will = impact(engine, &c, rules_of(after), now_us).await?;
+        let layers = ClusterLayers::load(engine, &c).await?;
+        let was = layers.impact(rules_of(before), now_us);
+        let will = layers.impact(rules_of(after), now_us);
         let newly: std::collections::BTreeSet<_> = will
             .plan
             .delete
             .difference(&was.plan.delete)
             .copied()
             .collect();
-        let sizes: std::collections::HashMap<_, _> = engine
-            .catalog
-            .layers(c.id)
-            .await?
-            .into_iter()
-            .map(|l| (l.id, l.file_size))
-            .collect();
-        let bytes: u64 = newly.iter().filter_map(|id| sizes.get(id)).sum();
+        let bytes = layers.bytes(&newly);
         if !newly.is_empty() {
             reasons.push(format!(
                 "cluster {}: retention would delete {} layer(s) ({}) that are kept now",

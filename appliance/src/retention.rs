@@ -6,9 +6,9 @@
 //! - A WAL layer's times are those of its first and last commit as the catalog's summary
 //!   records them; a layer without commits (and an image) is dated by when it was written.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use cairn_engine::catalog::{ClusterRow, LayerRow};
+use cairn_engine::catalog::{BranchRow, ClusterRow, LayerRow};
 use cairn_engine::layer::LayerKind;
 use cairn_engine::layer_map::{ImageDesc, TimelineDesc, WalDesc};
 use cairn_engine::{Engine, LayerId, Lsn, TimelineId};
@@ -20,12 +20,86 @@ use chrono_tz::Tz;
 
 use crate::error::Result;
 
+/// A cluster's layers, timelines and branches read once from the catalog, to be planned under
+/// any number of rules ([`ClusterLayers::impact`]).
+pub struct ClusterLayers {
+    pub cluster: String,
+    pub history: History,
+    sizes: HashMap<LayerId, u64>,
+    branches: Vec<BranchRow>,
+}
+
+impl ClusterLayers {
+    /// Reads `cluster` from the catalog.
+    pub async fn load(engine: &Engine, cluster: &ClusterRow) -> Result<ClusterLayers> {
+        let layers = engine.catalog.layers(cluster.id).await?;
+        let branches = engine.catalog.branches(cluster.id).await?;
+        Ok(ClusterLayers {
+            cluster: cluster.name.clone(),
+            history: history(engine, cluster, &layers, &branches).await?,
+            sizes: layers.iter().map(|l| (l.id, l.file_size)).collect(),
+            branches,
+        })
+    }
+
+    /// Bytes of the layer files `ids`.
+    pub fn bytes(&self, ids: &BTreeSet<LayerId>) -> u64 {
+        ids.iter().filter_map(|id| self.sizes.get(id)).sum()
+    }
+
+    /// What retention under `rules` (in time zone `tz`) would do at `now_us`; with no rules,
+    /// nothing is deleted.
+    pub fn impact(&self, rules: Option<(&Retention, Tz)>, now_us: i64) -> RetentionImpact {
+        let h = &self.history;
+        let plan = match rules {
+            Some((r, tz)) => plan_retention(h, r, tz, now_us),
+            None => RetentionPlan {
+                keep: h
+                    .images
+                    .iter()
+                    .map(|i| i.desc.id)
+                    .chain(h.wals.iter().map(|w| w.desc.id))
+                    .collect(),
+                ..RetentionPlan::default()
+            },
+        };
+        let branch_of = |t: TimelineId| {
+            self.branches
+                .iter()
+                .find(|b| b.timeline_id == t)
+                .map(|b| b.name.clone())
+        };
+        RetentionImpact {
+            cluster: self.cluster.clone(),
+            delete_layers: plan.delete.len(),
+            delete_bytes: self.bytes(&plan.delete),
+            keep_layers: plan.keep.len(),
+            keep_bytes: self.bytes(&plan.keep),
+            windows: plan
+                .windows
+                .iter()
+                .map(|w| WindowView {
+                    branch: branch_of(w.timeline),
+                    timeline: w.timeline,
+                    from: w.from,
+                    to: w.to,
+                    reason: w.reason.clone(),
+                })
+                .collect(),
+            plan,
+        }
+    }
+}
+
 /// A cluster's layers and timelines, as retention plans them.
-pub async fn history(engine: &Engine, cluster: &ClusterRow) -> Result<History> {
+async fn history(
+    engine: &Engine,
+    cluster: &ClusterRow,
+    layers: &[LayerRow],
+    branches: &[BranchRow],
+) -> Result<History> {
     let cat = &engine.catalog;
     let timelines = cat.timelines(cluster.id).await?;
-    let branches = cat.branches(cluster.id).await?;
-    let layers = cat.layers(cluster.id).await?;
     let mut refs: HashMap<LayerId, Vec<LayerId>> = HashMap::new();
     for (image, r) in cat.layer_refs(cluster.id).await? {
         refs.entry(image).or_default().push(r);
@@ -109,63 +183,4 @@ pub struct RetentionImpact {
     pub windows: Vec<WindowView>,
     #[serde(skip)]
     pub plan: RetentionPlan,
-}
-
-/// What retention under `rules` (in time zone `tz`) would do to `cluster` at `now_us`; with no
-/// rules, nothing is deleted.
-pub async fn impact(
-    engine: &Engine,
-    cluster: &ClusterRow,
-    rules: Option<(&Retention, Tz)>,
-    now_us: i64,
-) -> Result<RetentionImpact> {
-    let h = history(engine, cluster).await?;
-    let plan = match rules {
-        Some((r, tz)) => plan_retention(&h, r, tz, now_us),
-        None => RetentionPlan {
-            keep: h
-                .images
-                .iter()
-                .map(|i| i.desc.id)
-                .chain(h.wals.iter().map(|w| w.desc.id))
-                .collect(),
-            ..RetentionPlan::default()
-        },
-    };
-    let sizes: HashMap<LayerId, u64> = engine
-        .catalog
-        .layers(cluster.id)
-        .await?
-        .into_iter()
-        .map(|l| (l.id, l.file_size))
-        .collect();
-    let bytes = |ids: &std::collections::BTreeSet<LayerId>| -> u64 {
-        ids.iter().filter_map(|id| sizes.get(id)).sum()
-    };
-    let branches = engine.catalog.branches(cluster.id).await?;
-    let branch_of = |t: TimelineId| {
-        branches
-            .iter()
-            .find(|b| b.timeline_id == t)
-            .map(|b| b.name.clone())
-    };
-    Ok(RetentionImpact {
-        cluster: cluster.name.clone(),
-        delete_layers: plan.delete.len(),
-        delete_bytes: bytes(&plan.delete),
-        keep_layers: plan.keep.len(),
-        keep_bytes: bytes(&plan.keep),
-        windows: plan
-            .windows
-            .iter()
-            .map(|w| WindowView {
-                branch: branch_of(w.timeline),
-                timeline: w.timeline,
-                from: w.from,
-                to: w.to,
-                reason: w.reason.clone(),
-            })
-            .collect(),
-        plan,
-    })
 }
