@@ -86,6 +86,9 @@ pub(super) struct Keeper<'a> {
     keep: BTreeSet<LayerId>,
     reasons: BTreeMap<LayerId, BTreeSet<Reason>>,
     windows: Vec<RetainedWindow>,
+    /// Each timeline's reconstructible windows in the full map (asked once per timeline: the
+    /// PITR window and every hold ask again).
+    reconstructible: HashMap<TimelineId, Vec<(Lsn, Lsn)>>,
 }
 
 impl<'a> Keeper<'a> {
@@ -97,6 +100,7 @@ impl<'a> Keeper<'a> {
             keep: BTreeSet::new(),
             reasons: BTreeMap::new(),
             windows: Vec::new(),
+            reconstructible: HashMap::new(),
         }
     }
 
@@ -156,7 +160,13 @@ impl<'a> Keeper<'a> {
 
     /// Keeps every point of `[from, to]` of `tl` that is reconstructible now.
     pub fn window(&mut self, tl: TimelineId, from: Lsn, to: Lsn, reason: Reason) {
-        for (lo, hi) in self.full.reconstructible_windows(tl) {
+        let full = self.full;
+        let windows = self
+            .reconstructible
+            .entry(tl)
+            .or_insert_with(|| full.reconstructible_windows(tl))
+            .clone();
+        for (lo, hi) in windows {
             let (a, b) = (lo.max(from), hi.min(to));
             if a > b {
                 continue;
