@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cairn_appliance::api::Access;
+use cairn_appliance::jobs::record::{kind_str, JobRun};
 use cairn_appliance::runner::{Event, Events, RunOptions, Runner};
 use clap::Args;
 
@@ -145,6 +146,15 @@ pub async fn up(g: &Global, args: UpArgs) -> Result<()> {
     Ok(())
 }
 
+/// " (late: ...)" for a run that started late, else nothing.
+fn lateness(r: &JobRun) -> String {
+    match (r.late, r.missed) {
+        (false, _) => String::new(),
+        (true, 0) => " (late)".into(),
+        (true, n) => format!(" (late: stands for {n} missed fire(s))"),
+    }
+}
+
 fn print_event(e: Event) {
     match e {
         Event::ComputeRestarted { branch, port } => {
@@ -157,6 +167,32 @@ fn print_event(e: Event) {
         Event::Stopping => {
             eprintln!("stopping: final WAL ingest and clean shutdown of computes...")
         }
+        Event::JobStarted(r) => eprintln!(
+            "job {}: {} of cluster '{}' (policy '{}') started{}",
+            r.id,
+            kind_str(r.key.kind),
+            r.key.cluster,
+            r.key.policy,
+            lateness(&r)
+        ),
+        Event::JobEnded {
+            run,
+            outcome,
+            detail,
+        } => eprintln!(
+            "job {}: {} of cluster '{}' {}: {detail}",
+            run.id,
+            kind_str(run.key.kind),
+            run.key.cluster,
+            outcome.as_str()
+        ),
+        Event::JobAbandoned(r) => eprintln!(
+            "job {}: {} of cluster '{}' abandoned by node {}; its fire is tried again",
+            r.id,
+            kind_str(r.key.kind),
+            r.key.cluster,
+            r.node
+        ),
         Event::Problem(p) => eprintln!("{p}"),
     }
 }

@@ -9,6 +9,7 @@ mod commands;
 mod daemon;
 mod dr;
 mod export;
+mod jobs;
 mod open;
 mod output;
 mod policy;
@@ -86,6 +87,9 @@ pub enum Command {
     /// Protection policies (RPO, RTO, schedules, retention, regions) from TOML files.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// The runs of scheduled jobs (images from the policies' schedules), newest first.
+    #[command(after_help = jobs::AFTER_HELP)]
+    Jobs(jobs::JobsArgs),
     /// Restore any point of a branch from a region: as a new branch, or a data directory.
     #[command(after_help = restore::AFTER_HELP)]
     Restore(restore::RestoreArgs),

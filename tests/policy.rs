@@ -240,3 +240,73 @@ async fn a_destructive_change_waits_for_its_cooling_off_and_the_audit_log_has_ev
         "{text}"
     );
 }
+
+/// `cairn up` runs the image schedule of the policies in force: the run is recorded (`cairn
+/// jobs`, `/api/jobs`), a new image layer exists, and `/metrics` counts it.
+#[tokio::test(flavor = "multi_thread")]
+async fn cairn_up_runs_the_image_schedule_in_force_and_records_the_run() {
+    let env = Env::new();
+    tagged_regions(&env);
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let c = connect(&url).await;
+    c.batch_execute("CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    drop(c);
+    // Once a minute, at a second 12 s from now (a seconds field must be a single value).
+    let second = (chrono::Utc::now().timestamp() + 12) % 60;
+    let dir = env.home.join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("keep.toml"),
+        format!(
+            "clusters = [\"shop\"]\n[objectives]\nrpo = \"1m\"\nrto = \"1h\"\n\
+             [schedules]\nimage = \"{second} * * * * *\"\n\
+             [retention]\npitr = \"1d\"\n\
+             [regions]\nuse = [\"eu-1\", \"eu-2\"]\nmin_copies = 2\n"
+        ),
+    )
+    .unwrap();
+    let applied = env.json(&["policy", "apply", "--by", "alice"]);
+    let images = |env: &Env| env.layers().iter().filter(|l| l["kind"] == "image").count();
+    let before = images(&env);
+    let (up, port) = env.spawn_up(&[]);
+    let _up = KillOnDrop(up);
+    let runs = wait_for("a scheduled image run", 90, || {
+        let runs = api(port, "/api/jobs")?;
+        (runs[0]["outcome"] == "succeeded").then_some(runs)
+    });
+    let run = &runs[0];
+    assert_eq!(
+        (
+            &run["key"]["cluster"],
+            &run["key"]["policy"],
+            &run["key"]["kind"]
+        ),
+        (
+            &serde_json::json!("shop"),
+            &serde_json::json!("keep"),
+            &serde_json::json!("image")
+        ),
+        "{runs}"
+    );
+    assert_eq!(run["policy_change"], applied["id"]);
+    assert_eq!(run["late"], false, "{run}");
+    assert!(
+        run["detail"].as_str().unwrap().starts_with("main: image "),
+        "{run}"
+    );
+    assert_eq!(images(&env), before + 1);
+    let listed = env.json(&["jobs", "--cluster", "shop"]);
+    assert_eq!(listed[0]["id"], run["id"]);
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains(
+            "cairn_job_runs_total{cluster=\"shop\",kind=\"image\",outcome=\"succeeded\"} 1\n"
+        ),
+        "{metrics}"
+    );
+    drop(_up);
+    env.stop_all();
+}

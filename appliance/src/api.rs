@@ -26,6 +26,7 @@ pub fn router(d: Arc<Daemon>, access: Arc<Access>) -> Router {
         .route("/api/computes", get(computes))
         .route("/api/regions", get(regions))
         .route("/api/backups", get(backups))
+        .route("/api/jobs", get(jobs))
         .route("/metrics", get(metrics))
         .with_state(d)
         .layer(axum::middleware::from_fn_with_state(access, guard))
@@ -205,6 +206,14 @@ async fn backups(State(d): State<Arc<Daemon>>) -> Response {
     }
 }
 
+/// The latest runs of scheduled jobs, newest first.
+async fn jobs(State(d): State<Arc<Daemon>>) -> Response {
+    match crate::jobs::record::list(&d.app.engine().catalog, None, 200).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
 /// The run's state for Prometheus (see [`crate::metrics`]).
 async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
     let (rounds, recent_errors, uptime_seconds) = {
@@ -245,8 +254,13 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
             newest_layer_at_us: layers.iter().map(|l| l.created_at_us).max(),
         });
     }
+    let jobs = match crate::jobs::record::totals(&d.app.engine().catalog).await {
+        Ok(j) => j,
+        Err(e) => return fail(e),
+    };
     let text = crate::metrics::render(&crate::metrics::Snapshot {
         rounds,
+        jobs,
         recent_errors,
         fenced: p.fenced(),
         uptime_seconds,

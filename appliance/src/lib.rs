@@ -20,6 +20,7 @@ pub mod audit;
 pub mod backup;
 pub mod demo;
 pub mod error;
+pub mod jobs;
 pub mod metrics;
 pub mod points;
 pub mod policy;

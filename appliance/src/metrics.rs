@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub uptime_seconds: f64,
     pub regions: Vec<RegionMetrics>,
     pub clusters: Vec<ClusterMetrics>,
+    /// Scheduled job runs that ended, per cluster, kind and outcome.
+    pub jobs: Vec<crate::jobs::record::Totals>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -168,12 +170,52 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
+
+    let mut jobs = s.jobs.clone();
+    jobs.sort_by(|a, b| {
+        (&a.cluster, a.kind, a.outcome.as_str()).cmp(&(&b.cluster, b.kind, b.outcome.as_str()))
+    });
+    o.family(
+        "cairn_job_runs_total",
+        "counter",
+        "Scheduled job runs that ended, by cluster, kind and outcome.",
+    );
+    for j in &jobs {
+        let kind = crate::jobs::record::kind_str(j.kind);
+        o.sample(
+            "cairn_job_runs_total",
+            &[
+                ("cluster", &j.cluster),
+                ("kind", kind),
+                ("outcome", j.outcome.as_str()),
+            ],
+            j.runs as f64,
+        );
+    }
+    o.family(
+        "cairn_job_last_success_timestamp_seconds",
+        "gauge",
+        "When a scheduled job of the cluster last succeeded (Unix seconds).",
+    );
+    for j in jobs
+        .iter()
+        .filter(|j| j.outcome == crate::jobs::record::Outcome::Succeeded)
+    {
+        let kind = crate::jobs::record::kind_str(j.kind);
+        o.sample(
+            "cairn_job_last_success_timestamp_seconds",
+            &[("cluster", &j.cluster), ("kind", kind)],
+            j.last_ended_at_us as f64 / 1e6,
+        );
+    }
     o.0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::jobs::record::{Outcome, Totals};
+    use cairn_scheduler::due::JobKind;
 
     #[test]
     fn families_are_typed_sorted_and_labels_escaped() {
@@ -203,6 +245,22 @@ mod tests {
                 stored_bytes: 123,
                 newest_layer_at_us: Some(2_000_000),
             }],
+            jobs: vec![
+                Totals {
+                    cluster: "shop".into(),
+                    kind: JobKind::Image,
+                    outcome: Outcome::Succeeded,
+                    runs: 3,
+                    last_ended_at_us: 4_000_000,
+                },
+                Totals {
+                    cluster: "shop".into(),
+                    kind: JobKind::Image,
+                    outcome: Outcome::Failed,
+                    runs: 1,
+                    last_ended_at_us: 5_000_000,
+                },
+            ],
         };
         let text = render(&s);
         assert!(text.contains("# TYPE cairn_up_rounds_total counter\ncairn_up_rounds_total 7\n"));
@@ -217,6 +275,14 @@ mod tests {
         assert!(text.contains("cairn_region_failing{region=\"z\\\"one\"} 1\n"));
         assert!(text.contains("cairn_cluster_stored_bytes{cluster=\"shop\"} 123\n"));
         assert!(text.contains("cairn_cluster_newest_layer_timestamp_seconds{cluster=\"shop\"} 2\n"));
+        assert!(text.contains(
+            "cairn_job_runs_total{cluster=\"shop\",kind=\"image\",outcome=\"failed\"} 1\n\
+             cairn_job_runs_total{cluster=\"shop\",kind=\"image\",outcome=\"succeeded\"} 3\n"
+        ));
+        // The last success, not the last end (a failure came later).
+        assert!(text.contains(
+            "cairn_job_last_success_timestamp_seconds{cluster=\"shop\",kind=\"image\"} 4\n"
+        ));
         // Every sample line is `name{labels} number` after its family's HELP and TYPE.
         let mut typed = std::collections::HashSet::new();
         for line in text.lines() {

@@ -1,5 +1,5 @@
 //! The appliance's tables in the catalog: policy changes (the audit log of `cairn policy
-//! apply`) and the policy files each change put in force.
+//! apply`), the policy files each change put in force, and the runs of scheduled jobs.
 //!
 //! Invariants:
 //! - These migrations are the appliance crate's own ([`cairn_engine::catalog::schema`] states
@@ -14,13 +14,14 @@ pub const COMPONENT: Component = Component {
     migrations: MIGRATIONS,
 };
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 6,
-    description: "appliance: policy changes (audit log) and the policy files they put in force",
-    statements: &[
-        // One row per `policy apply`; a change is in force from `effective_at` unless
-        // cancelled, until a later change is.
-        "CREATE TABLE policy_changes (
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 6,
+        description: "appliance: policy changes (audit log) and the policy files they put in force",
+        statements: &[
+            // One row per `policy apply`; a change is in force from `effective_at` unless
+            // cancelled, until a later change is.
+            "CREATE TABLE policy_changes (
             id TEXT PRIMARY KEY,
             requested_at BIGINT NOT NULL,
             requested_by TEXT NOT NULL,
@@ -32,7 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             cancelled_by TEXT,
             summary TEXT NOT NULL
         )",
-        "CREATE TABLE policy_files (
+            "CREATE TABLE policy_files (
             change_id TEXT NOT NULL,
             name TEXT NOT NULL,
             file TEXT NOT NULL,
@@ -40,5 +41,35 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             content TEXT NOT NULL,
             PRIMARY KEY (change_id, name)
         )",
-    ],
-}];
+        ],
+    },
+    Migration {
+        version: 7,
+        description: "appliance: runs of scheduled jobs, each claimed by one node under a lease",
+        statements: &[
+            // One row per attempt at one fire of one job. The unique key is the claim: of two
+            // nodes inserting the same attempt, one fails. A run without `ended_at` whose lease
+            // passed belongs to a dead node: it is marked abandoned and the fire is tried again.
+            "CREATE TABLE job_runs (
+                id TEXT PRIMARY KEY,
+                policy TEXT NOT NULL,
+                cluster TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                fire_at BIGINT NOT NULL,
+                attempt BIGINT NOT NULL,
+                start_at BIGINT NOT NULL,
+                late BIGINT NOT NULL,
+                missed BIGINT NOT NULL,
+                policy_change TEXT NOT NULL,
+                node TEXT NOT NULL,
+                claimed_at BIGINT NOT NULL,
+                lease_until BIGINT NOT NULL,
+                ended_at BIGINT,
+                outcome TEXT,
+                detail TEXT NOT NULL,
+                UNIQUE (policy, cluster, kind, fire_at, attempt)
+            )",
+            "CREATE INDEX job_runs_by_job ON job_runs (policy, cluster, kind, fire_at)",
+        ],
+    },
+];

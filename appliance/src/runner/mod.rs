@@ -7,7 +7,8 @@
 //! dead region holds up only itself) and the API. [`Runner::run`] then stores each compute's
 //! WAL at least every `sync_interval` (sooner once `sync_bytes` are waiting), ingests the
 //! receivers' spools, takes a new image of a branch once `image_after` bytes of WAL
-//! accumulated since its last one, and processes the deletion queue and due shreds every 30 s,
+//! accumulated since its last one, starts the scheduled jobs the policies in force make due
+//! ([`crate::jobs`]), and processes the deletion queue and due shreds every 30 s,
 //! until it is told to stop (or `exit_after` passes); then it stops the computes cleanly
 //! after a final ingest, so nothing written before is lost.
 //!
@@ -60,6 +61,16 @@ pub enum Event {
     Shredded {
         cluster: String,
     },
+    /// A scheduled job's run started on this node.
+    JobStarted(crate::jobs::record::JobRun),
+    /// A scheduled job's run ended; the detail says what it did or why it failed.
+    JobEnded {
+        run: crate::jobs::record::JobRun,
+        outcome: crate::jobs::record::Outcome,
+        detail: String,
+    },
+    /// A run whose node stopped renewing its lease; its fire is tried again.
+    JobAbandoned(crate::jobs::record::JobRun),
     /// The run is stopping: final ingest and clean shutdown of the computes.
     Stopping,
     /// A problem outside a round (rounds record theirs in the status).
@@ -78,6 +89,9 @@ pub struct Runner {
     shippers: Vec<tokio::task::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
     stop_shippers: tokio::sync::watch::Sender<bool>,
+    /// This node's name in job claims: host, process and start time.
+    node: String,
+    jobs: tokio::task::JoinSet<()>,
 }
 
 impl Runner {
@@ -135,6 +149,8 @@ impl Runner {
             shippers,
             server,
             stop_shippers,
+            node: node_name(),
+            jobs: tokio::task::JoinSet::new(),
         })
     }
 
@@ -164,6 +180,7 @@ impl Runner {
                 break;
             }
             rounds::round(&self.daemon, &policy, &mut self.receivers).await;
+            self.start_jobs().await;
             if last_gc.elapsed() >= Duration::from_secs(30) {
                 last_gc = Instant::now();
                 rounds::housekeeping(&self.daemon, &self.events).await;
@@ -171,6 +188,8 @@ impl Runner {
         }
         (self.events)(Event::Stopping);
         self.server.abort();
+        // Runs going are left to finish their work (an image half taken is worth finishing).
+        while self.jobs.join_next().await.is_some() {}
         let _ = self.stop_shippers.send(true);
         for s in self.shippers.drain(..) {
             let _ = s.await;
@@ -181,4 +200,68 @@ impl Runner {
         rounds::shutdown(&self.daemon, &self.events).await;
         Ok(())
     }
+
+    /// Claims the jobs due now and starts each in its own task.
+    async fn start_jobs(&mut self) {
+        while self.jobs.try_join_next().is_some() {}
+        let app = &self.daemon.app;
+        let tick = match crate::policy::context(app.engine(), self.opts.ship_interval).await {
+            Ok(ctx) => crate::jobs::tick(app, &ctx, &self.node, chrono::Utc::now()).await,
+            Err(e) => Err(e),
+        };
+        let tick = match tick {
+            Ok(t) => t,
+            Err(e) => {
+                self.daemon
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .error(format!("scheduled jobs: {e}"));
+                return;
+            }
+        };
+        for run in tick.abandoned {
+            (self.events)(Event::JobAbandoned(run));
+        }
+        for run in tick.claimed {
+            let daemon = self.daemon.clone();
+            let events = self.events.clone();
+            self.jobs.spawn(async move {
+                events(Event::JobStarted(run.clone()));
+                let (outcome, detail) = crate::jobs::execute(&daemon.app, &run).await;
+                if outcome == crate::jobs::record::Outcome::Failed {
+                    daemon
+                        .status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .error(format!(
+                            "{} job {} of cluster '{}' (policy '{}') failed: {detail}",
+                            crate::jobs::record::kind_str(run.key.kind),
+                            run.id,
+                            run.key.cluster,
+                            run.key.policy
+                        ));
+                }
+                events(Event::JobEnded {
+                    run,
+                    outcome,
+                    detail,
+                });
+            });
+        }
+    }
+}
+
+/// A name for this node in job claims, unique across restarts: host, process, start time.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!(
+        "{host}:{}:{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp()
+    )
 }
