@@ -193,6 +193,15 @@ fn print_event(e: Event) {
             r.key.cluster,
             r.node
         ),
+        Event::Retained {
+            cluster,
+            policy,
+            retired,
+        } => eprintln!(
+            "retention: cluster '{cluster}' (policy '{policy}'): {} layer(s) retired, {} freed",
+            retired.layers,
+            cairn_units::fmt_size(retired.file_bytes)
+        ),
         Event::Problem(p) => eprintln!("{p}"),
     }
 }

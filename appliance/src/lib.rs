@@ -26,6 +26,7 @@ pub mod points;
 pub mod policy;
 pub mod policy_change;
 pub mod retention;
+pub mod retention_run;
 pub mod runner;
 pub mod schema;
 

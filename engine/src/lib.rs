@@ -36,6 +36,7 @@ pub mod ingest;
 pub mod layer_map;
 pub mod materialise;
 pub mod progress;
+pub mod retire;
 pub mod tablespace;
 pub mod tenant;
 pub mod timeline;

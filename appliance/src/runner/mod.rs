@@ -8,7 +8,8 @@
 //! WAL at least every `sync_interval` (sooner once `sync_bytes` are waiting), ingests the
 //! receivers' spools, takes a new image of a branch once `image_after` bytes of WAL
 //! accumulated since its last one, starts the scheduled jobs the policies in force make due
-//! ([`crate::jobs`]), and processes the deletion queue and due shreds every 30 s,
+//! ([`crate::jobs`]), and carries out retention ([`crate::retention_run`]), the deletion queue
+//! and due shreds every 30 s,
 //! until it is told to stop (or `exit_after` passes); then it stops the computes cleanly
 //! after a final ingest, so nothing written before is lost.
 //!
@@ -71,6 +72,13 @@ pub enum Event {
     },
     /// A run whose node stopped renewing its lease; its fire is tried again.
     JobAbandoned(crate::jobs::record::JobRun),
+    /// Retention retired layers of a cluster (their region copies follow through the
+    /// deletion queue).
+    Retained {
+        cluster: String,
+        policy: String,
+        retired: cairn_engine::retire::Retired,
+    },
     /// The run is stopping: final ingest and clean shutdown of the computes.
     Stopping,
     /// A problem outside a round (rounds record theirs in the status).
@@ -169,7 +177,7 @@ impl Runner {
         let tick = policy.interval.min(Duration::from_secs(1));
         let deadline = self.opts.exit_after.map(|d| Instant::now() + d);
         let mut last_gc = Instant::now();
-        rounds::housekeeping(&self.daemon, &self.events).await;
+        rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -183,7 +191,7 @@ impl Runner {
             self.start_jobs().await;
             if last_gc.elapsed() >= Duration::from_secs(30) {
                 last_gc = Instant::now();
-                rounds::housekeeping(&self.daemon, &self.events).await;
+                rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;
             }
         }
         (self.events)(Event::Stopping);

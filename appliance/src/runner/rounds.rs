@@ -1,6 +1,6 @@
 //! One round of the run and what happens around it: restarting computes, WAL receivers for
 //! adopted clusters, storing each compute's WAL when due, images when enough WAL accumulated,
-//! the deletion queue and due shreds, and the final ingest on the way out.
+//! retention, the deletion queue and due shreds, and the final ingest on the way out.
 //!
 //! Invariants:
 //! - A compute's slot advances only after its layers are committed (the engine's ingest).
@@ -19,13 +19,37 @@ use super::state::Daemon;
 use super::{Event, Events};
 use crate::error::Result;
 
-/// Deletion queue and scheduled shreds (not on a fenced appliance: the regions are not its).
-pub(super) async fn housekeeping(d: &Daemon, events: &Events) {
+/// Retention, the deletion queue and scheduled shreds (not on a fenced appliance: the regions
+/// are not its).
+pub(super) async fn housekeeping(d: &Daemon, events: &Events, ship_interval: Duration) {
     let p = &d.app.protection();
     if p.fenced() {
         return;
     }
     let mut errors = Vec::new();
+    let now = cairn_engine::catalog::now_us();
+    let retention = match crate::policy::context(d.app.engine(), ship_interval).await {
+        Ok(ctx) => crate::retention_run::run(&d.app, &ctx, now).await,
+        Err(e) => Err(e),
+    };
+    match retention {
+        Ok(clusters) => {
+            for c in clusters {
+                match c {
+                    Ok(r) if r.retired.layers > 0 => events(Event::Retained {
+                        cluster: r.cluster,
+                        policy: r.policy,
+                        retired: r.retired,
+                    }),
+                    Ok(_) => {}
+                    Err((cluster, e)) => {
+                        errors.push(format!("retention of cluster '{cluster}': {e}"))
+                    }
+                }
+            }
+        }
+        Err(e) => errors.push(format!("retention: {e}")),
+    }
     match p.run_due_shreds().await {
         Ok(done) => {
             for c in done {

@@ -152,6 +152,26 @@ impl Tx {
         Ok(())
     }
 
+    /// Removes one layer and what the catalog keeps of it (its references to other layers, its
+    /// transaction summary, its markers). Whether that is safe is the caller's
+    /// ([`crate::retire`]).
+    pub async fn delete_layer(&mut self, id: LayerId) -> Result<()> {
+        let id = id.to_string();
+        for stmt in [
+            "DELETE FROM wal_markers WHERE layer_id = $1",
+            "DELETE FROM wal_layer_txns WHERE layer_id = $1",
+            "DELETE FROM layer_refs WHERE layer_id = $1",
+            "DELETE FROM layers WHERE id = $1",
+        ] {
+            sqlx::query(stmt)
+                .bind(&id)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(|e| Error::catalog("delete a layer", e))?;
+        }
+        Ok(())
+    }
+
     pub async fn delete_cluster(&mut self, c: ClusterId) -> Result<()> {
         sqlx::query("DELETE FROM clusters WHERE id = $1")
             .bind(c.to_string())
