@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use cairn_appliance::alerts::Transition;
 use cairn_appliance::api::Access;
 use cairn_appliance::jobs::record::{kind_str, JobRun};
 use cairn_appliance::runner::{Event, Events, RunOptions, Runner};
@@ -46,6 +47,9 @@ pub struct UpArgs {
     /// Exit (cleanly, as on Ctrl-C) after this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub exit_after: Option<f64>,
+    /// Post every alert, as it is raised and cleared, to this URL (JSON). Repeat for several.
+    #[arg(long, value_name = "URL")]
+    pub alert_webhook: Vec<String>,
 }
 
 impl UpArgs {
@@ -56,6 +60,7 @@ impl UpArgs {
             sync_bytes: self.sync_bytes,
             ship_interval: Duration::from_secs_f64(self.ship_interval.max(0.05)),
             exit_after: self.exit_after.map(Duration::from_secs_f64),
+            webhooks: self.alert_webhook.clone(),
         }
     }
 }
@@ -201,6 +206,23 @@ fn print_event(e: Event) {
             "retention: cluster '{cluster}' (policy '{policy}'): {} layer(s) retired, {} freed",
             retired.layers,
             cairn_units::fmt_size(retired.file_bytes)
+        ),
+        Event::Alert(Transition::Raised { alert }) => eprintln!(
+            "ALERT {} cluster '{}' (policy '{}'): {}",
+            alert.kind.as_str(),
+            alert.cluster,
+            alert.policy,
+            alert.reason
+        ),
+        Event::Alert(Transition::Cleared { alert, at_us }) => eprintln!(
+            "cleared {} cluster '{}' (policy '{}'), raised {} ({} ago)",
+            alert.kind.as_str(),
+            alert.cluster,
+            alert.policy,
+            cairn_units::fmt_time(alert.since_us),
+            cairn_units::fmt_duration(std::time::Duration::from_micros(
+                (at_us - alert.since_us).max(0) as u64
+            ))
         ),
         Event::Problem(p) => eprintln!("{p}"),
     }

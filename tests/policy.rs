@@ -310,3 +310,153 @@ async fn cairn_up_runs_the_image_schedule_in_force_and_records_the_run() {
     drop(_up);
     env.stop_all();
 }
+
+/// A one-shot HTTP receiver of webhook posts: every body it was sent, in order.
+fn webhook_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "http://{}/hook?token=secret",
+        listener.local_addr().unwrap()
+    );
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            if r.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    store.lock().unwrap().push(v);
+                }
+            }
+            let mut w = conn;
+            let _ =
+                w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+/// RPO under load with real regions: exposure stays under the RPO while pgbench writes; a
+/// region that stops taking writes raises the alert (log, API, /metrics, webhook) within about
+/// one RPO, naming the region; it clears once the region is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn rpo_exposure_stays_under_the_rpo_and_a_stopped_region_raises_then_clears_the_alert() {
+    let env = Env::new();
+    env.two_file_regions();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let bench = |args: &[&str]| {
+        let mut c = std::process::Command::new(pg_bin().join("pgbench"));
+        c.args(args)
+            .arg(&url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    assert!(bench(&["-i", "-s", "1", "-q"])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let dir = env.home.join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("shop.toml"),
+        "clusters = [\"shop\"]\n[objectives]\nrpo = \"30s\"\nrto = \"1h\"\n\
+         [schedules]\nimage = \"@daily\"\n[retention]\npitr = \"1d\"\n\
+         [regions]\nuse = [\"region-a\", \"region-b\"]\nmin_copies = 2\n",
+    )
+    .unwrap();
+    env.ok(&["policy", "apply", "--by", "alice"]);
+    let (hook, posts) = webhook_receiver();
+    let (up, port) = env.spawn_up(&["--alert-webhook", &hook]);
+    let _up = KillOnDrop(up);
+    let exposure =
+        || -> Option<f64> { api(port, "/api/objectives")?["rpo"][0]["exposure_seconds"].as_f64() };
+
+    // 30 s of pgbench: exposure stays under the RPO (the cadence follows it: stores every 5 s).
+    let mut load = bench(&["-T", "60", "-R", "50", "-n"]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    let mut worst: f64 = 0.0;
+    while started.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        if let Some(e) = exposure() {
+            worst = worst.max(e);
+        }
+    }
+    println!("worst exposure under load: {worst:.1}s (RPO 30s)");
+    assert!(worst > 0.0 && worst < 30.0, "exposure {worst}");
+    assert!(api(port, "/api/alerts")
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Region-b stops taking writes (its directory becomes a file).
+    let b = env.dir.path().join("regions/region-b");
+    let parked = env.dir.path().join("regions/region-b.parked");
+    std::fs::rename(&b, &parked).unwrap();
+    std::fs::write(&b, b"not a directory").unwrap();
+    let broke = std::time::Instant::now();
+    let alerts = wait_for("the RPO alert", 60, || {
+        let a = api(port, "/api/alerts")?;
+        (!a.as_array()?.is_empty()).then_some(a)
+    });
+    let took = broke.elapsed().as_secs_f64();
+    println!("alert raised {took:.1}s after region-b stopped taking writes");
+    assert!(took <= 30.0 + 6.0, "alert after {took}s");
+    let a = &alerts[0];
+    assert_eq!(
+        (&a["kind"], &a["cluster"], &a["policy"]),
+        (
+            &serde_json::json!("rpo_exceeded"),
+            &serde_json::json!("shop"),
+            &serde_json::json!("shop")
+        )
+    );
+    assert!(a["reason"].as_str().unwrap().contains("region-b"), "{a}");
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("cairn_alert_since_timestamp_seconds{alert=\"rpo_exceeded\",cluster=\"shop\",policy=\"shop\"}")
+            && metrics.contains("cairn_rpo_target_seconds{cluster=\"shop\",policy=\"shop\"} 30"),
+        "{metrics}"
+    );
+
+    // Back: the backlog ships and the alert clears.
+    std::fs::remove_file(&b).unwrap();
+    std::fs::rename(&parked, &b).unwrap();
+    wait_for("the alert to clear", 60, || {
+        api(port, "/api/alerts")?
+            .as_array()?
+            .is_empty()
+            .then_some(())
+    });
+    assert!(exposure().unwrap() < 30.0);
+    let _ = load.kill();
+    let _ = load.wait();
+    let events: Vec<String> = wait_for("both webhook posts", 20, || {
+        let p = posts.lock().unwrap().clone();
+        (p.len() >= 2).then_some(p)
+    })
+    .iter()
+    .map(|p| format!("{}/{}", p["event"].as_str().unwrap(), p["alert"]["cluster"]))
+    .collect();
+    assert_eq!(events, ["raised/\"shop\"", "cleared/\"shop\""]);
+    drop(_up);
+    env.stop_all();
+}

@@ -27,6 +27,8 @@ pub fn router(d: Arc<Daemon>, access: Arc<Access>) -> Router {
         .route("/api/regions", get(regions))
         .route("/api/backups", get(backups))
         .route("/api/jobs", get(jobs))
+        .route("/api/objectives", get(objectives))
+        .route("/api/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .with_state(d)
         .layer(axum::middleware::from_fn_with_state(access, guard))
@@ -206,6 +208,18 @@ async fn backups(State(d): State<Arc<Daemon>>) -> Response {
     }
 }
 
+/// Each governed cluster's RPO exposure, as last computed.
+async fn objectives(State(d): State<Arc<Daemon>>) -> Response {
+    let rpo = d.rpo.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(json!({ "rpo": rpo })).into_response()
+}
+
+/// The active alerts.
+async fn alerts(State(d): State<Arc<Daemon>>) -> Response {
+    let a = d.alerts.lock().unwrap_or_else(|e| e.into_inner()).active();
+    Json(a).into_response()
+}
+
 /// The latest runs of scheduled jobs, newest first.
 async fn jobs(State(d): State<Arc<Daemon>>) -> Response {
     match crate::jobs::record::list(&d.app.engine().catalog, None, 200).await {
@@ -258,9 +272,13 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         Ok(j) => j,
         Err(e) => return fail(e),
     };
+    let rpo = d.rpo.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let alerts = d.alerts.lock().unwrap_or_else(|e| e.into_inner()).active();
     let text = crate::metrics::render(&crate::metrics::Snapshot {
         rounds,
         jobs,
+        rpo,
+        alerts,
         recent_errors,
         fenced: p.fenced(),
         uptime_seconds,

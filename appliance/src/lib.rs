@@ -15,6 +15,7 @@
 //!
 //! [`Progress`]: cairn_engine::progress::Progress
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod backup;
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod objectives;
 pub mod points;
 pub mod policy;
 pub mod policy_change;

@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub clusters: Vec<ClusterMetrics>,
     /// Scheduled job runs that ended, per cluster, kind and outcome.
     pub jobs: Vec<crate::jobs::record::Totals>,
+    /// Each governed cluster's exposure against its RPO.
+    pub rpo: Vec<crate::objectives::RpoStatus>,
+    pub alerts: Vec<crate::alerts::Alert>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -208,6 +211,50 @@ pub fn render(s: &Snapshot) -> String {
             j.last_ended_at_us as f64 / 1e6,
         );
     }
+
+    let mut rpo = s.rpo.clone();
+    rpo.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    type RpoValue = fn(&crate::objectives::RpoStatus) -> f64;
+    let rpo_families: [(&str, &str, RpoValue); 2] = [
+        (
+            "cairn_rpo_exposure_seconds",
+            "How much committed work would be lost now: seconds since everything committed was durable in min_copies of the policy's regions.",
+            |r| r.exposure_seconds,
+        ),
+        (
+            "cairn_rpo_target_seconds",
+            "The cluster's RPO, from its policy.",
+            |r| r.rpo_seconds,
+        ),
+    ];
+    for (name, help, value) in rpo_families {
+        o.family(name, "gauge", help);
+        for r in &rpo {
+            o.sample(
+                name,
+                &[("cluster", &r.cluster), ("policy", &r.policy)],
+                value(r),
+            );
+        }
+    }
+    o.family(
+        "cairn_alert_since_timestamp_seconds",
+        "gauge",
+        "Active alerts: when each started (Unix seconds).",
+    );
+    let mut alerts = s.alerts.clone();
+    alerts.sort_by(|a, b| (a.kind, &a.cluster).cmp(&(b.kind, &b.cluster)));
+    for a in &alerts {
+        o.sample(
+            "cairn_alert_since_timestamp_seconds",
+            &[
+                ("alert", a.kind.as_str()),
+                ("cluster", &a.cluster),
+                ("policy", &a.policy),
+            ],
+            a.since_us as f64 / 1e6,
+        );
+    }
     o.0
 }
 
@@ -261,6 +308,23 @@ mod tests {
                     last_ended_at_us: 5_000_000,
                 },
             ],
+            rpo: vec![crate::objectives::RpoStatus {
+                cluster: "shop".into(),
+                policy: "p".into(),
+                rpo_seconds: 30.0,
+                exposure_seconds: 41.5,
+                worst_branch: Some("main".into()),
+                reason: Some("region a down".into()),
+            }],
+            alerts: vec![crate::alerts::Alert {
+                kind: crate::alerts::AlertKind::RpoExceeded,
+                cluster: "shop".into(),
+                policy: "p".into(),
+                since_us: 7_000_000,
+                reason: "region a down".into(),
+                value: 41.5,
+                target: 30.0,
+            }],
         };
         let text = render(&s);
         assert!(text.contains("# TYPE cairn_up_rounds_total counter\ncairn_up_rounds_total 7\n"));
@@ -282,6 +346,11 @@ mod tests {
         // The last success, not the last end (a failure came later).
         assert!(text.contains(
             "cairn_job_last_success_timestamp_seconds{cluster=\"shop\",kind=\"image\"} 4\n"
+        ));
+        assert!(text.contains("cairn_rpo_exposure_seconds{cluster=\"shop\",policy=\"p\"} 41.5\n"));
+        assert!(text.contains("cairn_rpo_target_seconds{cluster=\"shop\",policy=\"p\"} 30\n"));
+        assert!(text.contains(
+            "cairn_alert_since_timestamp_seconds{alert=\"rpo_exceeded\",cluster=\"shop\",policy=\"p\"} 7\n"
         ));
         // Every sample line is `name{labels} number` after its family's HELP and TYPE.
         let mut typed = std::collections::HashSet::new();

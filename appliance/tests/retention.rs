@@ -360,7 +360,11 @@ async fn retiring_refuses_what_would_break_a_head_or_an_image_and_deletes_nothin
     )
     .await;
     engine.image_create(&shop, "main", &progress).await.unwrap();
-    sql(&info.url, "INSERT INTO t SELECT generate_series(1, 3000); SELECT 1").await;
+    sql(
+        &info.url,
+        "INSERT INTO t SELECT generate_series(1, 3000); SELECT 1",
+    )
+    .await;
     engine.compute_sync(&shop, info.timeline).await.unwrap();
     engine.compute_stop(&shop, "main").await.unwrap();
     let layers = engine.catalog.layers(shop.id).await.unwrap();

@@ -23,6 +23,7 @@
 pub mod state;
 
 mod rounds;
+mod watch;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,6 +38,9 @@ use crate::error::Result;
 use crate::Appliance;
 use state::{Daemon, Status};
 
+/// How often the run looks at the objectives (exposure, alerts, cadence).
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
 /// How the run stores WAL, takes images and ships.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -46,10 +50,12 @@ pub struct RunOptions {
     pub ship_interval: Duration,
     /// Stop cleanly, as when told to, after this long.
     pub exit_after: Option<Duration>,
+    /// URLs that alerts are posted to (JSON), as they are raised and cleared.
+    pub webhooks: Vec<String>,
 }
 
 /// Something an operator watching the run should see.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     ComputeRestarted {
         branch: String,
@@ -81,6 +87,8 @@ pub enum Event {
     },
     /// The run is stopping: final ingest and clean shutdown of the computes.
     Stopping,
+    /// An alert raised or cleared.
+    Alert(crate::alerts::Transition),
     /// A problem outside a round (rounds record theirs in the status).
     Problem(String),
 }
@@ -119,6 +127,12 @@ impl Runner {
                 ..Status::default()
             }),
             last_sync: Mutex::new(HashMap::new()),
+            marks: Mutex::new(HashMap::new()),
+            rpo: Mutex::new(Vec::new()),
+            alerts: Mutex::new(crate::alerts::Alerts::default()),
+            sync_every: Mutex::new(HashMap::new()),
+            ship_every_ms: std::sync::atomic::AtomicU64::new(opts.ship_interval.as_millis() as u64),
+            started_us: cairn_engine::catalog::now_us(),
         });
         rounds::restart_computes(&daemon, &events).await;
         let mut receivers: Vec<Receiver> = Vec::new();
@@ -128,7 +142,7 @@ impl Runner {
         for i in 0..daemon.app.protection().regions.regions.len() {
             let p = daemon.app.protection().clone();
             let mut stop = stop_rx.clone();
-            let every = opts.ship_interval;
+            let d = daemon.clone();
             shippers.push(tokio::spawn(async move {
                 loop {
                     let region = &p.regions.regions[i];
@@ -138,6 +152,9 @@ impl Runner {
                     if !p.fenced() {
                         let _ = p.ship_region(region, None).await;
                     }
+                    let every = Duration::from_millis(
+                        d.ship_every_ms.load(std::sync::atomic::Ordering::Relaxed),
+                    );
                     tokio::select! {
                         _ = stop.changed() => break,
                         _ = tokio::time::sleep(every) => {}
@@ -177,6 +194,7 @@ impl Runner {
         let tick = policy.interval.min(Duration::from_secs(1));
         let deadline = self.opts.exit_after.map(|d| Instant::now() + d);
         let mut last_gc = Instant::now();
+        let mut last_watch = Instant::now() - WATCH_EVERY;
         rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;
         tokio::pin!(stop);
         loop {
@@ -189,6 +207,25 @@ impl Runner {
             }
             rounds::round(&self.daemon, &policy, &mut self.receivers).await;
             self.start_jobs().await;
+            if last_watch.elapsed() >= WATCH_EVERY {
+                last_watch = Instant::now();
+                if let Err(e) = watch::watch(
+                    &self.daemon,
+                    &self.events,
+                    &self.opts.webhooks,
+                    self.opts.sync_interval,
+                    self.opts.ship_interval,
+                    cairn_engine::catalog::now_us(),
+                )
+                .await
+                {
+                    self.daemon
+                        .status
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .error(format!("objectives: {e}"));
+                }
+            }
             if last_gc.elapsed() >= Duration::from_secs(30) {
                 last_gc = Instant::now();
                 rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;

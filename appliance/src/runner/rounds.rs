@@ -175,8 +175,15 @@ pub(super) async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<R
             .unwrap_or_else(|e| e.into_inner())
             .get(&tl)
             .copied();
+        let interval = d
+            .sync_every
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cluster.name)
+            .copied()
+            .unwrap_or(policy.interval);
         let due = match last {
-            Some(t) if t.elapsed() < policy.interval => {
+            Some(t) if t.elapsed() < interval => {
                 match d.app.engine().compute_pending(&cluster, tl).await {
                     Ok(Some(pending)) => pending >= policy.bytes,
                     Ok(None) => false,
@@ -195,7 +202,12 @@ pub(super) async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<R
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(tl, Instant::now());
-        match d.app.engine().compute_sync(&cluster, tl).await {
+        let started_us = cairn_engine::catalog::now_us();
+        let synced = d.app.engine().compute_sync(&cluster, tl).await;
+        if let Ok(r) = &synced {
+            d.mark(tl, started_us, r.to);
+        }
+        match synced {
             Ok(r) if r.layers > 0 => {
                 if let Err(e) = maybe_image(d, &cluster, tl, policy.image_after).await {
                     errors.push(format!("image of branch '{}': {e}", b.name));
@@ -212,8 +224,10 @@ pub(super) async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<R
             .into_iter()
             .filter(|c| c.kind == ClusterKind::Adopted)
         {
-            if let Err(e) = d.app.engine().ingest_spool(&c).await {
-                errors.push(format!("ingest of cluster '{}': {e}", c.name));
+            let started_us = cairn_engine::catalog::now_us();
+            match d.app.engine().ingest_spool(&c).await {
+                Ok(r) => d.mark(r.timeline, started_us, r.to),
+                Err(e) => errors.push(format!("ingest of cluster '{}': {e}", c.name)),
             }
         }
     }

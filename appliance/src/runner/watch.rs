@@ -1,0 +1,100 @@
+//! The run's watch over the objectives: every couple of seconds, each governed cluster's RPO
+//! exposure ([`crate::objectives`]), the alerts it raises or clears ([`crate::alerts`]), and
+//! the cadence of WAL stores and shipping that the RPOs ask for.
+//!
+//! Invariants:
+//! - Cadence: a cluster's WAL is stored at least every sixth of its RPO and every region is
+//!   shipped to at least every sixth of the tightest RPO (never slower than the run's own
+//!   options, never faster than 200 ms), so exposure stays under half the RPO while the
+//!   regions keep up.
+//! - Each transition of an alert is logged, reported as an event and posted to the webhooks
+//!   exactly once.
+//! - Marks older than the newest durable store of their branch are dropped: only what may
+//!   still count is kept.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::state::Daemon;
+use super::{Event, Events};
+use crate::alerts::{self, AlertKind, Condition};
+use crate::error::Result;
+
+const FLOOR: Duration = Duration::from_millis(200);
+
+/// One look at the objectives at `now_us`.
+pub(super) async fn watch(
+    d: &Daemon,
+    events: &Events,
+    webhooks: &[String],
+    sync_interval: Duration,
+    ship_interval: Duration,
+    now_us: i64,
+) -> Result<()> {
+    let engine = d.app.engine();
+    let ctx = crate::policy::context(engine, ship_interval).await?;
+    let set = match crate::policy_change::in_force(engine, &ctx, now_us).await? {
+        Some((_, set)) => set,
+        None => cairn_policies::PolicySet::default(),
+    };
+    // Cadence.
+    let mut every = std::collections::HashMap::new();
+    let mut ship = ship_interval;
+    for c in &ctx.clusters {
+        if let Some(p) = set.for_cluster(c) {
+            let part = (p.objectives.rpo / 6).max(FLOOR);
+            every.insert(c.clone(), sync_interval.min(part));
+            ship = ship.min(part);
+        }
+    }
+    *d.sync_every.lock().unwrap_or_else(|e| e.into_inner()) = every;
+    d.ship_every_ms
+        .store(ship.as_millis() as u64, Ordering::Relaxed);
+
+    // Exposure.
+    let marks = d.marks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let statuses = crate::objectives::rpo(&d.app, &set, &marks, d.started_us, now_us).await?;
+    prune_marks(d, &statuses, now_us);
+    let mut transitions = Vec::new();
+    {
+        let mut a = d.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        for s in &statuses {
+            let cond = s.reason.clone().map(|reason| Condition {
+                reason: format!(
+                    "exposure {:.0}s exceeds the RPO of {:.0}s: {reason}",
+                    s.exposure_seconds, s.rpo_seconds
+                ),
+                value: s.exposure_seconds,
+                target: s.rpo_seconds,
+            });
+            transitions.extend(a.set(AlertKind::RpoExceeded, &s.cluster, &s.policy, now_us, cond));
+        }
+        let seen: Vec<String> = statuses.iter().map(|s| s.cluster.clone()).collect();
+        transitions.extend(a.retain_clusters(AlertKind::RpoExceeded, &seen, now_us));
+    }
+    *d.rpo.lock().unwrap_or_else(|e| e.into_inner()) = statuses;
+    for t in transitions {
+        alerts::log(&t);
+        alerts::deliver(webhooks, &t);
+        events(Event::Alert(t));
+    }
+    Ok(())
+}
+
+/// Drops the marks that can no longer count: those before the newest mark whose exposure was
+/// computed as durable (its time is `now - exposure`).
+fn prune_marks(d: &Daemon, statuses: &[crate::objectives::RpoStatus], now_us: i64) {
+    let oldest_needed = statuses
+        .iter()
+        .map(|s| now_us - (s.exposure_seconds * 1e6) as i64)
+        .min();
+    let Some(keep_from) = oldest_needed else {
+        return;
+    };
+    let mut m = d.marks.lock().unwrap_or_else(|e| e.into_inner());
+    for v in m.values_mut() {
+        if let Some(i) = v.iter().rposition(|x| x.at_us <= keep_from) {
+            v.drain(..i);
+        }
+    }
+}
