@@ -19,12 +19,15 @@ use std::time::Duration;
 pub enum AlertKind {
     /// Exposure exceeds the policy's RPO.
     RpoExceeded,
+    /// The predicted restore time exceeds the policy's RTO.
+    RtoExceeded,
 }
 
 impl AlertKind {
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::RpoExceeded => "rpo_exceeded",
+            AlertKind::RtoExceeded => "rto_exceeded",
         }
     }
 }

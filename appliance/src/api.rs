@@ -208,10 +208,11 @@ async fn backups(State(d): State<Arc<Daemon>>) -> Response {
     }
 }
 
-/// Each governed cluster's RPO exposure, as last computed.
+/// Each governed cluster's RPO exposure and predicted restore time, as last computed.
 async fn objectives(State(d): State<Arc<Daemon>>) -> Response {
     let rpo = d.rpo.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Json(json!({ "rpo": rpo })).into_response()
+    let rto = d.rto.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(json!({ "rpo": rpo, "rto": rto })).into_response()
 }
 
 /// The active alerts.
@@ -273,11 +274,13 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         Err(e) => return fail(e),
     };
     let rpo = d.rpo.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let rto = d.rto.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let alerts = d.alerts.lock().unwrap_or_else(|e| e.into_inner()).active();
     let text = crate::metrics::render(&crate::metrics::Snapshot {
         rounds,
         jobs,
         rpo,
+        rto,
         alerts,
         recent_errors,
         fenced: p.fenced(),

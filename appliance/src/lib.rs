@@ -27,6 +27,7 @@ pub mod objectives;
 pub mod points;
 pub mod policy;
 pub mod policy_change;
+pub mod restore_time;
 pub mod retention;
 pub mod retention_run;
 pub mod runner;

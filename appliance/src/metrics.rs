@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub jobs: Vec<crate::jobs::record::Totals>,
     /// Each governed cluster's exposure against its RPO.
     pub rpo: Vec<crate::objectives::RpoStatus>,
+    /// Each governed cluster's predicted restore time against its RTO.
+    pub rto: Vec<crate::restore_time::RtoStatus>,
     pub alerts: Vec<crate::alerts::Alert>,
 }
 
@@ -237,6 +239,29 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+    let mut rto = s.rto.clone();
+    rto.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    type RtoValue = fn(&crate::restore_time::RtoStatus) -> Option<f64>;
+    let rto_families: [(&str, &str, RtoValue); 2] = [
+        (
+            "cairn_rto_predicted_seconds",
+            "How long restoring the cluster's slowest branch from its policy's regions would take now, predicted from measured restores (absent until one was measured).",
+            |r| r.predicted_seconds,
+        ),
+        (
+            "cairn_rto_target_seconds",
+            "The cluster's RTO, from its policy.",
+            |r| Some(r.rto_seconds),
+        ),
+    ];
+    for (name, help, value) in rto_families {
+        o.family(name, "gauge", help);
+        for r in &rto {
+            if let Some(v) = value(r) {
+                o.sample(name, &[("cluster", &r.cluster), ("policy", &r.policy)], v);
+            }
+        }
+    }
     o.family(
         "cairn_alert_since_timestamp_seconds",
         "gauge",
@@ -316,6 +341,23 @@ mod tests {
                 worst_branch: Some("main".into()),
                 reason: Some("region a down".into()),
             }],
+            rto: ["shop", "new"]
+                .iter()
+                .map(|c| crate::restore_time::RtoStatus {
+                    cluster: c.to_string(),
+                    policy: "p".into(),
+                    rto_seconds: 60.0,
+                    predicted_seconds: (*c == "shop").then_some(12.5),
+                    branch: None,
+                    point: None,
+                    needs: None,
+                    prediction: None,
+                    image: None,
+                    image_taken_us: None,
+                    restores_measured: 1,
+                    reason: None,
+                })
+                .collect(),
             alerts: vec![crate::alerts::Alert {
                 kind: crate::alerts::AlertKind::RpoExceeded,
                 cluster: "shop".into(),
@@ -349,6 +391,13 @@ mod tests {
         ));
         assert!(text.contains("cairn_rpo_exposure_seconds{cluster=\"shop\",policy=\"p\"} 41.5\n"));
         assert!(text.contains("cairn_rpo_target_seconds{cluster=\"shop\",policy=\"p\"} 30\n"));
+        // A cluster without a measured restore has a target but no prediction.
+        assert!(text.contains(
+            "# TYPE cairn_rto_predicted_seconds gauge\ncairn_rto_predicted_seconds{cluster=\"shop\",policy=\"p\"} 12.5\n# HELP"
+        ));
+        assert!(text.contains(
+            "cairn_rto_target_seconds{cluster=\"new\",policy=\"p\"} 60\ncairn_rto_target_seconds{cluster=\"shop\",policy=\"p\"} 60\n"
+        ));
         assert!(text.contains(
             "cairn_alert_since_timestamp_seconds{alert=\"rpo_exceeded\",cluster=\"shop\",policy=\"p\"} 7\n"
         ));

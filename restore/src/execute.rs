@@ -115,6 +115,8 @@ pub async fn execute(
         written_bytes: 0,
         removed: 0,
         wal_segments: 0,
+        wal_bytes: 0,
+        replay_bytes: lsn.0.saturating_sub(plan.plan.image.end.0),
         phases: Phases {
             fetch_index: plan.seconds,
             fetch_layers,
@@ -250,6 +252,7 @@ async fn write_datadir(
     report.written_bytes = stats.written_bytes;
     report.removed = stats.removed;
     report.wal_segments = stats.wal_segments;
+    report.wal_bytes = stats.wal_segments * plan.cluster.segment_size;
     report.tablespaces =
         crate::tablespaces::report(&stats.tablespaces, &known, &stats.wal_tablespaces);
     if let Err(e) = target
@@ -362,6 +365,7 @@ async fn start_branch(
     report.data_bytes = m.data_bytes;
     report.written_bytes = m.written_bytes;
     report.wal_segments = m.wal_segments;
+    report.wal_bytes = m.wal_segments * plan.cluster.segment_size;
     report.phases.write = m.seconds;
     report.phases.wal_replay = info.start_seconds;
     report.compute_port = Some(info.port);

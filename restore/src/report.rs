@@ -41,6 +41,10 @@ pub struct RestoreReport {
     /// Files and directories a delta restore removed.
     pub removed: u64,
     pub wal_segments: u64,
+    /// Bytes of the WAL segments written for replay.
+    pub wal_bytes: u64,
+    /// WAL from the image to the point: what recovery replayed.
+    pub replay_bytes: u64,
     pub phases: Phases,
     pub total_seconds: f64,
     /// For a branch target: the compute's port.

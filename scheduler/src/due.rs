@@ -26,6 +26,9 @@ pub enum JobKind {
     Image,
     Verify,
     Drill,
+    /// An image taken because the predicted restore time approached the RTO ([`crate::rto`]);
+    /// not scheduled by cron: its fire is the newest image it replaces.
+    RtoImage,
 }
 
 /// One scheduled job: a kind of work for one cluster, under one policy's schedule.

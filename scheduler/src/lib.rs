@@ -10,9 +10,12 @@
 //!   kept (checked against the engine's own planner by the property tests).
 //! - [`due`]: a job never overlaps itself, missed fires collapse into one late run, and no
 //!   schedule runs more than its `max_concurrent` at once.
+//! - [`rto`]: a restore-time prediction grows with every byte a restore needs, and an image is
+//!   only credited with the WAL time it removes.
 
 pub mod due;
 pub mod retention;
+pub mod rto;
 
 pub use due::{due, Decision, DueRun, Job, JobKey, JobKind, JobState, Waiting};
 pub use retention::{plan_retention, History, ImageInfo, Period, Reason, RetentionPlan, WalInfo};

@@ -121,7 +121,7 @@ pub async fn execute(app: &Appliance, run: &JobRun) -> (Outcome, String) {
     );
     let work = async {
         match run.key.kind {
-            JobKind::Image => image::run(app, &run.key.cluster).await,
+            JobKind::Image | JobKind::RtoImage => image::run(app, &run.key.cluster).await,
             JobKind::Verify | JobKind::Drill => (
                 Outcome::Skipped,
                 "verification and drill runs are not carried out yet".to_string(),

@@ -60,6 +60,7 @@ pub fn kind_str(k: JobKind) -> &'static str {
         JobKind::Image => "image",
         JobKind::Verify => "verify",
         JobKind::Drill => "drill",
+        JobKind::RtoImage => "rto_image",
     }
 }
 
@@ -68,6 +69,7 @@ fn parse_kind(s: &str) -> Result<JobKind> {
         "image" => JobKind::Image,
         "verify" => JobKind::Verify,
         "drill" => JobKind::Drill,
+        "rto_image" => JobKind::RtoImage,
         other => {
             return Err(Error::Refused(format!(
                 "job_runs holds an unknown job kind '{other}': written by a newer cairn?"

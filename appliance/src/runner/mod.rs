@@ -129,6 +129,7 @@ impl Runner {
             last_sync: Mutex::new(HashMap::new()),
             marks: Mutex::new(HashMap::new()),
             rpo: Mutex::new(Vec::new()),
+            rto: Mutex::new(Vec::new()),
             alerts: Mutex::new(crate::alerts::Alerts::default()),
             sync_every: Mutex::new(HashMap::new()),
             ship_every_ms: std::sync::atomic::AtomicU64::new(opts.ship_interval.as_millis() as u64),
@@ -209,21 +210,23 @@ impl Runner {
             self.start_jobs().await;
             if last_watch.elapsed() >= WATCH_EVERY {
                 last_watch = Instant::now();
-                if let Err(e) = watch::watch(
+                let watched = watch::watch(
                     &self.daemon,
                     &self.events,
                     &self.opts.webhooks,
-                    self.opts.sync_interval,
-                    self.opts.ship_interval,
+                    (self.opts.sync_interval, self.opts.ship_interval),
+                    &self.node,
                     cairn_engine::catalog::now_us(),
                 )
-                .await
-                {
-                    self.daemon
+                .await;
+                match watched {
+                    Ok(claimed) => claimed.into_iter().for_each(|r| self.spawn_job(r)),
+                    Err(e) => self
+                        .daemon
                         .status
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .error(format!("objectives: {e}"));
+                        .error(format!("objectives: {e}")),
                 }
             }
             if last_gc.elapsed() >= Duration::from_secs(30) {
@@ -269,31 +272,36 @@ impl Runner {
             (self.events)(Event::JobAbandoned(run));
         }
         for run in tick.claimed {
-            let daemon = self.daemon.clone();
-            let events = self.events.clone();
-            self.jobs.spawn(async move {
-                events(Event::JobStarted(run.clone()));
-                let (outcome, detail) = crate::jobs::execute(&daemon.app, &run).await;
-                if outcome == crate::jobs::record::Outcome::Failed {
-                    daemon
-                        .status
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .error(format!(
-                            "{} job {} of cluster '{}' (policy '{}') failed: {detail}",
-                            crate::jobs::record::kind_str(run.key.kind),
-                            run.id,
-                            run.key.cluster,
-                            run.key.policy
-                        ));
-                }
-                events(Event::JobEnded {
-                    run,
-                    outcome,
-                    detail,
-                });
-            });
+            self.spawn_job(run);
         }
+    }
+
+    /// Executes a claimed run in its own task, reporting its start and end.
+    fn spawn_job(&mut self, run: crate::jobs::record::JobRun) {
+        let daemon = self.daemon.clone();
+        let events = self.events.clone();
+        self.jobs.spawn(async move {
+            events(Event::JobStarted(run.clone()));
+            let (outcome, detail) = crate::jobs::execute(&daemon.app, &run).await;
+            if outcome == crate::jobs::record::Outcome::Failed {
+                daemon
+                    .status
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .error(format!(
+                        "{} job {} of cluster '{}' (policy '{}') failed: {detail}",
+                        crate::jobs::record::kind_str(run.key.kind),
+                        run.id,
+                        run.key.cluster,
+                        run.key.policy
+                    ));
+            }
+            events(Event::JobEnded {
+                run,
+                outcome,
+                detail,
+            });
+        });
     }
 }
 

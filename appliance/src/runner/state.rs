@@ -45,6 +45,8 @@ pub struct Daemon {
     pub(crate) marks: Mutex<HashMap<TimelineId, Vec<SyncMark>>>,
     /// Each governed cluster's exposure, as last computed.
     pub rpo: Mutex<Vec<RpoStatus>>,
+    /// Each governed cluster's predicted restore time, as last computed.
+    pub rto: Mutex<Vec<crate::restore_time::RtoStatus>>,
     pub alerts: Mutex<Alerts>,
     /// How often each cluster's WAL is stored, from its policy's RPO (else the run's option).
     pub(crate) sync_every: Mutex<HashMap<String, Duration>>,

@@ -1,6 +1,7 @@
 //! The run's watch over the objectives: every couple of seconds, each governed cluster's RPO
-//! exposure ([`crate::objectives`]), the alerts it raises or clears ([`crate::alerts`]), and
-//! the cadence of WAL stores and shipping that the RPOs ask for.
+//! exposure ([`crate::objectives`]) and predicted restore time ([`crate::restore_time`]), the
+//! alerts they raise or clear ([`crate::alerts`]), the cadence of WAL stores and shipping that
+//! the RPOs ask for, and the image layers that the RTOs ask for.
 //!
 //! Invariants:
 //! - Cadence: a cluster's WAL is stored at least every sixth of its RPO and every region is
@@ -11,6 +12,8 @@
 //!   exactly once.
 //! - Marks older than the newest durable store of their branch are dropped: only what may
 //!   still count is kept.
+//! - An image for the RTO is claimed in the catalog like a scheduled run (kind `rto_image`,
+//!   its fire the newest image it replaces): one per replaced image, on one node.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,23 +22,26 @@ use super::state::Daemon;
 use super::{Event, Events};
 use crate::alerts::{self, AlertKind, Condition};
 use crate::error::Result;
+use crate::jobs::record::JobRun;
+use cairn_scheduler::due::{DueRun, JobKey, JobKind};
 
 const FLOOR: Duration = Duration::from_millis(200);
 
-/// One look at the objectives at `now_us`.
+/// One look at the objectives at `now_us`; returns the image runs it claimed for `node`
+/// (the caller executes them).
 pub(super) async fn watch(
     d: &Daemon,
     events: &Events,
     webhooks: &[String],
-    sync_interval: Duration,
-    ship_interval: Duration,
+    (sync_interval, ship_interval): (Duration, Duration),
+    node: &str,
     now_us: i64,
-) -> Result<()> {
+) -> Result<Vec<JobRun>> {
     let engine = d.app.engine();
     let ctx = crate::policy::context(engine, ship_interval).await?;
-    let set = match crate::policy_change::in_force(engine, &ctx, now_us).await? {
-        Some((_, set)) => set,
-        None => cairn_policies::PolicySet::default(),
+    let (change, set) = match crate::policy_change::in_force(engine, &ctx, now_us).await? {
+        Some((change, set)) => (Some(change.id), set),
+        None => (None, cairn_policies::PolicySet::default()),
     };
     // Cadence.
     let mut every = std::collections::HashMap::new();
@@ -73,12 +79,82 @@ pub(super) async fn watch(
         transitions.extend(a.retain_clusters(AlertKind::RpoExceeded, &seen, now_us));
     }
     *d.rpo.lock().unwrap_or_else(|e| e.into_inner()) = statuses;
+
+    // Restore time.
+    let rto = crate::restore_time::rto(&d.app, &set).await?;
+    {
+        let mut a = d.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        for s in &rto {
+            let cond = s.exceeded().then(|| Condition {
+                reason: format!(
+                    "predicted restore time {:.0}s exceeds the RTO of {:.0}s: {}",
+                    s.predicted_seconds.unwrap_or_default(),
+                    s.rto_seconds,
+                    s.reason.as_deref().unwrap_or("")
+                ),
+                value: s.predicted_seconds.unwrap_or_default(),
+                target: s.rto_seconds,
+            });
+            transitions.extend(a.set(AlertKind::RtoExceeded, &s.cluster, &s.policy, now_us, cond));
+        }
+        let seen: Vec<String> = rto.iter().map(|s| s.cluster.clone()).collect();
+        transitions.extend(a.retain_clusters(AlertKind::RtoExceeded, &seen, now_us));
+    }
+    let mut claimed = Vec::new();
+    if let Some(change) = change {
+        for (s, replaced_us) in crate::restore_time::wanted_images(&rto) {
+            if let Some(run) = claim_image(d, s, replaced_us, &change, node, now_us).await? {
+                claimed.push(run);
+            }
+        }
+    }
+    *d.rto.lock().unwrap_or_else(|e| e.into_inner()) = rto;
     for t in transitions {
         alerts::log(&t);
         alerts::deliver(webhooks, &t);
         events(Event::Alert(t));
     }
-    Ok(())
+    Ok(claimed)
+}
+
+/// Claims the image that cluster `s`'s RTO asks for, once per image it replaces.
+async fn claim_image(
+    d: &Daemon,
+    s: &crate::restore_time::RtoStatus,
+    replaced_us: i64,
+    change: &str,
+    node: &str,
+    now_us: i64,
+) -> Result<Option<JobRun>> {
+    let at = |us| chrono::DateTime::from_timestamp_micros(us).unwrap_or_default();
+    let due = DueRun {
+        key: JobKey {
+            policy: s.policy.clone(),
+            cluster: s.cluster.clone(),
+            kind: JobKind::RtoImage,
+        },
+        fire: at(replaced_us),
+        start_at: at(now_us),
+        missed: 0,
+        late: false,
+    };
+    let run = crate::jobs::record::claim(
+        &d.app.engine().catalog,
+        &due,
+        change,
+        node,
+        at(now_us),
+        crate::jobs::LEASE,
+    )
+    .await?;
+    if let Some(r) = &run {
+        tracing::info!(
+            job = %r.id, cluster = %s.cluster, policy = %s.policy,
+            predicted = s.predicted_seconds.unwrap_or_default(), rto = s.rto_seconds,
+            "the predicted restore time approaches the RTO: taking an image layer"
+        );
+    }
+    Ok(run)
 }
 
 /// Drops the marks that can no longer count: those before the newest mark whose exposure was

@@ -1,0 +1,183 @@
+//! RTO end to end: `cairn up` predicts each cluster's restore time from measured restores and
+//! the layers its policy's regions hold; with an RTO tighter than the prediction it takes an
+//! image layer, the prediction drops below the target, and a real restore is compared with the
+//! prediction (the factor is printed).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn objectives_rto(port: u16) -> Option<Value> {
+    let s = api(port, "/api/objectives")?["rto"][0].clone();
+    (!s.is_null()).then_some(s)
+}
+
+fn write_policy(env: &Env, rto: &str) {
+    let dir = env.home.join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("shop.toml"),
+        format!(
+            "clusters = [\"shop\"]\n[objectives]\nrpo = \"30s\"\nrto = \"{rto}\"\n\
+             [schedules]\nimage = \"@daily\"\n[retention]\npitr = \"1d\"\n\
+             [regions]\nuse = [\"region-a\", \"region-b\"]\nmin_copies = 1\n"
+        ),
+    )
+    .unwrap();
+    env.ok(&["policy", "apply", "--by", "alice"]);
+}
+
+/// Restores the cluster's head from region-a into a new directory; the report.
+fn restore(env: &Env, name: &str) -> Value {
+    let target = env.dir.path().join(name);
+    env.json(&[
+        "restore",
+        "shop",
+        "--region",
+        "region-a",
+        "--to-datadir",
+        target.to_str().unwrap(),
+    ])
+}
+
+/// Waits until the regions hold the head of `main` (its exposure back under a couple of
+/// seconds).
+fn wait_shipped(port: u16) {
+    wait_for("the WAL to reach the regions", 120, || {
+        let e = api(port, "/api/objectives")?["rpo"][0]["exposure_seconds"].as_f64()?;
+        (e < 3.0).then_some(())
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tight_rto_takes_an_image_and_the_prediction_matches_a_real_restore() {
+    let env = Env::new();
+    env.two_file_regions();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let init = std::process::Command::new(pg_bin().join("pgbench"))
+        .args(["-i", "-s", "5", "-q", &url])
+        .output()
+        .unwrap();
+    assert!(init.status.success(), "{init:?}");
+    env.ok(&["image", "create", "main"]);
+    write_policy(&env, "1h");
+    // Images come only from the schedule and the RTO here, not from the WAL volume.
+    let (up, port) = env.spawn_up(&["--image-after", "100GiB"]);
+    let _up = KillOnDrop(up);
+
+    // No restore measured: no prediction, and the status says how to get one.
+    let s = wait_for("the RTO status", 30, || objectives_rto(port));
+    assert!(s["predicted_seconds"].is_null(), "{s}");
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no restore has been measured"),
+        "{s}"
+    );
+
+    // Two measured restores of different sizes: just after the image, and after WAL.
+    let c = connect(&url).await;
+    wait_shipped(port);
+    let small = restore(&env, "measure-small");
+    for _ in 0..2 {
+        c.batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1")
+            .await
+            .unwrap();
+    }
+    wait_shipped(port);
+    let big = restore(&env, "measure-big");
+    println!(
+        "measured: {:.2}s replaying {} bytes, {:.2}s replaying {} bytes",
+        small["total_seconds"], small["replay_bytes"], big["total_seconds"], big["replay_bytes"]
+    );
+    assert!(big["replay_bytes"].as_u64().unwrap() > 2 * small["replay_bytes"].as_u64().unwrap());
+
+    // More WAL since the image than the measured restores replayed: the prediction grows.
+    for _ in 0..2 {
+        c.batch_execute("UPDATE pgbench_accounts SET abalance = abalance + 1")
+            .await
+            .unwrap();
+    }
+    wait_shipped(port);
+    let before = wait_for("a prediction", 30, || {
+        let s = objectives_rto(port)?;
+        (s["restores_measured"].as_u64()? >= 2 && s["predicted_seconds"].is_f64()).then_some(s)
+    });
+    let predicted = before["predicted_seconds"].as_f64().unwrap();
+    let wal = before["prediction"]["wal_seconds"].as_f64().unwrap();
+    println!("prediction before the image: {predicted:.2}s, of which WAL {wal:.2}s: {before}");
+
+    // An RTO tighter than the prediction, but above what the image alone takes.
+    let rto = (predicted - wal / 2.0).floor().max(1.0);
+    assert!(
+        rto < predicted && predicted - wal + 1.0 < rto,
+        "the WAL part ({wal:.2}s of {predicted:.2}s) is too small to test with whole seconds"
+    );
+    write_policy(&env, &format!("{rto}s"));
+    let alert = wait_for("the rto_exceeded alert", 30, || {
+        let a = api(port, "/api/alerts")?;
+        a.as_array()?
+            .iter()
+            .find(|a| a["kind"] == "rto_exceeded")
+            .cloned()
+    });
+    println!("alert: {alert}");
+    assert!(
+        alert["reason"]
+            .as_str()
+            .unwrap()
+            .contains("an image layer is being taken"),
+        "{alert}"
+    );
+
+    // The RTO's image is taken (once, recorded as a job run), shipped, and the prediction
+    // drops below the target; the alert clears.
+    let after = wait_for("the prediction under the RTO", 120, || {
+        let s = objectives_rto(port)?;
+        (s["predicted_seconds"].as_f64()? < rto && s["image"] != before["image"]).then_some(s)
+    });
+    let predicted_after = after["predicted_seconds"].as_f64().unwrap();
+    println!("prediction after the image: {predicted_after:.2}s (RTO {rto}s): {after}");
+    wait_for("the alert to clear", 30, || {
+        let a = api(port, "/api/alerts")?;
+        (!a.as_array()?.iter().any(|a| a["kind"] == "rto_exceeded")).then_some(())
+    });
+    let jobs = env.json(&["jobs", "--cluster", "shop"]);
+    let rto_runs: Vec<&Value> = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["key"]["kind"] == "rto_image")
+        .collect();
+    assert_eq!(rto_runs.len(), 1, "{jobs}");
+    assert_eq!(rto_runs[0]["outcome"], "succeeded", "{jobs}");
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "cairn_rto_target_seconds{{cluster=\"shop\",policy=\"shop\"}} {rto}"
+        )) && metrics.contains("cairn_rto_predicted_seconds{cluster=\"shop\",policy=\"shop\"}"),
+        "{metrics}"
+    );
+
+    // A real restore now, against the prediction.
+    let real = restore(&env, "real");
+    let took = real["total_seconds"].as_f64().unwrap();
+    let factor = took / predicted_after;
+    println!(
+        "RTO prediction {predicted_after:.2}s, real restore {took:.2}s: factor {factor:.2} \
+         (before the image the prediction was {predicted:.2}s)"
+    );
+    assert_eq!(
+        real["layers"].as_array().unwrap()[0],
+        after["image"],
+        "{real}"
+    );
+    // A prediction is an estimate; an order of magnitude off would make it useless.
+    assert!((0.25..4.0).contains(&factor), "factor {factor}");
+    drop(c);
+    drop(_up);
+    env.stop_all();
+}
