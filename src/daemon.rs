@@ -225,5 +225,13 @@ fn print_event(e: Event) {
             ))
         ),
         Event::Problem(p) => eprintln!("{p}"),
+        Event::Active { node } => eprintln!("this node ({node}) is the active node"),
+        Event::Standby(h) => eprintln!(
+            "standby: node {} is the active node (since {}); this node takes over if its lease \
+             passes ({})",
+            h.node,
+            cairn_units::fmt_time(h.since_us),
+            cairn_units::fmt_time(h.lease_until_us)
+        ),
     }
 }

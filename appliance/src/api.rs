@@ -142,7 +142,18 @@ async fn health(State(d): State<Arc<Daemon>>) -> Response {
     let uptime = st.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     let regions = d.app.protection().status();
     let region_trouble = regions.iter().any(|r| r.last_error.is_some());
+    let active = d.active.load(std::sync::atomic::Ordering::Relaxed);
+    let lease = d.lease.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let active_node = match &lease.role {
+        Some(crate::nodes::Role::Standby(h)) => json!(h),
+        _ if active => json!({ "node": d.node }),
+        _ => json!(null),
+    };
     Json(json!({
+        "node": d.node,
+        "role": if active { "active" } else { "standby" },
+        "active_node": active_node,
+        "lease_error": lease.error,
         "status": if d.app.protection().fenced() {
             "fenced"
         } else if st.errors.is_empty() && !region_trouble {

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod nodes;
 pub mod objectives;
 pub mod points;
 pub mod policy;

@@ -1,5 +1,6 @@
 //! The appliance's tables in the catalog: policy changes (the audit log of `cairn policy
-//! apply`), the policy files each change put in force, and the runs of scheduled jobs.
+//! apply`), the policy files each change put in force, the runs of scheduled jobs, and the
+//! lease of the active node.
 //!
 //! Invariants:
 //! - These migrations are the appliance crate's own ([`cairn_engine::catalog::schema`] states
@@ -70,6 +71,20 @@ pub const MIGRATIONS: &[Migration] = &[
                 UNIQUE (policy, cluster, kind, fire_at, attempt)
             )",
             "CREATE INDEX job_runs_by_job ON job_runs (policy, cluster, kind, fire_at)",
+        ],
+    },
+    Migration {
+        version: 8,
+        description: "appliance: the lease of the node that runs the appliance's work",
+        statements: &[
+            // One row per role (only `active` so far). A node holds the role while its lease
+            // has not passed; taking it is a conditional update, so of two nodes one wins.
+            "CREATE TABLE node_leases (
+                role TEXT PRIMARY KEY,
+                node TEXT NOT NULL,
+                since BIGINT NOT NULL,
+                lease_until BIGINT NOT NULL
+            )",
         ],
     },
 ];

@@ -340,6 +340,10 @@ const RELEASED: &[(i64, &str)] = &[
         7,
         "b52ef900385a50d889e27dd62327020471a014ceae9171b8150277bef1e05269",
     ),
+    (
+        8,
+        "9a3682b35b623a8a8cf2dd136e99e56eb3abf22fd6f6f92ef4657f3bc67ce7e4",
+    ),
 ];
 
 #[test]

@@ -563,6 +563,20 @@ impl Engine {
         Ok(Some(flush.0.saturating_sub(head.0)))
     }
 
+    /// Stops the server of timeline `tl`'s compute (on `port`) without the catalog: for a node
+    /// that lost the catalog and must not keep a server running that another node may start.
+    /// Its WAL stays in the compute's directory; the next start of the compute stores it (as
+    /// after a crash). Does nothing when no server runs there.
+    pub fn compute_halt(&self, cluster: &ClusterRow, tl: TimelineId, port: u16) -> Result<bool> {
+        let server = self.server_for(cluster, tl, port)?;
+        if server.pid().is_none() {
+            return Ok(false);
+        }
+        server.stop("fast")?;
+        tracing::warn!(timeline = %tl, "compute halted without the catalog");
+        Ok(true)
+    }
+
     /// Stops a branch's compute cleanly, keeping every byte of WAL it wrote.
     pub async fn compute_stop(&self, cluster: &ClusterRow, branch: &str) -> Result<SyncReport> {
         let (_, tl) = self.resolve_branch(cluster, branch).await?;

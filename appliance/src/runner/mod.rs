@@ -22,6 +22,7 @@
 
 pub mod state;
 
+mod lease;
 mod rounds;
 mod watch;
 
@@ -57,6 +58,12 @@ pub struct RunOptions {
 /// Something an operator watching the run should see.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// This node took the active role: it runs the appliance's work from now on.
+    Active {
+        node: String,
+    },
+    /// Another node holds the active role: this one waits as a standby.
+    Standby(crate::nodes::Holder),
     ComputeRestarted {
         branch: String,
         port: u16,
@@ -105,9 +112,10 @@ pub struct Runner {
     shippers: Vec<tokio::task::JoinHandle<()>>,
     server: tokio::task::JoinHandle<()>,
     stop_shippers: tokio::sync::watch::Sender<bool>,
-    /// This node's name in job claims: host, process and start time.
-    node: String,
     jobs: tokio::task::JoinSet<()>,
+    /// Takes and renews the node lease in the background, so that a long round never lets it
+    /// pass.
+    leaser: tokio::task::JoinHandle<()>,
 }
 
 impl Runner {
@@ -119,7 +127,6 @@ impl Runner {
         access: Access,
         events: Events,
     ) -> Result<Runner> {
-        app.engine().recover_orphans().await?;
         let daemon = Arc::new(Daemon {
             app,
             status: Mutex::new(Status {
@@ -134,10 +141,11 @@ impl Runner {
             sync_every: Mutex::new(HashMap::new()),
             ship_every_ms: std::sync::atomic::AtomicU64::new(opts.ship_interval.as_millis() as u64),
             started_us: cairn_engine::catalog::now_us(),
+            node: crate::nodes::node_name(),
+            active: std::sync::atomic::AtomicBool::new(false),
+            lease: Mutex::new(lease::Lease::default()),
+            ran: Mutex::new(Vec::new()),
         });
-        rounds::restart_computes(&daemon, &events).await;
-        let mut receivers: Vec<Receiver> = Vec::new();
-        rounds::start_receivers(&daemon, &mut receivers).await;
         let (stop_shippers, stop_rx) = tokio::sync::watch::channel(false);
         let mut shippers = Vec::new();
         for i in 0..daemon.app.protection().regions.regions.len() {
@@ -150,7 +158,7 @@ impl Runner {
                     if let Err(e) = p.refresh() {
                         tracing::warn!(error = %e, "cannot reload the keys");
                     }
-                    if !p.fenced() {
+                    if !p.fenced() && d.active.load(std::sync::atomic::Ordering::Relaxed) {
                         let _ = p.ship_region(region, None).await;
                     }
                     let every = Duration::from_millis(
@@ -167,22 +175,103 @@ impl Runner {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Ok(Runner {
+        lease::renew(&daemon).await;
+        let d = daemon.clone();
+        let leaser = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::nodes::RENEW).await;
+                lease::renew(&d).await;
+            }
+        });
+        let mut runner = Runner {
             daemon,
             opts,
             events,
-            receivers,
+            receivers: Vec::new(),
             shippers,
             server,
             stop_shippers,
-            node: node_name(),
             jobs: tokio::task::JoinSet::new(),
-        })
+            leaser,
+        };
+        runner.follow_lease().await;
+        Ok(runner)
     }
 
     /// The appliance this run works for.
     pub fn appliance(&self) -> &Appliance {
         &self.daemon.app
+    }
+
+    /// This node's name in the catalog (job claims, the node lease).
+    pub fn node(&self) -> &str {
+        &self.daemon.node
+    }
+
+    fn active(&self) -> bool {
+        self.daemon
+            .active
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Follows the lease ([`lease::renew`] keeps it): starts acting when this node took the
+    /// role, cleans up when it stopped acting, announces who is active when it stands by.
+    async fn follow_lease(&mut self) {
+        let l = self.lease_view();
+        if let Some(why) = l.stopped.clone() {
+            self.daemon
+                .lease
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stopped = None;
+            (self.events)(Event::Problem(format!(
+                "this node stops acting as the active node: {why}"
+            )));
+            for r in self.receivers.drain(..) {
+                r.stop();
+            }
+        }
+        match l.role {
+            Some(crate::nodes::Role::Active) if l.fresh() && !self.active() => {
+                self.become_active().await;
+            }
+            Some(crate::nodes::Role::Standby(h)) if l.announced.as_ref() != Some(&h.node) => {
+                self.daemon
+                    .lease
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .announced = Some(h.node.clone());
+                (self.events)(Event::Standby(h));
+            }
+            _ => {}
+        }
+    }
+
+    fn lease_view(&self) -> lease::Lease {
+        self.daemon
+            .lease
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Starts acting as the active node: orphans of crashed processes removed, computes that
+    /// should run restarted, receivers started.
+    async fn become_active(&mut self) {
+        (self.events)(Event::Active {
+            node: self.daemon.node.clone(),
+        });
+        if let Err(e) = self.daemon.app.engine().recover_orphans().await {
+            (self.events)(Event::Problem(format!(
+                "cannot remove what crashed processes left behind: {e}"
+            )));
+        }
+        rounds::restart_computes(&self.daemon, &self.events).await;
+        rounds::start_receivers(&self.daemon, &mut self.receivers).await;
+        self.daemon
+            .active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;
     }
 
     /// Runs rounds until `stop` completes or `exit_after` passes, then stops cleanly.
@@ -196,7 +285,6 @@ impl Runner {
         let deadline = self.opts.exit_after.map(|d| Instant::now() + d);
         let mut last_gc = Instant::now();
         let mut last_watch = Instant::now() - WATCH_EVERY;
-        rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -205,6 +293,10 @@ impl Runner {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
+            }
+            self.follow_lease().await;
+            if !self.active() {
+                continue;
             }
             rounds::round(&self.daemon, &policy, &mut self.receivers).await;
             self.start_jobs().await;
@@ -215,7 +307,7 @@ impl Runner {
                     &self.events,
                     &self.opts.webhooks,
                     (self.opts.sync_interval, self.opts.ship_interval),
-                    &self.node,
+                    &self.daemon.node,
                     cairn_engine::catalog::now_us(),
                 )
                 .await;
@@ -242,10 +334,23 @@ impl Runner {
         for s in self.shippers.drain(..) {
             let _ = s.await;
         }
-        for r in self.receivers.drain(..) {
-            r.stop();
+        if self.active() {
+            for r in self.receivers.drain(..) {
+                r.stop();
+            }
+            // The lease is renewed while the computes stop (a final ingest may take long).
+            rounds::shutdown(&self.daemon, &self.events).await;
+            self.leaser.abort();
+            // The computes are down and their WAL stored: a standby may take over at once.
+            if let Err(e) =
+                crate::nodes::release(&self.daemon.app.engine().catalog, &self.daemon.node).await
+            {
+                (self.events)(Event::Problem(format!(
+                    "cannot release the node lease: {e}"
+                )));
+            }
         }
-        rounds::shutdown(&self.daemon, &self.events).await;
+        self.leaser.abort();
         Ok(())
     }
 
@@ -254,7 +359,7 @@ impl Runner {
         while self.jobs.try_join_next().is_some() {}
         let app = &self.daemon.app;
         let tick = match crate::policy::context(app.engine(), self.opts.ship_interval).await {
-            Ok(ctx) => crate::jobs::tick(app, &ctx, &self.node, chrono::Utc::now()).await,
+            Ok(ctx) => crate::jobs::tick(app, &ctx, &self.daemon.node, chrono::Utc::now()).await,
             Err(e) => Err(e),
         };
         let tick = match tick {
@@ -303,18 +408,4 @@ impl Runner {
             });
         });
     }
-}
-
-/// A name for this node in job claims, unique across restarts: host, process, start time.
-fn node_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!(
-        "{host}:{}:{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp()
-    )
 }

@@ -167,7 +167,12 @@ pub(super) struct SyncPolicy {
 /// One round: ingest computes whose WAL is due and the spools; take images where due.
 pub(super) async fn round(d: &Daemon, policy: &SyncPolicy, receivers: &mut Vec<Receiver>) {
     let mut errors = Vec::new();
-    for (cluster, c, b) in computes(d).await {
+    let all = computes(d).await;
+    *d.ran.lock().unwrap_or_else(|e| e.into_inner()) = all
+        .iter()
+        .map(|(cluster, c, _)| (cluster.clone(), c.timeline_id, c.port))
+        .collect();
+    for (cluster, c, b) in all {
         let tl = c.timeline_id;
         let last = d
             .last_sync

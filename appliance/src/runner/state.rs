@@ -54,6 +54,15 @@ pub struct Daemon {
     pub(crate) ship_every_ms: AtomicU64,
     /// When the run started (Unix µs).
     pub started_us: i64,
+    /// This node's name in the catalog: host, process, start time.
+    pub node: String,
+    /// Whether this node holds the active role ([`crate::nodes`]).
+    pub active: std::sync::atomic::AtomicBool,
+    /// The node lease as last taken or renewed.
+    pub lease: Mutex<super::lease::Lease>,
+    /// The computes the last round saw (cluster, timeline, port): what a node that loses its
+    /// lease halts without the catalog.
+    pub(crate) ran: Mutex<Vec<(cairn_engine::catalog::ClusterRow, TimelineId, u16)>>,
 }
 
 impl Daemon {
