@@ -50,6 +50,10 @@ pub struct UpArgs {
     /// Post every alert, as it is raised and cleared, to this URL (JSON). Repeat for several.
     #[arg(long, value_name = "URL")]
     pub alert_webhook: Vec<String>,
+    /// How long ended job runs stay listed (`cairn jobs`); older ones are counted into the
+    /// totals /metrics reports and deleted, except each job's newest run.
+    #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = cairn_units::parse_duration)]
+    pub job_history: Duration,
 }
 
 impl UpArgs {
@@ -61,6 +65,7 @@ impl UpArgs {
             ship_interval: Duration::from_secs_f64(self.ship_interval.max(0.05)),
             exit_after: self.exit_after.map(Duration::from_secs_f64),
             webhooks: self.alert_webhook.clone(),
+            job_history: self.job_history,
         }
     }
 }

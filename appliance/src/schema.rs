@@ -1,6 +1,6 @@
 //! The appliance's tables in the catalog: policy changes (the audit log of `cairn policy
-//! apply`), the policy files each change put in force, the runs of scheduled jobs, and the
-//! lease of the active node.
+//! apply`), the policy files each change put in force, the runs of scheduled jobs (and the
+//! totals of those pruned from the history), and the lease of the active node.
 //!
 //! Invariants:
 //! - These migrations are the appliance crate's own ([`cairn_engine::catalog::schema`] states
@@ -84,6 +84,22 @@ pub const MIGRATIONS: &[Migration] = &[
                 node TEXT NOT NULL,
                 since BIGINT NOT NULL,
                 lease_until BIGINT NOT NULL
+            )",
+        ],
+    },
+    Migration {
+        version: 9,
+        description: "appliance: totals of the job runs pruned from the history",
+        statements: &[
+            // What `job_runs` held before the history period pruned it, per cluster, kind and
+            // outcome: the job outcome counters stay monotonic.
+            "CREATE TABLE job_run_totals (
+                cluster TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                runs BIGINT NOT NULL,
+                last_ended_at BIGINT NOT NULL,
+                PRIMARY KEY (cluster, kind, outcome)
             )",
         ],
     },

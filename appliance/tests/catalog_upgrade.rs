@@ -344,6 +344,10 @@ const RELEASED: &[(i64, &str)] = &[
         8,
         "9a3682b35b623a8a8cf2dd136e99e56eb3abf22fd6f6f92ef4657f3bc67ce7e4",
     ),
+    (
+        9,
+        "c84f4546b3609f7da53da45d901f14fe9eae25d52ab686d738a80adac0982599",
+    ),
 ];
 
 #[test]

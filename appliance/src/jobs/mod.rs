@@ -17,6 +17,7 @@
 //! - The clock is an argument of [`tick`], so catch-up and takeover are tested without
 //!   sleeping.
 
+pub mod history;
 pub mod image;
 pub mod record;
 

@@ -7,7 +7,8 @@
 //! - A run is going while it has no `ended_at` and its lease has not passed. A run whose lease
 //!   passed without an end belongs to a node that died: [`expire`] marks it abandoned, and the
 //!   fire is owed again (a new attempt), so a dead node's jobs are taken over.
-//! - Rows are only added, renewed while going, and ended once; never deleted.
+//! - Rows are only added, renewed while going, and ended once; the history's pruning
+//!   ([`super::history`]) is the only delete, and it counts what it deletes into the totals.
 //! - Every statement is parameterised.
 
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ impl Outcome {
         }
     }
 
-    fn parse(s: &str) -> Result<Outcome> {
+    pub(super) fn parse(s: &str) -> Result<Outcome> {
         Ok(match s {
             "succeeded" => Outcome::Succeeded,
             "skipped" => Outcome::Skipped,
@@ -64,7 +65,7 @@ pub fn kind_str(k: JobKind) -> &'static str {
     }
 }
 
-fn parse_kind(s: &str) -> Result<JobKind> {
+pub(super) fn parse_kind(s: &str) -> Result<JobKind> {
     Ok(match s {
         "image" => JobKind::Image,
         "verify" => JobKind::Verify,
@@ -108,7 +109,7 @@ impl JobRun {
     }
 }
 
-fn catalog_error(what: &str, e: sqlx::Error) -> Error {
+pub(super) fn catalog_error(what: &str, e: sqlx::Error) -> Error {
     Error::from(cairn_engine::Error::catalog(what, e))
 }
 
@@ -334,8 +335,38 @@ pub struct Totals {
     pub last_ended_at_us: i64,
 }
 
-/// What `/metrics` says of job outcomes.
+/// What `/metrics` says of job outcomes: the kept runs and the pruned ones' totals
+/// ([`super::history`]) together.
 pub async fn totals(cat: &Catalog) -> Result<Vec<Totals>> {
+    let mut all: Vec<Totals> = Vec::new();
+    for t in kept_totals(cat)
+        .await?
+        .into_iter()
+        .chain(super::history::folded(cat).await?)
+    {
+        match all
+            .iter_mut()
+            .find(|a| (&a.cluster, a.kind, a.outcome) == (&t.cluster, t.kind, t.outcome))
+        {
+            Some(a) => {
+                a.runs += t.runs;
+                a.last_ended_at_us = a.last_ended_at_us.max(t.last_ended_at_us);
+            }
+            None => all.push(t),
+        }
+    }
+    all.sort_by(|a, b| {
+        (&a.cluster, kind_str(a.kind), a.outcome.as_str()).cmp(&(
+            &b.cluster,
+            kind_str(b.kind),
+            b.outcome.as_str(),
+        ))
+    });
+    Ok(all)
+}
+
+/// The kept runs that ended, per cluster, kind and outcome.
+async fn kept_totals(cat: &Catalog) -> Result<Vec<Totals>> {
     let rows = sqlx::query(
         "SELECT cluster, kind, outcome, COUNT(*) AS runs, MAX(ended_at) AS last_ended
          FROM job_runs WHERE ended_at IS NOT NULL

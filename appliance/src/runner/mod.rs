@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub exit_after: Option<Duration>,
     /// URLs that alerts are posted to (JSON), as they are raised and cleared.
     pub webhooks: Vec<String>,
+    /// How long ended job runs are kept ([`crate::jobs::history`]).
+    pub job_history: Duration,
 }
 
 /// Something an operator watching the run should see.
@@ -271,7 +273,7 @@ impl Runner {
         self.daemon
             .active
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;
+        rounds::housekeeping(&self.daemon, &self.events, &self.opts).await;
     }
 
     /// Runs rounds until `stop` completes or `exit_after` passes, then stops cleanly.
@@ -323,7 +325,7 @@ impl Runner {
             }
             if last_gc.elapsed() >= Duration::from_secs(30) {
                 last_gc = Instant::now();
-                rounds::housekeeping(&self.daemon, &self.events, self.opts.ship_interval).await;
+                rounds::housekeeping(&self.daemon, &self.events, &self.opts).await;
             }
         }
         (self.events)(Event::Stopping);

@@ -19,16 +19,16 @@ use super::state::Daemon;
 use super::{Event, Events};
 use crate::error::Result;
 
-/// Retention, the deletion queue and scheduled shreds (not on a fenced appliance: the regions
-/// are not its).
-pub(super) async fn housekeeping(d: &Daemon, events: &Events, ship_interval: Duration) {
+/// Retention, the job history, the deletion queue and scheduled shreds (not on a fenced
+/// appliance: the regions are not its).
+pub(super) async fn housekeeping(d: &Daemon, events: &Events, opts: &super::RunOptions) {
     let p = &d.app.protection();
     if p.fenced() {
         return;
     }
     let mut errors = Vec::new();
     let now = cairn_engine::catalog::now_us();
-    let retention = match crate::policy::context(d.app.engine(), ship_interval).await {
+    let retention = match crate::policy::context(d.app.engine(), opts.ship_interval).await {
         Ok(ctx) => crate::retention_run::run(&d.app, &ctx, now).await,
         Err(e) => Err(e),
     };
@@ -49,6 +49,16 @@ pub(super) async fn housekeeping(d: &Daemon, events: &Events, ship_interval: Dur
             }
         }
         Err(e) => errors.push(format!("retention: {e}")),
+    }
+    let cut = now.saturating_sub(i64::try_from(opts.job_history.as_micros()).unwrap_or(i64::MAX));
+    match crate::jobs::history::prune(&d.app.engine().catalog, cut).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            runs = n,
+            "pruned job runs older than {}",
+            cairn_units::fmt_duration(opts.job_history)
+        ),
+        Err(e) => errors.push(format!("job history: {e}")),
     }
     match p.run_due_shreds().await {
         Ok(done) => {
