@@ -436,6 +436,27 @@ async fn rpo_exposure_stays_under_the_rpo_and_a_stopped_region_raises_then_clear
             && metrics.contains("cairn_rpo_target_seconds{cluster=\"shop\",policy=\"shop\"} 30"),
         "{metrics}"
     );
+    // Per region: region-b is the one behind; region-a keeps up.
+    let lag = |region: &str| -> f64 {
+        let prefix = format!(
+            "cairn_region_lag_seconds{{cluster=\"shop\",policy=\"shop\",region=\"{region}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no lag of {region}: {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let (lag_a, lag_b) = (lag("region-a"), lag("region-b"));
+    println!("lag: region-a {lag_a:.1}s, region-b {lag_b:.1}s");
+    assert!(lag_b > 30.0 && lag_a < 30.0, "a {lag_a}, b {lag_b}");
+    let regions = &api(port, "/api/objectives").unwrap()["rpo"][0]["regions"];
+    assert_eq!(regions[1]["region"], "region-b", "{regions}");
+    assert!(
+        regions[1]["lag_seconds"].as_f64().unwrap() > 30.0,
+        "{regions}"
+    );
 
     // Back: the backlog ships and the alert clears.
     std::fs::remove_file(&b).unwrap();

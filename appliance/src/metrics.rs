@@ -239,6 +239,24 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+    o.family(
+        "cairn_region_lag_seconds",
+        "gauge",
+        "How far a region is behind a governed cluster: seconds since everything committed on the cluster was in layers the region holds.",
+    );
+    for r in &rpo {
+        for l in &r.regions {
+            o.sample(
+                "cairn_region_lag_seconds",
+                &[
+                    ("cluster", &r.cluster),
+                    ("policy", &r.policy),
+                    ("region", &l.region),
+                ],
+                l.lag_seconds,
+            );
+        }
+    }
     let mut rto = s.rto.clone();
     rto.sort_by(|a, b| a.cluster.cmp(&b.cluster));
     type RtoValue = fn(&crate::restore_time::RtoStatus) -> Option<f64>;
@@ -340,6 +358,16 @@ mod tests {
                 exposure_seconds: 41.5,
                 worst_branch: Some("main".into()),
                 reason: Some("region a down".into()),
+                regions: vec![
+                    crate::objectives::RegionLag {
+                        region: "a".into(),
+                        lag_seconds: 41.5,
+                    },
+                    crate::objectives::RegionLag {
+                        region: "b".into(),
+                        lag_seconds: 2.0,
+                    },
+                ],
             }],
             rto: ["shop", "new"]
                 .iter()
@@ -391,6 +419,10 @@ mod tests {
         ));
         assert!(text.contains("cairn_rpo_exposure_seconds{cluster=\"shop\",policy=\"p\"} 41.5\n"));
         assert!(text.contains("cairn_rpo_target_seconds{cluster=\"shop\",policy=\"p\"} 30\n"));
+        assert!(text.contains(
+            "cairn_region_lag_seconds{cluster=\"shop\",policy=\"p\",region=\"a\"} 41.5\n\
+             cairn_region_lag_seconds{cluster=\"shop\",policy=\"p\",region=\"b\"} 2\n"
+        ));
         // A cluster without a measured restore has a target but no prediction.
         assert!(text.contains(
             "# TYPE cairn_rto_predicted_seconds gauge\ncairn_rto_predicted_seconds{cluster=\"shop\",policy=\"p\"} 12.5\n# HELP"

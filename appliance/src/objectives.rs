@@ -77,6 +77,16 @@ pub struct RpoStatus {
     pub worst_branch: Option<String>,
     /// Why the newest work is not durable yet, when exposure exceeds the RPO.
     pub reason: Option<String>,
+    /// Each of the policy's regions alone: how far behind it is.
+    pub regions: Vec<RegionLag>,
+}
+
+/// How far one region is behind a cluster: the exposure if that region were the only copy
+/// (its slowest branch), whatever `min_copies` says.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RegionLag {
+    pub region: String,
+    pub lag_seconds: f64,
 }
 
 /// Every governed cluster's exposure at `now_us`, from the run's store marks per timeline.
@@ -97,21 +107,31 @@ pub async fn rpo(
         };
         let layers = engine.catalog.layers(c.id).await?;
         let mut worst: Option<(i64, String, Lsn)> = None;
+        let mut lags: Vec<RegionLag> = p
+            .regions
+            .selected
+            .iter()
+            .map(|r| RegionLag {
+                region: r.clone(),
+                lag_seconds: 0.0,
+            })
+            .collect();
         for b in engine.catalog.branches(c.id).await? {
             let m = marks.get(&b.timeline_id).map_or(&[][..], Vec::as_slice);
             let running = engine.catalog.compute(b.timeline_id).await?.is_some();
             if m.is_empty() && !running && c.kind == cairn_engine::catalog::ClusterKind::Managed {
                 continue; // nothing writes to it: nothing to lose
             }
-            let durable = durable_to(
-                layers.iter().filter(|l| l.timeline_id == b.timeline_id),
-                &copies,
-                &p.regions.selected,
-                p.regions.min_copies,
-            );
+            let own = || layers.iter().filter(|l| l.timeline_id == b.timeline_id);
+            let durable = durable_to(own(), &copies, &p.regions.selected, p.regions.min_copies);
             let e = exposure_us(now_us, m, durable, since_us);
             if worst.as_ref().is_none_or(|(w, _, _)| e > *w) {
                 worst = Some((e, b.name.clone(), durable));
+            }
+            for lag in &mut lags {
+                let held = durable_to(own(), &copies, std::slice::from_ref(&lag.region), 1);
+                let e = exposure_us(now_us, m, held, since_us) as f64 / 1e6;
+                lag.lag_seconds = lag.lag_seconds.max(e);
             }
         }
         let rpo = p.objectives.rpo.as_secs_f64();
@@ -146,6 +166,7 @@ pub async fn rpo(
             exposure_seconds: exposure,
             worst_branch: worst.map(|(_, b, _)| b),
             reason,
+            regions: lags,
         });
     }
     Ok(out)
