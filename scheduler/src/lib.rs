@@ -10,9 +10,12 @@
 //!   kept (checked against the engine's own planner by the property tests).
 //! - [`due`]: a job never overlaps itself, missed fires collapse into one late run, and no
 //!   schedule runs more than its `max_concurrent` at once.
+//! - [`compaction`]: merging runs of small WAL layers never changes what is reconstructible,
+//!   never spans an image's start, and merges only layers the caller calls settled.
 //! - [`rto`]: a restore-time prediction grows with every byte a restore needs, and an image is
 //!   only credited with the WAL time it removes.
 
+pub mod compaction;
 pub mod due;
 pub mod retention;
 pub mod rto;
