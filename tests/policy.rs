@@ -353,7 +353,8 @@ fn webhook_receiver() -> (
 
 /// RPO under load with real regions: exposure stays under the RPO while pgbench writes; a
 /// region that stops taking writes raises the alert (log, API, /metrics, webhook) within about
-/// one RPO, naming the region; it clears once the region is back.
+/// one RPO, naming the region; a restart of the appliance carries the alert on (not raised
+/// twice); it clears once the region is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn rpo_exposure_stays_under_the_rpo_and_a_stopped_region_raises_then_clears_the_alert() {
     let env = Env::new();
@@ -458,6 +459,32 @@ async fn rpo_exposure_stays_under_the_rpo_and_a_stopped_region_raises_then_clear
         "{regions}"
     );
 
+    // The appliance restarts with region-b still down: the alert carries on (same since, not
+    // raised again), and the exposure still counts from before the restart.
+    let _ = load.kill();
+    let _ = load.wait();
+    drop(_up);
+    let (up, port) = env.spawn_up(&["--alert-webhook", &hook]);
+    let _up = KillOnDrop(up);
+    let again = wait_for("the alert after the restart", 30, || {
+        let a = api(port, "/api/alerts")?;
+        a.as_array()?.first().cloned()
+    });
+    assert_eq!(
+        (&again["kind"], &again["since_us"]),
+        (&a["kind"], &a["since_us"]),
+        "{again}"
+    );
+    let after_restart = wait_for("the exposure after the restart", 30, || {
+        api(port, "/api/objectives")?["rpo"][0]["exposure_seconds"].as_f64()
+    });
+    assert!(
+        after_restart > 30.0,
+        "exposure {after_restart} after the restart"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(posts.lock().unwrap().len(), 1, "raised once only");
+
     // Back: the backlog ships and the alert clears.
     std::fs::remove_file(&b).unwrap();
     std::fs::rename(&parked, &b).unwrap();
@@ -467,9 +494,9 @@ async fn rpo_exposure_stays_under_the_rpo_and_a_stopped_region_raises_then_clear
             .is_empty()
             .then_some(())
     });
+    let exposure =
+        || -> Option<f64> { api(port, "/api/objectives")?["rpo"][0]["exposure_seconds"].as_f64() };
     assert!(exposure().unwrap() < 30.0);
-    let _ = load.kill();
-    let _ = load.wait();
     let events: Vec<String> = wait_for("both webhook posts", 20, || {
         let p = posts.lock().unwrap().clone();
         (p.len() >= 2).then_some(p)

@@ -12,13 +12,15 @@
 //!   arguments; [`rpo`] only gathers them.
 //! - Copies count only in the regions the cluster's policy selects, and only `min_copies` of
 //!   them make a layer durable (the policy's, not regions.toml's).
-//! - Before the run has stored a branch's WAL once, its exposure counts from the run's start:
-//!   never less than the truth.
+//! - Before the run has stored a branch's WAL once (or while none of its stores is durable
+//!   yet), its exposure counts from the run's start or from when the oldest layer still short
+//!   of copies was written, whichever is earlier: never less than the truth, across a restart
+//!   or a failover too (the store marks are the run's; the layers are the catalog's).
 
 use std::collections::{HashMap, HashSet};
 
 use cairn_engine::catalog::LayerRow;
-use cairn_engine::{Lsn, TimelineId};
+use cairn_engine::{LayerId, Lsn, TimelineId};
 use cairn_policies::PolicySet;
 
 use crate::Appliance;
@@ -40,17 +42,41 @@ pub fn durable_to<'a>(
 ) -> Lsn {
     layers
         .into_iter()
-        .filter(|l| {
-            let held = copies.get(&l.id.to_string()).map_or(0, |rs| {
-                rs.iter()
-                    .filter(|r| regions.iter().any(|x| x == *r))
-                    .count()
-            });
-            held < min_copies as usize
-        })
+        .filter(|l| held(l, copies, regions) < min_copies as usize)
         .map(|l| l.start)
         .min()
         .unwrap_or(Lsn(u64::MAX))
+}
+
+/// The earliest moment known to be in `layers` held by fewer than `min_copies` of
+/// `regions`: the first commit time of such a layer (`first_commit`, from the catalog's
+/// transaction summaries), else when it was written. Its work was committed and is not
+/// durable, so the last durable moment came before it. The bound that survives a restart
+/// (the run's store marks do not).
+pub fn undurable_since<'a>(
+    layers: impl IntoIterator<Item = &'a LayerRow>,
+    copies: &HashMap<String, HashSet<String>>,
+    regions: &[String],
+    min_copies: u32,
+    first_commit: &HashMap<LayerId, i64>,
+) -> Option<i64> {
+    layers
+        .into_iter()
+        .filter(|l| held(l, copies, regions) < min_copies as usize)
+        .map(|l| {
+            first_commit
+                .get(&l.id)
+                .map_or(l.created_at_us, |t| (*t).min(l.created_at_us))
+        })
+        .min()
+}
+
+fn held(l: &LayerRow, copies: &HashMap<String, HashSet<String>>, regions: &[String]) -> usize {
+    copies.get(&l.id.to_string()).map_or(0, |rs| {
+        rs.iter()
+            .filter(|r| regions.iter().any(|x| x == *r))
+            .count()
+    })
 }
 
 /// Exposure at `now_us` of a branch whose stores are `marks` and whose layers are durable
@@ -123,14 +149,37 @@ pub async fn rpo(
                 continue; // nothing writes to it: nothing to lose
             }
             let own = || layers.iter().filter(|l| l.timeline_id == b.timeline_id);
-            let durable = durable_to(own(), &copies, &p.regions.selected, p.regions.min_copies);
-            let e = exposure_us(now_us, m, durable, since_us);
+            let (regions, min) = (&p.regions.selected, p.regions.min_copies);
+            let durable = durable_to(own(), &copies, regions, min);
+            let lowest = regions
+                .iter()
+                .map(|r| durable_to(own(), &copies, std::slice::from_ref(r), 1))
+                .fold(durable, Lsn::min);
+            let mut first_commit = HashMap::new();
+            if lowest != Lsn(u64::MAX) {
+                let to = Lsn(i64::MAX as u64);
+                for t in engine
+                    .catalog
+                    .txn_layers_after(b.timeline_id, lowest, to, i64::MIN)
+                    .await?
+                {
+                    first_commit.insert(t.layer, t.summary.min_time);
+                }
+            }
+            // Without a durable store mark of this run: from the run's start, or from the
+            // first commit not yet durable, whichever is earlier.
+            let since = |regions: &[String], min: u32| {
+                undurable_since(own(), &copies, regions, min, &first_commit)
+                    .map_or(since_us, |t| t.min(since_us))
+            };
+            let e = exposure_us(now_us, m, durable, since(regions, min));
             if worst.as_ref().is_none_or(|(w, _, _)| e > *w) {
                 worst = Some((e, b.name.clone(), durable));
             }
             for lag in &mut lags {
-                let held = durable_to(own(), &copies, std::slice::from_ref(&lag.region), 1);
-                let e = exposure_us(now_us, m, held, since_us) as f64 / 1e6;
+                let one = std::slice::from_ref(&lag.region);
+                let held = durable_to(own(), &copies, one, 1);
+                let e = exposure_us(now_us, m, held, since(one, 1)) as f64 / 1e6;
                 lag.lag_seconds = lag.lag_seconds.max(e);
             }
         }
@@ -208,6 +257,44 @@ mod tests {
         copies.insert(ls[1].id.to_string(), held(&["a", "b"]));
         assert_eq!(durable_to(&ls, &copies, &regions, 2), Lsn(u64::MAX));
         assert_eq!(durable_to(&ls, &copies, &regions, 3), Lsn(0));
+    }
+
+    #[test]
+    fn undurable_since_is_when_the_oldest_layer_short_of_copies_was_written() {
+        let mut ls = [layer(1, 0, 100), layer(2, 100, 200), layer(3, 200, 300)];
+        for (i, l) in ls.iter_mut().enumerate() {
+            l.created_at_us = 1_000 * (i as i64 + 1);
+        }
+        let regions = vec!["a".to_string(), "b".to_string()];
+        let mut copies: HashMap<String, HashSet<String>> = HashMap::new();
+        let held = |rs: &[&str]| rs.iter().map(|r| r.to_string()).collect::<HashSet<_>>();
+        copies.insert(ls[0].id.to_string(), held(&["a", "b"]));
+        copies.insert(ls[1].id.to_string(), held(&["a"]));
+        let none = HashMap::new();
+        assert_eq!(
+            undurable_since(&ls, &copies, &regions, 2, &none),
+            Some(2_000)
+        );
+        assert_eq!(
+            undurable_since(&ls, &copies, &regions, 1, &none),
+            Some(3_000)
+        );
+        // A commit time known for a layer: the earlier of it and the layer's writing.
+        let commits = HashMap::from([(ls[1].id, 1_500), (ls[2].id, 9_000)]);
+        assert_eq!(
+            undurable_since(&ls, &copies, &regions, 2, &commits),
+            Some(1_500)
+        );
+        assert_eq!(
+            undurable_since(&ls, &copies, &regions, 1, &commits),
+            Some(3_000)
+        );
+        copies.insert(ls[2].id.to_string(), held(&["a"]));
+        assert_eq!(undurable_since(&ls, &copies, &regions, 1, &none), None);
+        assert_eq!(
+            undurable_since(&ls, &copies, &["b".to_string()], 1, &none),
+            Some(2_000)
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The appliance's tables in the catalog: policy changes (the audit log of `cairn policy
 //! apply`), the policy files each change put in force, the runs of scheduled jobs (and the
-//! totals of those pruned from the history), and the lease of the active node.
+//! totals of those pruned from the history), the lease of the active node, and the active
+//! alerts.
 //!
 //! Invariants:
 //! - These migrations are the appliance crate's own ([`cairn_engine::catalog::schema`] states
@@ -100,6 +101,24 @@ pub const MIGRATIONS: &[Migration] = &[
                 runs BIGINT NOT NULL,
                 last_ended_at BIGINT NOT NULL,
                 PRIMARY KEY (cluster, kind, outcome)
+            )",
+        ],
+    },
+    Migration {
+        version: 10,
+        description: "appliance: the active alerts",
+        statements: &[
+            // One row per active alert (kind and cluster), from its raise until it clears:
+            // a restarted appliance or a new active node carries on with them.
+            "CREATE TABLE alerts (
+                kind TEXT NOT NULL,
+                cluster TEXT NOT NULL,
+                policy TEXT NOT NULL,
+                since BIGINT NOT NULL,
+                reason TEXT NOT NULL,
+                value DOUBLE PRECISION NOT NULL,
+                target DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (kind, cluster)
             )",
         ],
     },

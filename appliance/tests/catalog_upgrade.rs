@@ -348,6 +348,10 @@ const RELEASED: &[(i64, &str)] = &[
         9,
         "c84f4546b3609f7da53da45d901f14fe9eae25d52ab686d738a80adac0982599",
     ),
+    (
+        10,
+        "79e85f275543619f82e7e36fa23180d58fbe8e80509b4017e0b48591d076ac05",
+    ),
 ];
 
 #[test]

@@ -103,57 +103,65 @@ impl Region {
         };
         let cfg_err = |e: object_store::Error| Error::region(&c.name, "configure", e);
         let mut local_root = None;
-        let (store, prefix): (Arc<dyn ObjectStore>, String) =
-            if let Some(path) = c.url.strip_prefix("file://") {
-                cairn_engine::fsutil::create_dir_mode(Path::new(path), 0o700)
-                    .map_err(|e| Error::io(format!("region '{}': create {path}", c.name), e))?;
-                local_root = Some(PathBuf::from(path));
-                let fs =
-                    object_store::local::LocalFileSystem::new_with_prefix(path).map_err(cfg_err)?;
-                (Arc::new(fs), String::new())
-            } else if let Some(rest) = c.url.strip_prefix("s3://") {
-                let (bucket, prefix) = split_bucket(rest);
-                let mut b = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_client_options(client)
-                    .with_retry(retry);
-                if let Some(r) = &c.s3_region {
-                    b = b.with_region(r);
+        let (store, prefix): (Arc<dyn ObjectStore>, String) = if let Some(path) =
+            c.url.strip_prefix("file://")
+        {
+            // A region is not needed to start: one whose directory cannot be made now (a
+            // file in its place, a mount gone) is opened anyway, and its shipments fail and
+            // are reported like any outage. Only a path that does not exist is refused.
+            if let Err(e) = cairn_engine::fsutil::create_dir_mode(Path::new(path), 0o700) {
+                if !Path::new(path).exists() {
+                    return Err(Error::io(format!("region '{}': create {path}", c.name), e));
                 }
-                if let Some(e) = &c.endpoint {
-                    // S3-compatible servers are addressed by path, not by virtual host.
-                    b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+                tracing::warn!(region = %c.name, error = %e, "region directory {path} is unusable");
+            }
+            local_root = Some(PathBuf::from(path));
+            let fs =
+                object_store::local::LocalFileSystem::new_with_prefix(path).map_err(cfg_err)?;
+            (Arc::new(fs), String::new())
+        } else if let Some(rest) = c.url.strip_prefix("s3://") {
+            let (bucket, prefix) = split_bucket(rest);
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(client)
+                .with_retry(retry);
+            if let Some(r) = &c.s3_region {
+                b = b.with_region(r);
+            }
+            if let Some(e) = &c.endpoint {
+                // S3-compatible servers are addressed by path, not by virtual host.
+                b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+            }
+            if let Some(f) = &c.credentials_file {
+                let creds = read_credentials(f)?;
+                if let Some(k) = creds.get("AWS_ACCESS_KEY_ID") {
+                    b = b.with_access_key_id(k);
                 }
-                if let Some(f) = &c.credentials_file {
-                    let creds = read_credentials(f)?;
-                    if let Some(k) = creds.get("AWS_ACCESS_KEY_ID") {
-                        b = b.with_access_key_id(k);
-                    }
-                    if let Some(k) = creds.get("AWS_SECRET_ACCESS_KEY") {
-                        b = b.with_secret_access_key(k);
-                    }
+                if let Some(k) = creds.get("AWS_SECRET_ACCESS_KEY") {
+                    b = b.with_secret_access_key(k);
                 }
-                (Arc::new(b.build().map_err(cfg_err)?), prefix)
-            } else if let Some(rest) = c.url.strip_prefix("gs://") {
-                let (bucket, prefix) = split_bucket(rest);
-                let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                    .with_bucket_name(bucket)
-                    .with_client_options(client)
-                    .with_retry(retry);
-                (Arc::new(b.build().map_err(cfg_err)?), prefix)
-            } else if let Some(rest) = c.url.strip_prefix("az://") {
-                let (container, prefix) = split_bucket(rest);
-                let b = object_store::azure::MicrosoftAzureBuilder::from_env()
-                    .with_container_name(container)
-                    .with_client_options(client)
-                    .with_retry(retry);
-                (Arc::new(b.build().map_err(cfg_err)?), prefix)
-            } else {
-                return Err(Error::Refused(format!(
-                    "region '{}': unsupported url '{}'",
-                    c.name, c.url
-                )));
-            };
+            }
+            (Arc::new(b.build().map_err(cfg_err)?), prefix)
+        } else if let Some(rest) = c.url.strip_prefix("gs://") {
+            let (bucket, prefix) = split_bucket(rest);
+            let b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .with_client_options(client)
+                .with_retry(retry);
+            (Arc::new(b.build().map_err(cfg_err)?), prefix)
+        } else if let Some(rest) = c.url.strip_prefix("az://") {
+            let (container, prefix) = split_bucket(rest);
+            let b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(container)
+                .with_client_options(client)
+                .with_retry(retry);
+            (Arc::new(b.build().map_err(cfg_err)?), prefix)
+        } else {
+            return Err(Error::Refused(format!(
+                "region '{}': unsupported url '{}'",
+                c.name, c.url
+            )));
+        };
         Ok(Region {
             name: c.name.clone(),
             url: c.url.clone(),

@@ -268,6 +268,13 @@ impl Runner {
                 "cannot remove what crashed processes left behind: {e}"
             )));
         }
+        // The alerts a previous run (here or on another node) left active.
+        match crate::alerts::record::load(&self.daemon.app.engine().catalog).await {
+            Ok(a) => *self.daemon.alerts.lock().unwrap_or_else(|e| e.into_inner()) = a,
+            Err(e) => (self.events)(Event::Problem(format!(
+                "cannot read the active alerts: {e}"
+            ))),
+        }
         rounds::restart_computes(&self.daemon, &self.events).await;
         rounds::start_receivers(&self.daemon, &mut self.receivers).await;
         self.daemon

@@ -110,6 +110,12 @@ pub(super) async fn watch(
     }
     *d.rto.lock().unwrap_or_else(|e| e.into_inner()) = rto;
     for t in transitions {
+        if let Err(e) = alerts::record::save(&engine.catalog, &t).await {
+            d.status
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .error(format!("alerts: {e}"));
+        }
         alerts::log(&t);
         alerts::deliver(webhooks, &t);
         events(Event::Alert(t));

@@ -9,6 +9,11 @@
 //!   them as fields.
 //! - Webhooks are delivered in the background with a timeout; a webhook that fails is logged
 //!   and never holds up the run.
+//! - The active alerts outlive the run: each transition is recorded in the catalog
+//!   ([`record`]) and the run that becomes active loads them, so a restart or a failover
+//!   neither raises an alert twice nor forgets to clear one.
+
+pub mod record;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -125,6 +130,12 @@ impl Alerts {
         gone.into_iter()
             .filter_map(|(k, c)| self.set(k, &c, "", now_us, None))
             .collect()
+    }
+
+    /// Takes `alert` as active, as recorded before ([`record::load`]).
+    pub fn restore(&mut self, alert: Alert) {
+        self.active
+            .insert((alert.kind, alert.cluster.clone()), alert);
     }
 
     /// The active alerts, by kind and cluster.
