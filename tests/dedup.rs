@@ -102,3 +102,74 @@ async fn second_image_after_small_churn_stores_a_small_fraction() {
     env.stop_all();
     env.ok(&["check", "--full"]);
 }
+
+/// The images an image layer references, from the catalog (`layer_refs`).
+async fn refs_of(env: &Env, layer: &str) -> Vec<String> {
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=ro", env.home.join("catalog.db").display());
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let refs = sqlx::query_scalar("SELECT ref_layer_id FROM layer_refs WHERE layer_id = $1")
+        .bind(layer)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    refs
+}
+
+/// An image stops referencing an earlier image once the newest image reads less than half of
+/// what that one stored (its live pages are stored again), so an old image is not kept for a
+/// few pages forever; an image still mostly read stays referenced.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_stop_referencing_an_image_that_is_mostly_rewritten() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "bench"]);
+    let url = env.start("main");
+    pgbench(&url, &["-i", "-s", "2", "-q"]);
+    let base = env.json(&["image", "create", "main"])["layer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Small churn: the next image reads most of the base.
+    pgbench(&url, &["-t", "50", "-c", "1", "-n"]);
+    let second = env.json(&["image", "create", "main"])["layer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(refs_of(&env, &second).await.contains(&base));
+    // Every account rewritten (most of the cluster's bytes): the image after that reads
+    // little of the base, ...
+    let c = connect(&url).await;
+    for sql in [
+        "UPDATE pgbench_accounts SET abalance = abalance + 1",
+        "VACUUM FULL pgbench_accounts",
+        "CHECKPOINT",
+    ] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    let third = env.json(&["image", "create", "main"])["layer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let third_refs = refs_of(&env, &third).await;
+    println!("the third image references {third_refs:?} (base {base}, second {second})");
+    // ... so the one after it no longer references the base (it stores the base's live pages).
+    pgbench(&url, &["-t", "50", "-c", "1", "-n"]);
+    let fourth = env.json(&["image", "create", "main"])["layer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fourth_refs = refs_of(&env, &fourth).await;
+    println!("the fourth image references {fourth_refs:?}");
+    assert!(!fourth_refs.contains(&base), "{fourth_refs:?}");
+    assert!(fourth_refs.contains(&third), "{fourth_refs:?}");
+    // And it restores exactly.
+    let expected = table_checksum(&c, "pgbench_accounts").await;
+    drop(c);
+    env.ok(&["branch", "create", "check", "--from", "main"]);
+    let b = connect(&env.start("check")).await;
+    assert_eq!(table_checksum(&b, "pgbench_accounts").await, expected);
+    drop(b);
+    env.stop_all();
+    env.ok(&["check", "--full"]);
+}

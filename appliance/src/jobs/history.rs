@@ -19,9 +19,6 @@ use cairn_engine::catalog::{column as get, Catalog};
 use super::record::{self, catalog_error, Outcome};
 use crate::error::Result;
 
-/// The history period when `cairn up` is not told otherwise.
-pub const DEFAULT_HISTORY: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
-
 /// Ended runs older than `before_us`, except each job's newest run that was not abandoned:
 /// (id, cluster, kind, outcome, ended_at).
 const PRUNABLE: &str = "SELECT id, cluster, kind, outcome, ended_at FROM job_runs r

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
 use crate::ids::{LayerId, Lsn};
-use crate::layer::file::{LayerFile, LayerKind, LayerWriter};
+use crate::layer::file::{LayerKind, LayerWriter};
 use crate::layer::image::{BlobRef, ImageFile, ImageMeta};
 use crate::pg::checksum::{page_info, verify_page, PageCheck, BLCKSZ};
 use crate::pg::relfile::{self, RelFile, EXCLUDE_CONTENTS};
@@ -35,59 +35,7 @@ const PAGES_PER_READ: usize = 128;
 /// zstd level for pieces: fast, since images are large and mostly read rarely.
 const ZSTD_LEVEL: i32 = 1;
 
-/// Where an already-stored piece lives (see [`BlobRef`]).
-#[derive(Debug, Clone, Copy)]
-pub struct Loc {
-    pub layer: u32,
-    pub offset: u64,
-    pub clen: u32,
-    pub frame_len: u32,
-    pub at: u32,
-    pub raw_len: u32,
-}
-
-/// The pieces stored by a set of image layers, by SHA-256.
-#[derive(Default)]
-pub struct DedupIndex {
-    pub layers: Vec<LayerId>,
-    pub map: HashMap<[u8; 32], Loc>,
-}
-
-impl DedupIndex {
-    /// Loads the pieces of the given image layers (oldest first).
-    pub fn load(images: &[(LayerId, PathBuf)]) -> Result<DedupIndex> {
-        let mut idx = DedupIndex::default();
-        let mut pos: HashMap<LayerId, u32> = HashMap::new();
-        for (id, path) in images {
-            let f = LayerFile::open(path, LayerKind::Image)?;
-            let meta = ImageMeta::decode(&f.meta, f.version)
-                .map_err(|e| Error::corrupt(format!("image layer {}", path.display()), e.0))?;
-            for file in &meta.files {
-                for b in &file.blobs {
-                    let owner = if b.layer == 0 {
-                        *id
-                    } else {
-                        meta.refs[b.layer as usize]
-                    };
-                    let n = idx.layers.len() as u32;
-                    let li = *pos.entry(owner).or_insert_with(|| {
-                        idx.layers.push(owner);
-                        n
-                    });
-                    idx.map.entry(b.hash).or_insert(Loc {
-                        layer: li,
-                        offset: b.offset,
-                        clen: b.clen,
-                        frame_len: b.frame_len,
-                        at: b.at,
-                        raw_len: b.raw_len,
-                    });
-                }
-            }
-        }
-        Ok(idx)
-    }
-}
+pub use super::dedup::{DedupIndex, Loc};
 
 /// A page that failed its checksum on the way in.
 #[derive(Debug, Clone)]
