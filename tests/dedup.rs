@@ -92,15 +92,28 @@ async fn second_image_after_small_churn_stores_a_small_fraction() {
         "the churned pages were stored: {data2} bytes"
     );
     // And the deduplicated image restores exactly: a branch at its end, materialised from it.
-    let c = connect(&url).await;
-    let expected = table_checksum(&c, "pgbench_accounts").await;
-    drop(c);
+    restores_exactly(&env, connect(&url).await).await;
+}
+
+/// A branch at main's end, materialised from the newest image, holds main's accounts; then
+/// everything stops and the store checks out.
+async fn restores_exactly(env: &Env, main: tokio_postgres::Client) {
+    let expected = table_checksum(&main, "pgbench_accounts").await;
+    drop(main);
     env.ok(&["branch", "create", "check", "--from", "main"]);
     let b = connect(&env.start("check")).await;
     assert_eq!(table_checksum(&b, "pgbench_accounts").await, expected);
     drop(b);
     env.stop_all();
     env.ok(&["check", "--full"]);
+}
+
+/// A new image of main; its layer id.
+fn image(env: &Env) -> String {
+    env.json(&["image", "create", "main"])["layer"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// The images an image layer references, from the catalog (`layer_refs`).
@@ -126,16 +139,10 @@ async fn images_stop_referencing_an_image_that_is_mostly_rewritten() {
     env.ok(&["cluster", "create", "bench"]);
     let url = env.start("main");
     pgbench(&url, &["-i", "-s", "2", "-q"]);
-    let base = env.json(&["image", "create", "main"])["layer"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let base = image(&env);
     // Small churn: the next image reads most of the base.
     pgbench(&url, &["-t", "50", "-c", "1", "-n"]);
-    let second = env.json(&["image", "create", "main"])["layer"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = image(&env);
     assert!(refs_of(&env, &second).await.contains(&base));
     // Every account rewritten (most of the cluster's bytes): the image after that reads
     // little of the base, ...
@@ -147,29 +154,16 @@ async fn images_stop_referencing_an_image_that_is_mostly_rewritten() {
     ] {
         c.batch_execute(sql).await.unwrap();
     }
-    let third = env.json(&["image", "create", "main"])["layer"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let third = image(&env);
     let third_refs = refs_of(&env, &third).await;
     println!("the third image references {third_refs:?} (base {base}, second {second})");
     // ... so the one after it no longer references the base (it stores the base's live pages).
     pgbench(&url, &["-t", "50", "-c", "1", "-n"]);
-    let fourth = env.json(&["image", "create", "main"])["layer"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let fourth = image(&env);
     let fourth_refs = refs_of(&env, &fourth).await;
     println!("the fourth image references {fourth_refs:?}");
     assert!(!fourth_refs.contains(&base), "{fourth_refs:?}");
     assert!(fourth_refs.contains(&third), "{fourth_refs:?}");
     // And it restores exactly.
-    let expected = table_checksum(&c, "pgbench_accounts").await;
-    drop(c);
-    env.ok(&["branch", "create", "check", "--from", "main"]);
-    let b = connect(&env.start("check")).await;
-    assert_eq!(table_checksum(&b, "pgbench_accounts").await, expected);
-    drop(b);
-    env.stop_all();
-    env.ok(&["check", "--full"]);
+    restores_exactly(&env, c).await;
 }
