@@ -27,6 +27,7 @@ pub mod adopt;
 pub mod branch;
 pub mod catalog;
 pub mod cluster;
+pub mod compact;
 pub mod compute;
 pub mod compute_image;
 pub mod engine;

@@ -4,9 +4,9 @@
 //! thousands of small WAL layers a day: each is a catalog row, a file, an object per region
 //! and a fetch per restore. Merging adjacent ones changes none of what is restorable (the same
 //! WAL, in fewer layers) if the merged runs follow the rules below. This module only decides;
-//! carrying a plan out (writing the merged layer from the old ones, swapping them in the
-//! catalog under the timeline's lock, shipping the new layer before the old copies go) is the
-//! appliance's.
+//! the engine carries a group out (`cairn_engine::compact`: the merged layer written from the
+//! old ones and swapped for them in one catalog transaction); `cairn up` does not run
+//! compaction on its own yet.
 //!
 //! Invariants of a plan ([`plan_compaction`]):
 //! - A group is at least two WAL layers of one timeline, contiguous (each starts where the

@@ -1,0 +1,260 @@
+//! WAL compaction on a real appliance (real PostgreSQL, a file region): the scheduler's plan
+//! over a branch's small WAL layers, carried out by the engine, leaves fewer layers holding the
+//! same WAL: every point recorded before restores locally (a branch at it) with its rows, the
+//! transaction summaries still resolve a time, the new layer ships, the old copies leave the
+//! region through the deletion queue, and a point inside the merged range restores from the
+//! region. A compaction of layers that are not adjacent is refused, changing nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use cairn_appliance::{Appliance, ApplianceOptions};
+use cairn_engine::branch::PointSpec;
+use cairn_engine::catalog::LayerRow;
+use cairn_engine::layer::LayerKind;
+use cairn_engine::layer_map::WalDesc;
+use cairn_engine::progress::Progress;
+use cairn_engine::Lsn;
+use cairn_restore::{RestoreRequest, Target};
+use cairn_scheduler::compaction::{plan_compaction, CompactWal, CompactionRules};
+
+async fn sql(url: &str, q: &str) -> i64 {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = c.simple_query(q).await.unwrap();
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn region_files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                todo.push(e.path());
+            } else {
+                out.push(e.path().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+fn wal_layers(layers: &[LayerRow]) -> Vec<&LayerRow> {
+    layers.iter().filter(|l| l.kind == LayerKind::Wal).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compacted_wal_restores_every_point_it_held_locally_and_from_a_region() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-test-compaction-")
+        .tempdir()
+        .unwrap();
+    let home = tmp.path().join("home");
+    let region = tmp.path().join("region");
+    std::fs::create_dir_all(&home).unwrap();
+    let cfg = home.join("regions.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "min_copies = 1\ndeletion_delay = \"0s\"\n\
+             [[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
+            region.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let (app, _) = Appliance::open(&ApplianceOptions {
+        home: home.clone(),
+        catalog_url: None,
+        pg_bin: None,
+    })
+    .await
+    .unwrap();
+    let engine = app.engine().clone();
+    let progress = Arc::new(Progress::new());
+    engine.create_cluster("shop", &progress).await.unwrap();
+    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
+    let info = engine
+        .compute_start(&shop, "main", None, &progress)
+        .await
+        .unwrap();
+    // Six stores of a few rows each: six small WAL layers, with a point after each.
+    let mut points: Vec<(Lsn, i64)> = Vec::new();
+    let mut times: Vec<i64> = Vec::new();
+    for i in 1..=6 {
+        let n = sql(
+            &info.url,
+            &format!(
+                "CREATE TABLE IF NOT EXISTS t (g int); INSERT INTO t SELECT generate_series(1, {}); \
+                 SELECT count(*) FROM t",
+                100 * i
+            ),
+        )
+        .await;
+        let lsn: Lsn = {
+            let (c, conn) = tokio_postgres::connect(&info.url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let r = c
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await
+                .unwrap();
+            r.get::<_, String>(0).parse().unwrap()
+        };
+        points.push((lsn, n));
+        times.push(chrono::Utc::now().timestamp_micros());
+        engine.compute_sync(&shop, info.timeline).await.unwrap();
+    }
+    engine.compute_stop(&shop, "main").await.unwrap();
+    app.backup_now(&shop, true, &progress)
+        .await
+        .unwrap()
+        .require_durable()
+        .unwrap();
+    let before = engine.catalog.layers(shop.id).await.unwrap();
+    let wal_before = wal_layers(&before);
+    assert!(wal_before.len() >= 6, "{before:#?}");
+
+    // Refused: two layers that are not adjacent.
+    let apart: BTreeSet<_> = [wal_before[0].id, wal_before[2].id].into();
+    let e = engine.compact_wal(&shop, &apart).await.unwrap_err();
+    assert!(e.to_string().contains("but the next one starts at"), "{e}");
+    let ids = |ls: &[LayerRow]| ls.iter().map(|l| l.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&engine.catalog.layers(shop.id).await.unwrap()),
+        ids(&before)
+    );
+
+    // The plan: every settled WAL layer under 64 MiB together, not across an image start.
+    let wals: Vec<CompactWal> = wal_before
+        .iter()
+        .map(|l| CompactWal {
+            desc: WalDesc {
+                id: l.id,
+                timeline: l.timeline_id,
+                start: l.start,
+                end: l.end,
+            },
+            bytes: l.file_size,
+            created_us: l.created_at_us,
+            settled: true,
+        })
+        .collect();
+    let mut starts: BTreeMap<_, Vec<Lsn>> = BTreeMap::new();
+    for l in before.iter().filter(|l| l.kind == LayerKind::Image) {
+        starts.entry(l.timeline_id).or_default().push(l.start);
+    }
+    let rules = CompactionRules {
+        target_bytes: 64 << 20,
+        min_age_us: 0,
+    };
+    let now = cairn_engine::catalog::now_us();
+    let groups = plan_compaction(&wals, &starts, rules, now);
+    assert!(!groups.is_empty(), "{wals:#?}");
+    let mut merged = 0;
+    for g in &groups {
+        let ids: BTreeSet<_> = g.layers.iter().copied().collect();
+        let done = engine.compact_wal(&shop, &ids).await.unwrap();
+        assert_eq!(
+            (done.start, done.end, done.replaced),
+            (g.start, g.end, g.layers.len())
+        );
+        println!(
+            "{} layers ({} bytes) became one ({} bytes)",
+            done.replaced, done.bytes_before, done.bytes_after
+        );
+        merged += done.replaced - 1;
+    }
+    let after = engine.catalog.layers(shop.id).await.unwrap();
+    assert_eq!(wal_layers(&after).len(), wal_before.len() - merged);
+    for l in wal_before
+        .iter()
+        .filter(|l| !after.iter().any(|a| a.id == l.id))
+    {
+        assert!(
+            !engine.layer_path(l).exists(),
+            "old file of {} removed",
+            l.id
+        );
+    }
+
+    // Every recorded point, locally: a branch at it holds its rows.
+    for (k, (lsn, n)) in points.iter().enumerate() {
+        let name = format!("at-{k}");
+        engine
+            .branch_create(&shop, &name, "main", &PointSpec::Lsn(*lsn))
+            .await
+            .unwrap();
+        let b = engine
+            .compute_start(&shop, &name, None, &progress)
+            .await
+            .unwrap();
+        assert_eq!(sql(&b.url, "SELECT count(*) FROM t").await, *n, "at {lsn}");
+        engine.compute_stop(&shop, &name).await.unwrap();
+    }
+
+    // A time inside the merged range resolves through the new layer's transaction summary.
+    engine
+        .branch_create(&shop, "at-time", "main", &PointSpec::Time(times[2]))
+        .await
+        .unwrap();
+    let b = engine
+        .compute_start(&shop, "at-time", None, &progress)
+        .await
+        .unwrap();
+    assert_eq!(sql(&b.url, "SELECT count(*) FROM t").await, points[2].1);
+    engine.compute_stop(&shop, "at-time").await.unwrap();
+
+    // The region: the new layers shipped, the old copies deleted, a middle point restores.
+    let p = app.protection();
+    p.ship_all(Some(shop.id)).await;
+    p.queue_garbage().await.unwrap();
+    let done = p.process_deletions().await.unwrap();
+    assert!(done.failed.is_empty(), "{:?}", done.failed);
+    let files = region_files(&region);
+    for l in &wal_before {
+        let kept = after.iter().any(|a| a.id == l.id);
+        assert_eq!(
+            files.iter().any(|f| f.contains(&l.id.to_string())),
+            kept,
+            "{}",
+            l.id
+        );
+    }
+    for l in wal_layers(&after) {
+        assert!(
+            files.iter().any(|f| f.contains(&l.id.to_string())),
+            "{} shipped",
+            l.id
+        );
+    }
+    let (mid, n) = points[points.len() / 2];
+    let req = RestoreRequest {
+        cluster: "shop".into(),
+        branch: "main".into(),
+        point: PointSpec::Lsn(mid),
+        target: Target::Branch("from-region".into()),
+        region: Some("region-a".into()),
+        cluster_id: None,
+        identity: None,
+        signers: Vec::new(),
+        parallel: 4,
+    };
+    cairn_restore::restore(p, &req, &progress).await.unwrap();
+    let r = engine
+        .compute_start(&shop, "from-region", None, &progress)
+        .await
+        .unwrap();
+    assert_eq!(sql(&r.url, "SELECT count(*) FROM t").await, n);
+    engine.compute_stop(&shop, "from-region").await.unwrap();
+}
