@@ -131,8 +131,9 @@ async fn refs_of(env: &Env, layer: &str) -> Vec<String> {
 }
 
 /// An image stops referencing an earlier image once the newest image reads less than half of
-/// what that one stored (its live pages are stored again), so an old image is not kept for a
-/// few pages forever; an image still mostly read stays referenced.
+/// what that one stored (its live pages are stored again), and stops referencing the images
+/// that read such an image, so an old image is not kept for a few pages forever; an image
+/// still mostly read stays referenced.
 #[tokio::test(flavor = "multi_thread")]
 async fn images_stop_referencing_an_image_that_is_mostly_rewritten() {
     let env = Env::new();
@@ -157,13 +158,25 @@ async fn images_stop_referencing_an_image_that_is_mostly_rewritten() {
     let third = image(&env);
     let third_refs = refs_of(&env, &third).await;
     println!("the third image references {third_refs:?} (base {base}, second {second})");
-    // ... so the one after it no longer references the base (it stores the base's live pages).
+    // ... so the one after it no longer references the base (it stores the base's live
+    // pages), nor any image that reads the base (the third does): referencing one would keep
+    // the base through it.
+    assert!(third_refs.contains(&base), "{third_refs:?}");
     pgbench(&url, &["-t", "50", "-c", "1", "-n"]);
     let fourth = image(&env);
     let fourth_refs = refs_of(&env, &fourth).await;
     println!("the fourth image references {fourth_refs:?}");
     assert!(!fourth_refs.contains(&base), "{fourth_refs:?}");
-    assert!(fourth_refs.contains(&third), "{fourth_refs:?}");
+    assert!(!fourth_refs.contains(&third), "{fourth_refs:?}");
+    // The chain restarts from the fourth: the fifth references it.
+    pgbench(&url, &["-t", "50", "-c", "1", "-n"]);
+    let fifth = image(&env);
+    let fifth_refs = refs_of(&env, &fifth).await;
+    assert!(fifth_refs.contains(&fourth), "{fifth_refs:?}");
+    assert!(
+        !fifth_refs.contains(&base) && !fifth_refs.contains(&third),
+        "{fifth_refs:?}"
+    );
     // And it restores exactly.
     restores_exactly(&env, c).await;
 }

@@ -2,8 +2,8 @@
 //! with a short PITR window and an image every minute, for `CAIRN_SOAK_SECONDS` (default 300).
 //! Local layers, region objects and the catalog's layer rows are sampled every 15 s; once the
 //! window has filled (the second half of the run) none of them grows beyond what it was in the
-//! first half of that half, and the window's start, a point in it and the head restore from a
-//! region.
+//! first half of that half. Then the window's start, four points spread over it and the head
+//! restore from the regions, each with the pgbench history rows main had at that time.
 //!
 //! Run: `cargo test --release --test retention_soak -- --ignored --nocapture`
 //! (`CAIRN_SOAK_SECONDS=3600 CAIRN_SOAK_PITR=15m` for the hour-long run with a 15-minute window).
@@ -12,6 +12,25 @@ mod common;
 
 use common::*;
 
+/// The catalog tables that hold one row per layer, shipment or queued deletion.
+const TABLES: [&str; 7] = [
+    "layers",
+    "layer_refs",
+    "wal_layer_txns",
+    "wal_markers",
+    "shipments",
+    "layer_keys",
+    "deletions",
+];
+
+/// Main's pgbench history rows, counted between two instants.
+#[derive(Debug)]
+struct Counted {
+    before: chrono::DateTime<chrono::Utc>,
+    after: chrono::DateTime<chrono::Utc>,
+    rows: i64,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Sample {
     secs: u64,
@@ -19,31 +38,25 @@ struct Sample {
     layer_bytes: u64,
     region_objects: usize,
     catalog_rows: i64,
+    /// The same rows table by table (for telling which one grows).
+    tables: [i64; TABLES.len()],
     /// The job history (one run per image here): kept as a record, not pruned with the layers.
     job_runs: i64,
 }
 
-async fn catalog_rows(home: &std::path::Path) -> i64 {
+async fn catalog_rows(home: &std::path::Path) -> [i64; TABLES.len()] {
     sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}?mode=ro", home.join("catalog.db").display());
     let pool = sqlx::AnyPool::connect(&url)
         .await
         .expect("open the catalog");
-    let mut n = 0;
-    for table in [
-        "layers",
-        "layer_refs",
-        "wal_layer_txns",
-        "wal_markers",
-        "shipments",
-        "layer_keys",
-        "deletions",
-    ] {
+    let mut n = [0; TABLES.len()];
+    for (i, table) in TABLES.iter().enumerate() {
         let c: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
             .fetch_one(&pool)
             .await
             .unwrap_or_else(|e| panic!("count {table}: {e}"));
-        n += c;
+        n[i] = c;
     }
     pool.close().await;
     n
@@ -138,9 +151,23 @@ async fn stores_stop_growing_once_retention_is_in_force() {
     };
     let started = std::time::Instant::now();
     let mut samples: Vec<Sample> = Vec::new();
+    let main = connect(&url).await;
+    let mut counts: Vec<Counted> = Vec::new();
     while started.elapsed().as_secs() < seconds {
         std::thread::sleep(std::time::Duration::from_secs(15));
+        let before = chrono::Utc::now();
+        let rows: i64 = main
+            .query_one("SELECT count(*) FROM pgbench_history", &[])
+            .await
+            .expect("count pgbench_history on main")
+            .get(0);
+        counts.push(Counted {
+            before,
+            after: chrono::Utc::now(),
+            rows,
+        });
         let layers = env.layers();
+        let tables = catalog_rows(&env.home).await;
         let s = Sample {
             secs: started.elapsed().as_secs(),
             layers: layers.len(),
@@ -149,12 +176,14 @@ async fn stores_stop_growing_once_retention_is_in_force() {
                 .map(|l| l["file_size"].as_u64().unwrap())
                 .sum(),
             region_objects: env.region_objects("region-a").len(),
-            catalog_rows: catalog_rows(&env.home).await,
+            catalog_rows: tables.iter().sum(),
+            tables,
             job_runs: job_runs(&env.home).await,
         };
         println!("{s:?}");
         samples.push(s);
     }
+    drop(main);
     let out = load.join().expect("pgbench thread");
     assert!(
         out.status.success(),
@@ -175,6 +204,10 @@ async fn stores_stop_growing_once_retention_is_in_force() {
         ("region objects", |s| s.region_objects as f64),
         ("catalog rows", |s| s.catalog_rows as f64),
     ];
+    for (i, table) in TABLES.iter().enumerate() {
+        let m = |s: &[Sample]| s.iter().map(|s| s.tables[i]).max().unwrap_or(0);
+        println!("  {table}: max {} then {}", m(early), m(late));
+    }
     for (what, f) in measures {
         let (e, l) = (max(early, f), max(late, f));
         println!(
@@ -197,21 +230,49 @@ async fn stores_stop_growing_once_retention_is_in_force() {
         late[late.len() - 1].secs
     );
 
-    // The window's start (plus a few seconds: the clock moved since the last retention run
-    // left it), a point inside the window (20 s ago) and the latest point restore from a region.
+    // Points across the window restore from a region, regions taken in turn: its start (plus
+    // a few seconds: the clock moved since the last retention run left it), four points
+    // spread over it up to 20 s ago, and the latest. Each restored branch starts, and its
+    // history table (one row per pgbench transaction) has as many rows as main had then (between
+    // main's counts just before and after) and never fewer than the point before.
     let window = pitr_seconds(&pitr);
-    let start = (chrono::Utc::now() - chrono::Duration::seconds(window - 5))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    env.ok(&[
-        "restore",
-        "shop",
-        "--at-time",
-        &start,
-        "--region",
-        "region-a",
-        "--as-branch",
-        "soak-start",
-    ]);
+    let now = chrono::Utc::now();
+    let from = window - 5;
+    let mut rows_before = 0i64;
+    let counts = &counts;
+    for (i, back) in (0..5).map(|k| from - (from - 20) * k / 4).enumerate() {
+        let at = (now - chrono::Duration::seconds(back))
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let branch = format!("soak-{i}");
+        let region = ["region-a", "region-b"][i % 2];
+        env.ok(&[
+            "restore",
+            "shop",
+            "--at-time",
+            &at,
+            "--region",
+            region,
+            "--as-branch",
+            &branch,
+        ]);
+        rows_before = history_rows(&env, &branch, rows_before, &at).await;
+        let at = chrono::DateTime::parse_from_rfc3339(&at).unwrap().to_utc();
+        for c in counts {
+            // Commit times and the restore target have a second's play either way.
+            if c.after + chrono::Duration::seconds(1) < at {
+                assert!(
+                    rows_before >= c.rows,
+                    "{at}: {rows_before} rows, main had {c:?}"
+                );
+            }
+            if c.before > at + chrono::Duration::seconds(1) {
+                assert!(
+                    rows_before <= c.rows,
+                    "{at}: {rows_before} rows, main had {c:?}"
+                );
+            }
+        }
+    }
     env.ok(&[
         "restore",
         "shop",
@@ -221,17 +282,25 @@ async fn stores_stop_growing_once_retention_is_in_force() {
         "--as-branch",
         "soak-head",
     ]);
-    let inside = (chrono::Utc::now() - chrono::Duration::seconds(20))
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    env.ok(&[
-        "restore",
-        "shop",
-        "--at-time",
-        &inside,
-        "--region",
-        "region-a",
-        "--as-branch",
-        "soak-inside",
-    ]);
+    history_rows(&env, "soak-head", rows_before, "the latest point").await;
     env.stop_all();
+}
+
+/// Starts `branch`, counts its pgbench history rows, stops it; the count must be at least
+/// `before` (the point before it).
+async fn history_rows(env: &Env, branch: &str, before: i64, at: &str) -> i64 {
+    let c = connect(&env.start(branch)).await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pgbench_history", &[])
+        .await
+        .expect("count pgbench_history")
+        .get(0);
+    drop(c);
+    env.stop_all();
+    println!("{at} ({branch}): {n} history rows");
+    assert!(
+        n >= before,
+        "{at}: {n} history rows, fewer than the point before ({before})"
+    );
+    n
 }

@@ -106,9 +106,8 @@ impl Engine {
             }
         }
         let mut tx = self.catalog.begin().await?;
-        for l in &retired {
-            tx.delete_layer(l.id).await?;
-        }
+        let doomed: Vec<LayerId> = retired.iter().map(|l| l.id).collect();
+        tx.delete_layers(&doomed).await?;
         tx.commit().await?;
         let mut out = Retired {
             layers: retired.len(),

@@ -375,8 +375,22 @@ impl Env {
             }
             seen.push(line);
         };
-        // Keep draining its log so that it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        // Keep draining its log so that it never blocks on a full pipe, into `up.log` beside
+        // the home (read it when a slow test fails).
+        let log = self.dir.path().join("up.log");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .ok();
+            for l in seen.into_iter().chain(lines.map_while(|l| l.ok())) {
+                if let Some(f) = f.as_mut() {
+                    let _ = writeln!(f, "{l}");
+                }
+            }
+        });
         (up, port)
     }
 

@@ -198,6 +198,36 @@ async fn exercise(cat: &Catalog) {
         .iter()
         .all(|t| t.id != ghost_tl.id));
 
+    // An image deleted together with the image it reads, the read one first: the references
+    // go before the rows they name (one at a time, the schema's foreign keys refuse it).
+    let image = |n: u8, start: u64| LayerRow {
+        id: LayerId([n; 32]),
+        kind: LayerKind::Image,
+        start: Lsn(start),
+        end: Lsn(start + 0x100),
+        ..layer.clone()
+    };
+    let (older, newer) = (image(8, 0x200_0000), image(9, 0x280_0000));
+    let mut tx = cat.begin().await.unwrap();
+    tx.insert_layer(&older, &[], &[]).await.unwrap();
+    tx.insert_layer(&newer, &[older.id], &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        cat.layer_refs(c.id).await.unwrap(),
+        vec![(newer.id, older.id)]
+    );
+    let mut tx = cat.begin().await.unwrap();
+    assert!(
+        tx.delete_layer(older.id).await.is_err(),
+        "a read image goes only with what reads it"
+    );
+    drop(tx);
+    let mut tx = cat.begin().await.unwrap();
+    tx.delete_layers(&[older.id, newer.id]).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(cat.layer_refs(c.id).await.unwrap().is_empty());
+    assert_eq!(cat.layers(c.id).await.unwrap().len(), 1);
+
     // Duplicate names are refused by the schema.
     let mut tx = cat.begin().await.unwrap();
     assert!(tx.insert_cluster(&sample_cluster()).await.is_err());

@@ -156,18 +156,33 @@ impl Tx {
     /// transaction summary, its markers). Whether that is safe is the caller's
     /// ([`crate::retire`]).
     pub async fn delete_layer(&mut self, id: LayerId) -> Result<()> {
-        let id = id.to_string();
-        for stmt in [
-            "DELETE FROM wal_markers WHERE layer_id = $1",
-            "DELETE FROM wal_layer_txns WHERE layer_id = $1",
-            "DELETE FROM layer_refs WHERE layer_id = $1",
-            "DELETE FROM layers WHERE id = $1",
-        ] {
-            sqlx::query(stmt)
-                .bind(&id)
+        self.delete_layers(&[id]).await
+    }
+
+    /// Removes layers `ids` as [`Tx::delete_layer`] does, in any order: the references of
+    /// all of them go first, so an image deleted with the images it reads never leaves a
+    /// reference to a deleted row (the schema's foreign keys would refuse the transaction).
+    pub async fn delete_layers(&mut self, ids: &[LayerId]) -> Result<()> {
+        let ids: Vec<String> = ids.iter().map(LayerId::to_string).collect();
+        for id in &ids {
+            sqlx::query("DELETE FROM layer_refs WHERE layer_id = $1")
+                .bind(id)
                 .execute(&mut *self.tx)
                 .await
-                .map_err(|e| Error::catalog("delete a layer", e))?;
+                .map_err(|e| Error::catalog("delete a layer's references", e))?;
+        }
+        for id in &ids {
+            for stmt in [
+                "DELETE FROM wal_markers WHERE layer_id = $1",
+                "DELETE FROM wal_layer_txns WHERE layer_id = $1",
+                "DELETE FROM layers WHERE id = $1",
+            ] {
+                sqlx::query(stmt)
+                    .bind(id)
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(|e| Error::catalog("delete a layer", e))?;
+            }
         }
         Ok(())
     }

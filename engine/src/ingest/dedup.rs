@@ -7,11 +7,20 @@
 //! the index only offers the pieces of **dense** images: those of which the newest image (the
 //! last one given) reads at least [`MIN_LIVE`] of the bytes they stored themselves. The live
 //! pieces of a sparse image are stored again by the next image; after that nothing new reads
-//! the sparse one, and it goes once retention no longer keeps it for its own points. A kept
-//! image thus holds at least half live data of the newest image, or is kept for its own points.
+//! the sparse one, and it goes once retention no longer keeps it for its own points.
+//!
+//! Retention keeps an image together with everything it reads, and what those read in turn.
+//! So the offered set is also **closed under references**: an image that itself reads a piece
+//! of an image left out is left out as well. Without that, each image reading the one before
+//! (dense, a minute old) keeps a chain back to the first image through images no one needs for
+//! their own points (the retention soak under a one-minute window showed every image kept).
+//! With it, every image a new image keeps, directly or not, holds at least half live data of
+//! the newest image; when the oldest of them turns sparse, the next image stores the pieces
+//! of the chain again and the chain restarts.
 //!
 //! Invariants:
-//! - The newest image is always dense (it reads all of its own pieces).
+//! - The offered images read only offered images (or themselves).
+//! - The newest image is offered unless it reads an image left out.
 //! - Only which pieces are offered changes; a piece is still taken from the oldest dense image
 //!   that stored it, so images taken without the rule stay readable and equal.
 
@@ -60,7 +69,7 @@ fn pieces(id: LayerId, meta: &ImageMeta) -> impl Iterator<Item = (LayerId, [u8; 
 }
 
 /// The images (of `images`, oldest first) of which the newest reads at least `min_live` of the
-/// bytes they stored themselves.
+/// bytes they stored themselves, less those that read a piece of an image not in the set.
 pub fn dense(images: &[(LayerId, ImageMeta)], min_live: f64) -> HashSet<LayerId> {
     let Some((newest, newest_meta)) = images.last() else {
         return HashSet::new();
@@ -89,7 +98,25 @@ pub fn dense(images: &[(LayerId, ImageMeta)], min_live: f64) -> HashSet<LayerId>
         })
         .collect();
     out.insert(*newest);
-    out
+    // Closed under references: an image that reads a piece of one left out is left out too,
+    // or a new image reading it would keep, through it, what was left out.
+    let owners: HashMap<LayerId, HashSet<LayerId>> = images
+        .iter()
+        .map(|(id, meta)| (*id, pieces(*id, meta).map(|(o, _, _)| o).collect()))
+        .collect();
+    loop {
+        let open: Vec<LayerId> = out
+            .iter()
+            .filter(|id| owners.get(id).is_some_and(|o| !o.is_subset(&out)))
+            .copied()
+            .collect();
+        if open.is_empty() {
+            return out;
+        }
+        for id in open {
+            out.remove(&id);
+        }
+    }
 }
 
 impl DedupIndex {
@@ -212,18 +239,45 @@ mod tests {
             image(2, &[(9, 100, 2), (2, 100, 1), (3, 100, 1), (4, 100, 1)]),
             image(3, &[(9, 100, 2), (7, 100, 3), (8, 100, 3), (4, 100, 1)]),
         ];
-        // The newest reads 1/4 of the base (piece 4): sparse. All of 2's one piece: dense.
-        let d = dense(&images, 0.5);
-        assert_eq!(d, HashSet::from([id(2), id(3)]));
-        // A lower bar keeps the base.
-        assert!(dense(&images, 0.25).contains(&id(1)));
+        // The newest reads 1/4 of the base (piece 4): sparse. All of 2's one piece: dense, but
+        // 2 and 3 read the base, so neither is offered (the next image stores it all again).
+        assert_eq!(dense(&images, 0.5), HashSet::new());
+        // A lower bar keeps the base, and with it the images that read it.
+        assert_eq!(dense(&images, 0.25), HashSet::from([id(1), id(2), id(3)]));
         // Duplicate references count once.
         let twice = [
             image(1, &[(1, 100, 1), (2, 100, 1)]),
             image(2, &[(1, 100, 1), (1, 100, 1), (5, 100, 2)]),
         ];
-        assert_eq!(dense(&twice, 0.6), HashSet::from([id(2)]));
+        assert_eq!(dense(&twice, 0.6), HashSet::new());
         assert_eq!(dense(&twice, 0.5), HashSet::from([id(1), id(2)]));
         assert!(dense(&[], 0.5).is_empty());
+    }
+
+    #[test]
+    fn an_image_reading_one_left_out_is_left_out_too() {
+        // A chain: 2 reads a piece of 1, 3 (the newest) reads all of 2 and nothing of 1.
+        let chain = [
+            image(1, &[(1, 100, 1), (2, 100, 1)]),
+            image(2, &[(1, 100, 1), (3, 100, 2), (4, 100, 2)]),
+            image(3, &[(5, 100, 3), (3, 100, 2), (4, 100, 2)]),
+        ];
+        // Without the closure 2 and 3 would be offered: 3 reads all of 2. But 2 reads 1, which
+        // 3 no longer reads, so offering 2 would keep 1 alive through any image reading 2.
+        assert_eq!(dense(&chain, 0.5), HashSet::new());
+        // Once 1 is live again (the newest reads it), the chain is whole and offered.
+        let whole = [
+            image(1, &[(1, 100, 1), (2, 100, 1)]),
+            image(2, &[(1, 100, 1), (3, 100, 2), (4, 100, 2)]),
+            image(3, &[(1, 100, 1), (3, 100, 2), (4, 100, 2), (5, 100, 3)]),
+        ];
+        assert_eq!(dense(&whole, 0.5), HashSet::from([id(1), id(2), id(3)]));
+        // An image that reads only itself is offered whatever the others are.
+        let apart = [
+            image(1, &[(1, 100, 1)]),
+            image(2, &[(1, 100, 1), (3, 100, 2)]),
+            image(3, &[(6, 100, 3)]),
+        ];
+        assert_eq!(dense(&apart, 0.5), HashSet::from([id(3)]));
     }
 }
