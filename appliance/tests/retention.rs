@@ -411,3 +411,103 @@ async fn retiring_refuses_what_would_break_a_head_or_an_image_and_deletes_nothin
     assert_eq!(still.len(), layers.len());
     assert!(still.iter().all(|l| engine.layer_path(l).exists()));
 }
+
+/// Images that no kept image reads go together, whatever reads what among them: images
+/// retired with the image they read (their catalog references first, then the rows), after
+/// an image that reads none of them (dedup offers no image that reads one left out). The
+/// head still starts with every row.
+#[tokio::test(flavor = "multi_thread")]
+async fn images_retire_together_with_the_images_they_read() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-test-retire-")
+        .tempdir()
+        .unwrap();
+    let app = appliance(&tmp.path().join("home")).await;
+    let engine = app.engine().clone();
+    let progress = Arc::new(Progress::new());
+    engine.create_cluster("shop", &progress).await.unwrap();
+    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
+    let info = engine
+        .compute_start(&shop, "main", None, &progress)
+        .await
+        .unwrap();
+    let image = || async {
+        let r = engine.image_create(&shop, "main", &progress).await.unwrap();
+        r.layer.parse::<LayerId>().unwrap()
+    };
+    sql(
+        &info.url,
+        "CREATE TABLE big AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 60000) g;
+         CREATE TABLE t (g int); SELECT 1",
+    )
+    .await;
+    let second = image().await;
+    sql(
+        &info.url,
+        "INSERT INTO t SELECT generate_series(1, 100); SELECT 1",
+    )
+    .await;
+    let third = image().await;
+    sql(&info.url, "DROP TABLE big; CHECKPOINT; SELECT 1").await;
+    // The fourth may still read the second (the density of what it may read is measured
+    // against the newest image before it, the third, which reads all of the table); the fifth
+    // measures against the fourth, which reads little of the second: neither the second nor
+    // any image reading it (the third, the fourth) is offered to it.
+    let fourth = image().await;
+    let fifth = image().await;
+    let refs = engine.catalog.layer_refs(shop.id).await.unwrap();
+    let reads = |i: LayerId| -> BTreeSet<LayerId> {
+        refs.iter()
+            .filter(|(a, _)| *a == i)
+            .map(|(_, b)| *b)
+            .collect()
+    };
+    assert!(reads(third).contains(&second), "{refs:?}");
+    let fifth_reads = reads(fifth);
+    assert!(
+        [second, third, fourth]
+            .iter()
+            .all(|i| !fifth_reads.contains(i)),
+        "the fifth image reads {fifth_reads:?}"
+    );
+    sql(
+        &info.url,
+        "INSERT INTO t SELECT generate_series(1, 23); SELECT 1",
+    )
+    .await;
+    engine.compute_sync(&shop, info.timeline).await.unwrap();
+    engine.compute_stop(&shop, "main").await.unwrap();
+
+    // Retire those three images and the WAL before the fifth; the catalog lists the read
+    // image before the ones reading it.
+    let layers = engine.catalog.layers(shop.id).await.unwrap();
+    let start = layers.iter().find(|l| l.id == fifth).unwrap().start;
+    let ids: BTreeSet<LayerId> = layers
+        .iter()
+        .filter(|l| match l.kind {
+            LayerKind::Image => [second, third, fourth].contains(&l.id),
+            LayerKind::Wal => l.end <= start,
+        })
+        .map(|l| l.id)
+        .collect();
+    let order: Vec<LayerId> = layers.iter().map(|l| l.id).collect();
+    let at = |i: LayerId| order.iter().position(|x| *x == i).unwrap();
+    assert!(at(second) < at(third), "the read image comes first");
+    let retired = engine.retire_layers(&shop, &ids).await.unwrap();
+    assert_eq!(retired.layers, ids.len());
+    let left: BTreeSet<LayerId> = engine
+        .catalog
+        .layers(shop.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.id)
+        .collect();
+    assert!(left.is_disjoint(&ids) && left.contains(&fifth));
+    let info = engine
+        .compute_start(&shop, "main", None, &progress)
+        .await
+        .unwrap();
+    assert_eq!(sql(&info.url, "SELECT count(*) FROM t").await, 123);
+    engine.compute_stop(&shop, "main").await.unwrap();
+}
