@@ -192,6 +192,19 @@ async fn stores_stop_growing_once_retention_is_in_force() {
     );
     drop(up);
 
+    // Retention and the deletion queue ran without failing (a failed pass deletes nothing and
+    // is only logged).
+    let log = std::fs::read_to_string(env.dir.path().join("up.log")).unwrap_or_default();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && (l.contains("retention") || l.contains("deletion queue")))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "retention failed:\n{}",
+        failed.join("\n")
+    );
+
     // The second half against the first half of it: no store keeps growing.
     let half = samples.len() / 2;
     let tail = &samples[half..];
