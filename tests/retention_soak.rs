@@ -194,7 +194,7 @@ async fn stores_stop_growing_once_retention_is_in_force() {
 
     // Retention and the deletion queue ran without failing (a failed pass deletes nothing and
     // is only logged).
-    let log = std::fs::read_to_string(env.dir.path().join("up.log")).unwrap_or_default();
+    let log = std::fs::read_to_string(env.dir.path().join("up.log")).expect("cairn up's log");
     let failed: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("WARN") && (l.contains("retention") || l.contains("deletion queue")))
