@@ -27,6 +27,28 @@ async fn appliance(home: &Path) -> Appliance {
     Appliance::open(&opts).await.expect("open the appliance").0
 }
 
+/// An appliance under `dir` with cluster shop and main's compute running.
+async fn shop_running(
+    dir: &Path,
+) -> (
+    Appliance,
+    Arc<cairn_engine::Engine>,
+    ClusterRow,
+    cairn_engine::compute::ComputeInfo,
+    Arc<Progress>,
+) {
+    let app = appliance(&dir.join("home")).await;
+    let engine = app.engine().clone();
+    let progress = Arc::new(Progress::new());
+    engine.create_cluster("shop", &progress).await.unwrap();
+    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
+    let info = engine
+        .compute_start(&shop, "main", None, &progress)
+        .await
+        .unwrap();
+    (app, engine, shop, info, progress)
+}
+
 async fn sql(url: &str, q: &str) -> i64 {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -344,16 +366,7 @@ async fn retiring_refuses_what_would_break_a_head_or_an_image_and_deletes_nothin
         .prefix("cairn-test-retire-")
         .tempdir()
         .unwrap();
-    let home = tmp.path().join("home");
-    let app = appliance(&home).await;
-    let engine = app.engine().clone();
-    let progress = Arc::new(Progress::new());
-    engine.create_cluster("shop", &progress).await.unwrap();
-    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
-    let info = engine
-        .compute_start(&shop, "main", None, &progress)
-        .await
-        .unwrap();
+    let (_app, engine, shop, info, progress) = shop_running(tmp.path()).await;
     sql(
         &info.url,
         "CREATE TABLE t AS SELECT generate_series(1, 3000) g; SELECT 1",
@@ -422,15 +435,7 @@ async fn images_retire_together_with_the_images_they_read() {
         .prefix("cairn-test-retire-")
         .tempdir()
         .unwrap();
-    let app = appliance(&tmp.path().join("home")).await;
-    let engine = app.engine().clone();
-    let progress = Arc::new(Progress::new());
-    engine.create_cluster("shop", &progress).await.unwrap();
-    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
-    let info = engine
-        .compute_start(&shop, "main", None, &progress)
-        .await
-        .unwrap();
+    let (_app, engine, shop, info, progress) = shop_running(tmp.path()).await;
     let image = || async {
         let r = engine.image_create(&shop, "main", &progress).await.unwrap();
         r.layer.parse::<LayerId>().unwrap()
