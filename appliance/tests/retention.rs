@@ -516,3 +516,65 @@ async fn images_retire_together_with_the_images_they_read() {
     assert_eq!(sql(&info.url, "SELECT count(*) FROM t").await, 123);
     engine.compute_stop(&shop, "main").await.unwrap();
 }
+
+/// A layer committed while a retirement waits for its timeline's lock (an image or an ingest
+/// holds it) is known to the retirement once it has the lock: its file is not swept as a
+/// stray. The test holds the lock itself and commits a layer meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_committed_while_retirement_waits_for_the_timeline_is_kept() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-test-retire-")
+        .tempdir()
+        .unwrap();
+    let (_app, engine, shop, info, progress) = shop_running(tmp.path()).await;
+    sql(
+        &info.url,
+        "CREATE TABLE t AS SELECT generate_series(1, 3000) g; SELECT 1",
+    )
+    .await;
+    engine.compute_sync(&shop, info.timeline).await.unwrap();
+    let image = engine.image_create(&shop, "main", &progress).await.unwrap();
+    engine.compute_stop(&shop, "main").await.unwrap();
+    let layers = engine.catalog.layers(shop.id).await.unwrap();
+    let newest = layers
+        .iter()
+        .find(|l| l.id.to_string() == image.layer)
+        .unwrap()
+        .clone();
+    let ids: BTreeSet<LayerId> = layers
+        .iter()
+        .filter(|l| l.kind == LayerKind::Wal && l.end <= newest.start)
+        .map(|l| l.id)
+        .collect();
+    assert!(!ids.is_empty());
+
+    let held = engine
+        .home
+        .lock_timeline(info.timeline, "the test")
+        .unwrap();
+    let retire = {
+        let (engine, shop, ids) = (engine.clone(), shop.clone(), ids.clone());
+        tokio::spawn(async move { engine.retire_layers(&shop, &ids).await })
+    };
+    // The retirement has read the catalog and waits for the lock; a copy of the image is
+    // committed meanwhile, as an image job would.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(!retire.is_finished());
+    let copy = LayerRow {
+        id: LayerId([0x5a; 32]),
+        ..newest.clone()
+    };
+    std::fs::copy(engine.layer_path(&newest), engine.layer_path(&copy)).unwrap();
+    let mut tx = engine.catalog.begin().await.unwrap();
+    tx.insert_layer(&copy, &[], &[]).await.unwrap();
+    tx.commit().await.unwrap();
+    drop(held);
+
+    let retired = retire.await.unwrap().unwrap();
+    assert_eq!(retired.layers, ids.len());
+    assert_eq!(retired.strays, 0);
+    assert!(
+        engine.layer_path(&copy).exists(),
+        "the layer committed meanwhile lost its file"
+    );
+}

@@ -4,7 +4,9 @@
 //!
 //! Invariants:
 //! - Under the cluster's lock (no branch is created or moved meanwhile) and the locks of the
-//!   timelines touched (no ingest or image on them meanwhile).
+//!   timelines touched (no ingest or image on them meanwhile). Every check, and the list of
+//!   layers a file must belong to not to be a stray, is read after all those locks are held:
+//!   a layer committed while a lock was awaited is known and kept.
 //! - Refused whole, deleting nothing, when a layer is not the cluster's, when a layer kept
 //!   would read a retired one (an image's references), or when a branch head reconstructible
 //!   before would not be after. Retention keeps more than that (its windows); this is the
@@ -72,6 +74,18 @@ impl Engine {
                 &format!("a timeline of cluster '{}'", cluster.name),
                 Duration::from_secs(10),
             )?);
+        }
+        // Read again under the timeline locks: an image or an ingest that held one while we
+        // waited may have committed a layer since, and a layer missing from `kept` below would
+        // have its file removed as a stray.
+        let layers = self.catalog.layers(cluster.id).await?;
+        let retired: Vec<_> = layers.iter().filter(|l| ids.contains(&l.id)).collect();
+        if retired.len() != ids.len() {
+            return Err(Error::Refused(format!(
+                "cannot retire {} layer(s) of cluster '{}': some left the catalog meanwhile",
+                ids.len(),
+                cluster.name
+            )));
         }
         // The structure after: no kept image reads a retired layer; every head that could be
         // reconstructed still can.
