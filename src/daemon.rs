@@ -54,6 +54,13 @@ pub struct UpArgs {
     /// totals /metrics reports and deleted, except each job's newest run.
     #[arg(long, default_value = "30d", value_name = "DURATION", value_parser = cairn_units::parse_duration)]
     pub job_history: Duration,
+    /// Merge a branch's small WAL layers once they are this old and every region holds them
+    /// (fewer objects, catalog rows and fetches per restore; the same points restorable).
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = cairn_units::parse_duration)]
+    pub compact_after: Duration,
+    /// Largest layer WAL compaction writes; 0 turns compaction off.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+    pub compact_target: u64,
 }
 
 impl UpArgs {
@@ -66,6 +73,8 @@ impl UpArgs {
             exit_after: self.exit_after.map(Duration::from_secs_f64),
             webhooks: self.alert_webhook.clone(),
             job_history: self.job_history,
+            compact_after: self.compact_after,
+            compact_target: self.compact_target,
         }
     }
 }
@@ -202,6 +211,14 @@ fn print_event(e: Event) {
             kind_str(r.key.kind),
             r.key.cluster,
             r.node
+        ),
+        Event::Compacted(c) => eprintln!(
+            "compaction: cluster '{}': {} WAL layer(s) merged into {} ({} -> {})",
+            c.cluster,
+            c.replaced,
+            c.merged,
+            cairn_units::fmt_size(c.bytes_before),
+            cairn_units::fmt_size(c.bytes_after)
         ),
         Event::Retained {
             cluster,

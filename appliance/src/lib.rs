@@ -19,6 +19,7 @@ pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod backup;
+pub mod compaction_run;
 pub mod demo;
 pub mod error;
 pub mod jobs;

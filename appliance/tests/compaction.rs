@@ -9,9 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use cairn_appliance::{Appliance, ApplianceOptions};
+use std::time::Duration;
+
+use cairn_appliance::{compaction_run, Appliance, ApplianceOptions};
 use cairn_engine::branch::PointSpec;
-use cairn_engine::catalog::LayerRow;
+use cairn_engine::catalog::{ClusterRow, LayerRow};
 use cairn_engine::layer::LayerKind;
 use cairn_engine::layer_map::WalDesc;
 use cairn_engine::progress::Progress;
@@ -52,28 +54,19 @@ fn wal_layers(layers: &[LayerRow]) -> Vec<&LayerRow> {
     layers.iter().filter(|l| l.kind == LayerKind::Wal).collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn compacted_wal_restores_every_point_it_held_locally_and_from_a_region() {
-    let tmp = tempfile::Builder::new()
-        .prefix("cairn-test-compaction-")
-        .tempdir()
-        .unwrap();
-    let home = tmp.path().join("home");
-    let region = tmp.path().join("region");
-    std::fs::create_dir_all(&home).unwrap();
+/// An appliance over `regions` (regions.toml lines), with cluster 'shop' whose branch 'main'
+/// got six small stores: (appliance, cluster, the compute's URL, a point (LSN, rows) after
+/// each store, and the time of each). The compute is left running.
+async fn shop_with_small_stores(
+    home: &Path,
+    regions: &str,
+) -> (Appliance, ClusterRow, String, Vec<(Lsn, i64)>, Vec<i64>) {
+    std::fs::create_dir_all(home).unwrap();
     let cfg = home.join("regions.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "min_copies = 1\ndeletion_delay = \"0s\"\n\
-             [[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n",
-            region.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, regions).unwrap();
     std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (app, _) = Appliance::open(&ApplianceOptions {
-        home: home.clone(),
+        home: home.to_path_buf(),
         catalog_url: None,
         pg_bin: None,
     })
@@ -115,6 +108,34 @@ async fn compacted_wal_restores_every_point_it_held_locally_and_from_a_region() 
         times.push(chrono::Utc::now().timestamp_micros());
         engine.compute_sync(&shop, info.timeline).await.unwrap();
     }
+    (app, shop, info.url, points, times)
+}
+
+fn file_region(name: &str, dir: &Path) -> String {
+    format!(
+        "[[region]]\nname = \"{name}\"\nurl = \"file://{}\"\n",
+        dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compacted_wal_restores_every_point_it_held_locally_and_from_a_region() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-test-compaction-")
+        .tempdir()
+        .unwrap();
+    let home = tmp.path().join("home");
+    let region = tmp.path().join("region");
+    let (app, shop, _, points, times) = shop_with_small_stores(
+        &home,
+        &format!(
+            "min_copies = 1\ndeletion_delay = \"0s\"\n{}",
+            file_region("region-a", &region)
+        ),
+    )
+    .await;
+    let engine = app.engine().clone();
+    let progress = Arc::new(Progress::new());
     engine.compute_stop(&shop, "main").await.unwrap();
     app.backup_now(&shop, true, &progress)
         .await
@@ -257,4 +278,201 @@ async fn compacted_wal_restores_every_point_it_held_locally_and_from_a_region() 
         .unwrap();
     assert_eq!(sql(&r.url, "SELECT count(*) FROM t").await, n);
     engine.compute_stop(&shop, "from-region").await.unwrap();
+}
+
+/// Layer ids whose objects a file region holds.
+fn region_layers(dir: &Path) -> BTreeSet<String> {
+    region_files(dir)
+        .iter()
+        .filter_map(|f| f.split("/layers/").nth(1).map(str::to_string))
+        .collect()
+}
+
+/// Compaction as `cairn up` runs it (`compaction_run`): only layers every region holds are
+/// merged; the merged layer is in every region before the catalog names it, so the durable
+/// prefix (the RPO exposure) does not move and every index names only what its region holds;
+/// a region that cannot take the merged layer leaves the catalog as it was, and the copy the
+/// other region got is removed as garbage; a point inside a merged range restores from the
+/// region that failed before.
+#[tokio::test(flavor = "multi_thread")]
+async fn cairn_up_compaction_ships_the_merged_layer_everywhere_before_it_swaps_it_in() {
+    let tmp = tempfile::Builder::new()
+        .prefix("cairn-test-compaction-run-")
+        .tempdir()
+        .unwrap();
+    let home = tmp.path().join("home");
+    let (ra, rb) = (tmp.path().join("region-a"), tmp.path().join("region-b"));
+    let (app, shop, url, points, _) = shop_with_small_stores(
+        &home,
+        &format!(
+            "min_copies = 2\ndeletion_delay = \"0s\"\n{}{}",
+            file_region("region-a", &ra),
+            file_region("region-b", &rb)
+        ),
+    )
+    .await;
+    let engine = app.engine().clone();
+    let p = app.protection().clone();
+    let progress = Arc::new(Progress::new());
+    app.backup_now(&shop, true, &progress)
+        .await
+        .unwrap()
+        .require_durable()
+        .unwrap();
+    // One more store that no region holds yet: not settled, so never merged.
+    sql(&url, "INSERT INTO t SELECT generate_series(1, 700)").await;
+    engine.compute_stop(&shop, "main").await.unwrap();
+    let before = engine.catalog.layers(shop.id).await.unwrap();
+    let copies = p.copies().await.unwrap();
+    let unsettled: Vec<&LayerRow> = wal_layers(&before)
+        .into_iter()
+        .filter(|l| !copies.contains_key(&l.id.to_string()))
+        .collect();
+    assert!(!unsettled.is_empty(), "a store after the backup");
+    let regions = ["region-a".to_string(), "region-b".to_string()];
+    let durable = |layers: &[LayerRow], copies: &std::collections::HashMap<_, _>| -> Lsn {
+        cairn_appliance::objectives::durable_to(layers, copies, &regions, 2)
+    };
+    let durable_before = durable(&before, &copies);
+    assert_eq!(durable_before, unsettled[0].start);
+    let rules = CompactionRules {
+        target_bytes: 64 << 20,
+        min_age_us: 0,
+    };
+    let now = cairn_engine::catalog::now_us;
+    let ids = |ls: &[LayerRow]| ls.iter().map(|l| l.id).collect::<BTreeSet<_>>();
+    let catalog_ids: BTreeSet<String> = before.iter().map(|l| l.id.to_string()).collect();
+
+    // No time budget: nothing starts.
+    let none = compaction_run::run(&app, rules, now(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+
+    // Region-b stops taking writes (its directory becomes a file): the merged layer cannot be
+    // everywhere, so it does not go in; the catalog and the files stay as they were.
+    let parked = tmp.path().join("region-b.parked");
+    std::fs::rename(&rb, &parked).unwrap();
+    std::fs::write(&rb, b"not a directory").unwrap();
+    let failed = compaction_run::run(&app, rules, now(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let (cluster, e) = failed[0].as_ref().unwrap_err();
+    assert_eq!(cluster, "shop");
+    assert!(e.to_string().contains("region-b"), "{e}");
+    assert_eq!(
+        ids(&engine.catalog.layers(shop.id).await.unwrap()),
+        ids(&before)
+    );
+    for l in &before {
+        assert!(engine.layer_path(l).exists(), "{} kept", l.id);
+    }
+    assert_eq!(
+        std::fs::read_dir(engine.compacting_dir()).unwrap().count(),
+        0,
+        "the staged layer removed"
+    );
+    let orphans: Vec<String> = region_layers(&ra)
+        .into_iter()
+        .filter(|id| !catalog_ids.contains(id))
+        .collect();
+    assert_eq!(
+        orphans.len(),
+        1,
+        "region-a got the merged layer: {orphans:?}"
+    );
+    std::fs::remove_file(&rb).unwrap();
+    std::fs::rename(&parked, &rb).unwrap();
+
+    // Both regions take writes: the settled layers merge, the unsettled ones stay.
+    let done = compaction_run::run(&app, rules, now(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    let done = done[0].as_ref().unwrap();
+    assert!(done.merged >= 1 && done.replaced >= 2, "{done:?}");
+    let after = engine.catalog.layers(shop.id).await.unwrap();
+    assert_eq!(
+        wal_layers(&after).len(),
+        wal_layers(&before).len() - done.replaced + done.merged
+    );
+    for l in &unsettled {
+        assert!(after.iter().any(|a| a.id == l.id), "{} not merged", l.id);
+    }
+    let merged: Vec<&LayerRow> = after
+        .iter()
+        .filter(|l| !before.iter().any(|b| b.id == l.id))
+        .collect();
+    assert_eq!(merged.len(), done.merged);
+    // Already in both regions as the catalog names it: the durable prefix did not move.
+    let copies = p.copies().await.unwrap();
+    for l in &merged {
+        assert_eq!(
+            copies.get(&l.id.to_string()).map(|r| r.len()),
+            Some(2),
+            "{} held by both regions",
+            l.id
+        );
+        for dir in [&ra, &rb] {
+            assert!(region_layers(dir).contains(&l.id.to_string()));
+        }
+    }
+    assert_eq!(durable(&after, &copies), durable_before);
+    // The old copies stay until the indexes stop naming them, then the deletion queue takes
+    // them, and the orphan of the failed attempt.
+    let replaced: Vec<String> = before
+        .iter()
+        .filter(|l| !after.iter().any(|a| a.id == l.id))
+        .map(|l| l.id.to_string())
+        .collect();
+    assert_eq!(replaced.len(), done.replaced);
+    for id in &replaced {
+        assert!(region_layers(&rb).contains(id), "{id} kept while named");
+    }
+    for (r, res) in p.ship_all(Some(shop.id)).await {
+        res.unwrap_or_else(|e| panic!("{r}: {e}"));
+    }
+    p.queue_garbage().await.unwrap();
+    let gc = p.process_deletions().await.unwrap();
+    assert!(gc.failed.is_empty(), "{:?}", gc.failed);
+    for dir in [&ra, &rb] {
+        let held = region_layers(dir);
+        for id in replaced.iter().chain(&orphans) {
+            assert!(!held.contains(id), "{id} deleted from {}", dir.display());
+        }
+        for l in &after {
+            assert!(
+                held.contains(&l.id.to_string()),
+                "{} in {}",
+                l.id,
+                dir.display()
+            );
+        }
+    }
+
+    // A point inside a merged range, from region-b (the one that failed before).
+    let (mid, n) = points
+        .iter()
+        .copied()
+        .find(|(lsn, _)| merged.iter().any(|m| m.start < *lsn && *lsn < m.end))
+        .expect("a point inside a merged layer");
+    let req = RestoreRequest {
+        cluster: "shop".into(),
+        branch: "main".into(),
+        point: PointSpec::Lsn(mid),
+        target: Target::Branch("from-region-b".into()),
+        region: Some("region-b".into()),
+        cluster_id: None,
+        identity: None,
+        signers: Vec::new(),
+        parallel: 4,
+    };
+    cairn_restore::restore(&p, &req, &progress).await.unwrap();
+    let r = engine
+        .compute_start(&shop, "from-region-b", None, &progress)
+        .await
+        .unwrap();
+    assert_eq!(sql(&r.url, "SELECT count(*) FROM t").await, n);
+    engine.compute_stop(&shop, "from-region-b").await.unwrap();
 }

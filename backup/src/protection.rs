@@ -325,9 +325,14 @@ impl Protection {
         }
     }
 
-    /// The data key of a layer, creating it (and its key object) on first use.
-    pub async fn ensure_key(&self, layer: &LayerRow) -> Result<(ObjectKeyRow, [u8; 32])> {
-        let path = self.engine.layer_path(layer);
+    /// The data key of a layer (its file at `path`), creating it (and its key object) on first
+    /// use.
+    pub async fn ensure_key(
+        &self,
+        layer: &LayerRow,
+        path: &std::path::Path,
+    ) -> Result<(ObjectKeyRow, [u8; 32])> {
+        let path = path.to_path_buf();
         let tail = match layer.kind {
             LayerKind::Wal => {
                 let (len, sha) = tokio::task::spawn_blocking(move || tail_digest(&path))

@@ -179,13 +179,18 @@ impl Protection {
         Ok((hex::encode(h.finalize()), n))
     }
 
-    /// Ships one layer to one region (object, then key object, then the shipment row).
-    async fn ship_layer(&self, region: &Region, layer: &LayerRow) -> Result<u64> {
-        let (key, dek) = self.ensure_key(layer).await?;
+    /// Ships one layer, whose file is at `path`, to one region (object, then key object, then
+    /// the shipment row).
+    async fn ship_layer(
+        &self,
+        region: &Region,
+        layer: &LayerRow,
+        path: &std::path::Path,
+    ) -> Result<u64> {
+        let (key, dek) = self.ensure_key(layer, path).await?;
         let cluster = layer.cluster_id.to_string();
         let name = layer.id.to_string();
         let obj_key = keys::layer(&cluster, &name);
-        let path = self.engine.layer_path(layer);
         let header = Header {
             kind: ObjectKind::Layer,
             compression: Compression::None,
@@ -216,7 +221,7 @@ impl Protection {
             Some(sha) => sha,
             None => {
                 let sha = self
-                    .upload(region, &obj_key, &path, header, dek, expected)
+                    .upload(region, &obj_key, path, header, dek, expected)
                     .await?;
                 if let Some(recorded) = &key.object_sha256 {
                     if *recorded != sha {
@@ -262,7 +267,48 @@ impl Protection {
         self.state()
             .forget_shipment(&layer.id.to_string(), &region.name)
             .await?;
-        self.ship_layer(region, layer).await.map(|_| ())
+        self.ship_layer(region, layer, &self.engine.layer_path(layer))
+            .await
+            .map(|_| ())
+    }
+
+    /// Ships one layer to one region, trying again after an error worth retrying.
+    async fn ship_layer_retrying(
+        &self,
+        region: &Region,
+        layer: &LayerRow,
+        path: &std::path::Path,
+    ) -> Result<u64> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.ship_layer(region, layer, path).await {
+                Err(e) if e.retryable() && attempt < ATTEMPTS => {
+                    tracing::debug!(region = %region.name, error = %e, attempt, "retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Ships a layer the catalog does not name yet (a merged WAL layer that compaction
+    /// staged, its file at `path`) to every region at once, and records the shipments: once
+    /// the catalog names the layer it is durable everywhere from the start, so nothing that
+    /// was durable stops being so. Any region failing is an error (and the layer must not go
+    /// into the catalog); copies already made are then removed by the deletion queue, as the
+    /// catalog never names them.
+    pub async fn ship_staged(&self, layer: &LayerRow, path: &std::path::Path) -> Result<()> {
+        self.require_unfenced("ship to the regions")?;
+        let futs = self
+            .regions
+            .regions
+            .iter()
+            .map(|r| self.ship_layer_retrying(r, layer, path));
+        for r in futures::future::join_all(futs).await {
+            r?;
+        }
+        Ok(())
     }
 
     pub(crate) async fn upload(
@@ -406,25 +452,13 @@ impl Protection {
         let mut shipped = 0;
         for layer in &pending {
             self.update(&region.name, |s| s.current = Some(layer.id.to_string()));
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match self.ship_layer(region, layer).await {
-                    Ok(_) => {
-                        shipped += 1;
-                        self.update(&region.name, |s| {
-                            s.pending_objects = s.pending_objects.saturating_sub(1);
-                            s.pending_bytes = s.pending_bytes.saturating_sub(layer.file_size);
-                        });
-                        break;
-                    }
-                    Err(e) if e.retryable() && attempt < ATTEMPTS => {
-                        tracing::debug!(region = %region.name, error = %e, attempt, "retrying");
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            self.ship_layer_retrying(region, layer, &self.engine.layer_path(layer))
+                .await?;
+            shipped += 1;
+            self.update(&region.name, |s| {
+                s.pending_objects = s.pending_objects.saturating_sub(1);
+                s.pending_bytes = s.pending_bytes.saturating_sub(layer.file_size);
+            });
         }
         self.write_indexes(region, filter).await?;
         Ok(shipped)

@@ -8,8 +8,8 @@
 //! WAL at least every `sync_interval` (sooner once `sync_bytes` are waiting), ingests the
 //! receivers' spools, takes a new image of a branch once `image_after` bytes of WAL
 //! accumulated since its last one, starts the scheduled jobs the policies in force make due
-//! ([`crate::jobs`]), and carries out retention ([`crate::retention_run`]), the deletion queue
-//! and due shreds every 30 s,
+//! ([`crate::jobs`]), and carries out retention ([`crate::retention_run`]), WAL compaction
+//! ([`crate::compaction_run`]), the deletion queue and due shreds every 30 s,
 //! until it is told to stop (or `exit_after` passes); then it stops the computes cleanly
 //! after a final ingest, so nothing written before is lost.
 //!
@@ -55,6 +55,11 @@ pub struct RunOptions {
     pub webhooks: Vec<String>,
     /// How long ended job runs are kept ([`crate::jobs::history`]).
     pub job_history: Duration,
+    /// WAL layers are merged ([`crate::compaction_run`]) once this old and held by every
+    /// region...
+    pub compact_after: Duration,
+    /// ...into layers of at most this many bytes (0: no compaction).
+    pub compact_target: u64,
 }
 
 /// Something an operator watching the run should see.
@@ -87,6 +92,9 @@ pub enum Event {
     },
     /// A run whose node stopped renewing its lease; its fire is tried again.
     JobAbandoned(crate::jobs::record::JobRun),
+    /// WAL compaction merged runs of a cluster's small WAL layers (their old region copies
+    /// follow through the deletion queue).
+    Compacted(crate::compaction_run::ClusterCompaction),
     /// Retention retired layers of a cluster (their region copies follow through the
     /// deletion queue).
     Retained {

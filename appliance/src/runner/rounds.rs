@@ -1,6 +1,7 @@
 //! One round of the run and what happens around it: restarting computes, WAL receivers for
 //! adopted clusters, storing each compute's WAL when due, images when enough WAL accumulated,
-//! retention, the deletion queue and due shreds, and the final ingest on the way out.
+//! retention, WAL compaction, the deletion queue and due shreds, and the final ingest on the
+//! way out.
 //!
 //! Invariants:
 //! - A compute's slot advances only after its layers are committed (the engine's ingest).
@@ -19,8 +20,12 @@ use super::state::Daemon;
 use super::{Event, Events};
 use crate::error::Result;
 
-/// Retention, the job history, the deletion queue and scheduled shreds (not on a fenced
-/// appliance: the regions are not its).
+/// How long one housekeeping pass may go on starting WAL compactions (the rounds wait
+/// meanwhile); what is left waits for the next pass.
+const COMPACTION_BUDGET: Duration = Duration::from_secs(10);
+
+/// Retention, WAL compaction, the job history, the deletion queue and scheduled shreds (not on
+/// a fenced appliance: the regions are not its).
 pub(super) async fn housekeeping(d: &Daemon, events: &Events, opts: &super::RunOptions) {
     let p = &d.app.protection();
     if p.fenced() {
@@ -49,6 +54,25 @@ pub(super) async fn housekeeping(d: &Daemon, events: &Events, opts: &super::RunO
             }
         }
         Err(e) => errors.push(format!("retention: {e}")),
+    }
+    if opts.compact_target > 0 {
+        let rules = cairn_scheduler::compaction::CompactionRules {
+            target_bytes: opts.compact_target,
+            min_age_us: i64::try_from(opts.compact_after.as_micros()).unwrap_or(i64::MAX),
+        };
+        match crate::compaction_run::run(&d.app, rules, now, COMPACTION_BUDGET).await {
+            Ok(clusters) => {
+                for c in clusters {
+                    match c {
+                        Ok(done) => events(Event::Compacted(done)),
+                        Err((cluster, e)) => {
+                            errors.push(format!("WAL compaction of cluster '{cluster}': {e}"))
+                        }
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("WAL compaction: {e}")),
+        }
     }
     let cut = now.saturating_sub(i64::try_from(opts.job_history.as_micros()).unwrap_or(i64::MAX));
     match crate::jobs::history::prune(&d.app.engine().catalog, cut).await {
