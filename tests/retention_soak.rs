@@ -1,5 +1,6 @@
 //! Retention soak (slow, not part of the test command): `cairn up` under a steady pgbench load
-//! with a short PITR window and an image every minute, for `CAIRN_SOAK_SECONDS` (default 300).
+//! with a short PITR window, an image every minute and WAL compaction of layers 30 s old, for
+//! `CAIRN_SOAK_SECONDS` (default 300).
 //! Local layers (count, and bytes per byte of the database, which grows), region objects and
 //! the catalog's layer rows are sampled every 15 s; once the window has filled (the second
 //! half of the run) none of them grows beyond what it was in the first half of that half. Then the window's start, four points spread over it and the head
@@ -139,6 +140,8 @@ async fn stores_stop_growing_once_retention_is_in_force() {
         "100GiB",
         "--ship-interval",
         "2",
+        "--compact-after",
+        "30s",
     ]);
     let up = KillOnDrop(up);
     let load = {
@@ -201,16 +204,22 @@ async fn stores_stop_growing_once_retention_is_in_force() {
     );
     drop(up);
 
-    // Retention, the deletion queue and shipping ran without failing (a failed pass is only
-    // logged: retention and the queue delete nothing, shipping leaves the regions behind).
+    // Retention, WAL compaction, the deletion queue and shipping ran without failing (a
+    // failed pass is only logged: retention, compaction and the queue change nothing,
+    // shipping leaves the regions behind); compaction merged layers.
     let log = std::fs::read_to_string(env.dir.path().join("up.log")).expect("cairn up's log");
     let failed: Vec<&str> = log
         .lines()
         .filter(|l| {
             l.contains("WARN")
-                && ["retention", "deletion queue", "shipping failed"]
-                    .iter()
-                    .any(|w| l.contains(w))
+                && [
+                    "retention",
+                    "WAL compaction",
+                    "deletion queue",
+                    "shipping failed",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
         })
         .collect();
     assert!(
@@ -218,6 +227,16 @@ async fn stores_stop_growing_once_retention_is_in_force() {
         "failed in cairn up:\n{}",
         failed.join("\n")
     );
+    let compactions: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("compaction: cluster 'shop'"))
+        .collect();
+    println!(
+        "{} compaction pass(es), the last: {}",
+        compactions.len(),
+        compactions.last().unwrap_or(&"none")
+    );
+    assert!(!compactions.is_empty(), "cairn up never compacted WAL");
 
     // The second half against the first half of it: no store keeps growing.
     let half = samples.len() / 2;

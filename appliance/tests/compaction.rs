@@ -292,8 +292,9 @@ fn region_layers(dir: &Path) -> BTreeSet<String> {
 /// merged; the merged layer is in every region before the catalog names it, so the durable
 /// prefix (the RPO exposure) does not move and every index names only what its region holds;
 /// a region that cannot take the merged layer leaves the catalog as it was, and the copy the
-/// other region got is removed as garbage; a point inside a merged range restores from the
-/// region that failed before.
+/// other region got is removed as garbage (merging the same layers again gives the same
+/// layer); a file a killed pass left staged is swept; a point
+/// inside a merged range restores from the region that failed before.
 #[tokio::test(flavor = "multi_thread")]
 async fn cairn_up_compaction_ships_the_merged_layer_everywhere_before_it_swaps_it_in() {
     let tmp = tempfile::Builder::new()
@@ -343,11 +344,21 @@ async fn cairn_up_compaction_ships_the_merged_layer_everywhere_before_it_swaps_i
     let ids = |ls: &[LayerRow]| ls.iter().map(|l| l.id).collect::<BTreeSet<_>>();
     let catalog_ids: BTreeSet<String> = before.iter().map(|l| l.id.to_string()).collect();
 
-    // No time budget: nothing starts.
+    // No time budget: nothing starts; what a killed pass left staged is swept.
+    std::fs::create_dir_all(engine.compacting_dir()).unwrap();
+    let left = engine
+        .compacting_dir()
+        .join(format!("{}.wal", "ab".repeat(32)));
+    std::fs::write(&left, b"a merged layer a killed pass left").unwrap();
     let none = compaction_run::run(&app, rules, now(), Duration::ZERO)
         .await
         .unwrap();
     assert!(none.is_empty(), "{none:?}");
+    assert!(!left.exists(), "swept");
+    assert_eq!(
+        ids(&engine.catalog.layers(shop.id).await.unwrap()),
+        ids(&before)
+    );
 
     // Region-b stops taking writes (its directory becomes a file): the merged layer cannot be
     // everywhere, so it does not go in; the catalog and the files stay as they were.
@@ -405,6 +416,22 @@ async fn cairn_up_compaction_ships_the_merged_layer_everywhere_before_it_swaps_i
         .filter(|l| !before.iter().any(|b| b.id == l.id))
         .collect();
     assert_eq!(merged.len(), done.merged);
+    // The same layers merge into the same layer: the first group is the failed attempt's.
+    assert!(merged.iter().any(|m| m.id.to_string() == orphans[0]));
+    for (m, l) in merged.iter().map(|m| {
+        let newest = before
+            .iter()
+            .filter(|b| b.kind == LayerKind::Wal && m.start <= b.start && b.end <= m.end)
+            .map(|b| b.created_at_us)
+            .max();
+        (m, newest)
+    }) {
+        assert_eq!(
+            Some(m.created_at_us),
+            l,
+            "written when its newest WAL was stored"
+        );
+    }
     // Already in both regions as the catalog names it: the durable prefix did not move.
     let copies = p.copies().await.unwrap();
     for l in &merged {
@@ -420,7 +447,7 @@ async fn cairn_up_compaction_ships_the_merged_layer_everywhere_before_it_swaps_i
     }
     assert_eq!(durable(&after, &copies), durable_before);
     // The old copies stay until the indexes stop naming them, then the deletion queue takes
-    // them, and the orphan of the failed attempt.
+    // them.
     let replaced: Vec<String> = before
         .iter()
         .filter(|l| !after.iter().any(|a| a.id == l.id))
@@ -438,7 +465,7 @@ async fn cairn_up_compaction_ships_the_merged_layer_everywhere_before_it_swaps_i
     assert!(gc.failed.is_empty(), "{:?}", gc.failed);
     for dir in [&ra, &rb] {
         let held = region_layers(dir);
-        for id in replaced.iter().chain(&orphans) {
+        for id in &replaced {
             assert!(!held.contains(id), "{id} deleted from {}", dir.display());
         }
         for l in &after {

@@ -17,7 +17,8 @@
 //!   refused, changing nothing, unless every old layer is still in the catalog.
 //! - The WAL is parsed again from the old layers, record by record, with the chain checks of
 //!   ingest; the new layer must end exactly where the last old one ends. Its transaction
-//!   summary and markers come from that parse, so they describe the same records.
+//!   summary and markers come from that parse, so they describe the same records. Its time of
+//!   writing is the newest old layer's, so merging the same layers twice gives the same layer.
 //! - The new layer file is durable in the timeline before the catalog changes; the new layer
 //!   goes in and the old ones go out in one transaction; the old files are removed after it
 //!   committed (a file a crash leaves behind is swept by the next recovery of the timeline; a
@@ -182,6 +183,9 @@ impl Engine {
         let out_dir = self.compacting_dir();
         let paths: Vec<_> = old.iter().map(|l| self.layer_path(l)).collect();
         let end = old[old.len() - 1].end;
+        // Written when the newest WAL it holds was stored: retention's floor counts from
+        // there, and staging the same layers again yields the same layer (the same id).
+        let created = old.iter().map(|l| l.created_at_us).max().unwrap_or(0);
         let built = tokio::task::spawn_blocking(move || -> Result<wal_ingest::BuiltWal> {
             let mut files = Vec::with_capacity(paths.len());
             for p in &paths {
@@ -216,14 +220,7 @@ impl Engine {
                     ),
                 ));
             }
-            wal_ingest::write_layer(
-                &out_dir,
-                &stream,
-                &mut src,
-                &out,
-                prev,
-                crate::catalog::now_us(),
-            )
+            wal_ingest::write_layer(&out_dir, &stream, &mut src, &out, prev, created)
         })
         .await
         .map_err(|e| Error::io("WAL compaction task", std::io::Error::other(e.to_string())))??;

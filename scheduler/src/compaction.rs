@@ -5,8 +5,9 @@
 //! and a fetch per restore. Merging adjacent ones changes none of what is restorable (the same
 //! WAL, in fewer layers) if the merged runs follow the rules below. This module only decides;
 //! the engine carries a group out (`cairn_engine::compact`: the merged layer written from the
-//! old ones and swapped for them in one catalog transaction); `cairn up` does not run
-//! compaction on its own yet.
+//! old ones and swapped for them in one catalog transaction), and `cairn up` runs it every
+//! housekeeping pass (`cairn_appliance::compaction_run`, which ships the merged layer to every
+//! region before the swap).
 //!
 //! Invariants of a plan ([`plan_compaction`]):
 //! - A group is at least two WAL layers of one timeline, contiguous (each starts where the
