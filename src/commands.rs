@@ -235,6 +235,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Catalog(c) => crate::dr::catalog(&g, c).await,
         Command::Policy(c) => crate::policy::policy(&g, c).await,
         Command::Jobs(a) => crate::jobs::jobs(&g, a).await,
+        Command::Report(c) => crate::report::report(&g, c).await,
         Command::Restore(a) => crate::restore::restore(&g, a).await,
         Command::Export(a) => crate::export::export(&g, a).await,
     }

@@ -14,6 +14,7 @@ mod open;
 mod output;
 mod policy;
 mod protect;
+mod report;
 mod restore;
 
 use std::process::ExitCode;
@@ -87,6 +88,9 @@ pub enum Command {
     /// Protection policies (RPO, RTO, schedules, retention, regions) from TOML files.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Verification reports: list, show (text, JSON, HTML), verify the signed chain.
+    #[command(subcommand)]
+    Report(report::ReportCmd),
     /// The runs of scheduled jobs (images from the policies' schedules), newest first.
     #[command(after_help = jobs::AFTER_HELP)]
     Jobs(jobs::JobsArgs),

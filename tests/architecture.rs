@@ -20,8 +20,9 @@ const LAYERS: &[(&str, u32)] = &[
     ("cairn-scheduler", 2),
     ("cairn-backup", 2),
     ("cairn-restore", 3),
-    ("cairn-appliance", 4),
-    ("cairn", 5),
+    ("cairn-verifier", 4),
+    ("cairn-appliance", 5),
+    ("cairn", 6),
 ];
 
 const MAX_LINES: usize = 800;

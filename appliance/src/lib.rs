@@ -68,12 +68,13 @@ impl ApplianceOptions {
 }
 
 /// Every crate's share of the catalog, in the order an appliance applies them: the engine's
-/// (when the engine opens), the protection layer's (when it opens), the restore's and the
-/// appliance's own (policy changes).
+/// (when the engine opens), the protection layer's (when it opens), the restore's, the
+/// verifier's (reports) and the appliance's own (policy changes, jobs, alerts).
 pub const CATALOG_COMPONENTS: &[&Component] = &[
     &cairn_engine::catalog::schema::ENGINE,
     &cairn_backup::schema::COMPONENT,
     &cairn_restore::schema::COMPONENT,
+    &cairn_verifier::schema::COMPONENT,
     &schema::COMPONENT,
 ];
 

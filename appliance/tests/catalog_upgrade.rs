@@ -352,6 +352,10 @@ const RELEASED: &[(i64, &str)] = &[
         10,
         "79e85f275543619f82e7e36fa23180d58fbe8e80509b4017e0b48591d076ac05",
     ),
+    (
+        11,
+        "58ce0f38916ce653bfbd5563d6fe4663c30d3ab8fccfd1f7453d451ee7db706d",
+    ),
 ];
 
 #[test]

@@ -24,8 +24,8 @@ use crate::error::Result;
 /// meanwhile); what is left waits for the next pass.
 const COMPACTION_BUDGET: Duration = Duration::from_secs(10);
 
-/// Retention, WAL compaction, the job history, the deletion queue and scheduled shreds (not on
-/// a fenced appliance: the regions are not its).
+/// Retention, WAL compaction, the job history, the deletion queue, scheduled shreds and the
+/// copies of verification reports (not on a fenced appliance: the regions are not its).
 pub(super) async fn housekeeping(d: &Daemon, events: &Events, opts: &super::RunOptions) {
     let p = &d.app.protection();
     if p.fenced() {
@@ -98,6 +98,18 @@ pub(super) async fn housekeeping(d: &Daemon, events: &Events, opts: &super::RunO
     match p.process_deletions().await {
         Ok(r) => errors.extend(r.failed),
         Err(e) => errors.push(format!("deletion queue: {e}")),
+    }
+    // Verification reports a region lacks (it was down when they were written).
+    let cat = &d.app.engine().catalog;
+    if matches!(cairn_verifier::store::head(cat).await, Ok(Some(_))) {
+        for r in &p.regions.regions {
+            if let Err(e) = cairn_verifier::store::publish(cat, r).await {
+                errors.push(format!(
+                    "copying verification reports to region {}: {e}",
+                    r.name
+                ));
+            }
+        }
     }
     let mut st = d.status.lock().unwrap_or_else(|e| e.into_inner());
     for e in errors {

@@ -1,0 +1,34 @@
+//! The verifier's table in the catalog: the chain of verification reports.
+//!
+//! Invariants:
+//! - This migration is the verifier crate's own ([`cairn_engine::catalog::schema`] states the
+//!   rules: append, never edit; version numbers unique across crates). It is applied before a
+//!   report is first read or written ([`crate::store`]).
+
+use cairn_engine::catalog::schema::{Component, Migration};
+
+/// The verifier's share of the catalog.
+pub const COMPONENT: Component = Component {
+    name: "verifier",
+    migrations: MIGRATIONS,
+};
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 11,
+    description: "verifier: the chain of signed verification reports",
+    statements: &[
+        // One row per report; the primary key on the sequence is what keeps one chain when
+        // several nodes append: of two nodes writing the same sequence, one fails and retries.
+        // `body` is the stored form (canonical JSON); the other columns are for listing.
+        "CREATE TABLE verification_reports (
+            sequence BIGINT PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            cluster TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            started_at BIGINT NOT NULL,
+            digest TEXT NOT NULL,
+            body TEXT NOT NULL
+        )",
+        "CREATE INDEX verification_reports_cluster ON verification_reports(cluster, sequence)",
+    ],
+}];
