@@ -236,6 +236,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Policy(c) => crate::policy::policy(&g, c).await,
         Command::Jobs(a) => crate::jobs::jobs(&g, a).await,
         Command::Report(c) => crate::report::report(&g, c).await,
+        Command::Verify(a) => crate::verify::verify(&g, a).await,
         Command::Restore(a) => crate::restore::restore(&g, a).await,
         Command::Export(a) => crate::export::export(&g, a).await,
     }

@@ -16,6 +16,7 @@ mod policy;
 mod protect;
 mod report;
 mod restore;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -88,6 +89,10 @@ pub enum Command {
     /// Protection policies (RPO, RTO, schedules, retention, regions) from TOML files.
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// Verify a backup: restore a point from a region into scratch, start PostgreSQL on it,
+    /// check the data (checksums, amcheck, fingerprint, probes), and sign a report.
+    #[command(after_help = verify::AFTER_HELP)]
+    Verify(verify::VerifyArgs),
     /// Verification reports: list, show (text, JSON, HTML), verify the signed chain.
     #[command(subcommand)]
     Report(report::ReportCmd),

@@ -63,12 +63,13 @@ pub async fn report(g: &Global, cmd: ReportCmd) -> Result<()> {
             }
             for r in rows {
                 println!(
-                    "{:>6}  {}  {}  {:<7}  cluster {}  ({})",
+                    "{:>6}  {}  {}  {:<7}  cluster {} from {}  ({})",
                     r.sequence,
                     fmt_time(r.started_at_us),
                     r.id,
                     r.outcome,
                     r.cluster,
+                    r.region,
                     &r.digest[..16]
                 );
             }
@@ -137,7 +138,8 @@ pub async fn report(g: &Global, cmd: ReportCmd) -> Result<()> {
     }
 }
 
-fn print_text(s: &seal::SealedReport) {
+/// A report as text: the run, the objectives, each check, the repairs, the seal.
+pub fn print_text(s: &seal::SealedReport) {
     let r = &s.report;
     println!(
         "report {} ({}): {} — cluster {}, branch {} at {} ({}), from {}",

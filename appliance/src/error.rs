@@ -14,6 +14,8 @@ pub enum Error {
     Engine(#[from] cairn_engine::Error),
     #[error(transparent)]
     Backup(#[from] cairn_backup::Error),
+    #[error(transparent)]
+    Verifier(#[from] cairn_verifier::Error),
     /// The data directory (or its keys) could not be opened.
     #[error("cannot open the data directory {}: {source}", home.display())]
     Open {
@@ -48,6 +50,7 @@ impl Error {
         match self {
             Error::Engine(e) => e.kind(),
             Error::Backup(e) => e.kind(),
+            Error::Verifier(e) => e.kind(),
             Error::Open { source, .. } => source.kind(),
             Error::NotDurable { .. } => ErrorKind::Unavailable,
             Error::Policies { .. } => ErrorKind::InvalidInput,

@@ -34,6 +34,7 @@ pub mod retention;
 pub mod retention_run;
 pub mod runner;
 pub mod schema;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -354,7 +354,7 @@ const RELEASED: &[(i64, &str)] = &[
     ),
     (
         11,
-        "58ce0f38916ce653bfbd5563d6fe4663c30d3ab8fccfd1f7453d451ee7db706d",
+        "7c17bbf4b2cd6d08e492495934b7135d3899b80c09e9ab28883dc2e71245238d",
     ),
 ];
 

@@ -263,8 +263,8 @@ pub struct LockGuard {
     _file: File,
 }
 
-/// Where plaintext lives while a restore or an export runs.
-pub const SCRATCH_AREAS: [&str; 2] = ["restore", "export"];
+/// Where plaintext lives while a restore, an export or a verification runs.
+pub const SCRATCH_AREAS: [&str; 3] = ["restore", "export", "verify"];
 
 /// A directory holding plaintext for the life of one restore or export (a staging area, a
 /// dump, a scratch data directory): created under `HOME/AREA/`, locked while it lives, removed

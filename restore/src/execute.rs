@@ -125,6 +125,7 @@ pub async fn execute(
         total_seconds: 0.0,
         cluster_row: Some(plan.cluster.clone()),
         compute_port: None,
+        recovery_ended_at: None,
         logins: vec![],
         tablespaces: vec![],
     };
@@ -296,8 +297,9 @@ async fn write_datadir(
             Ok(Replay {
                 replay_seconds,
                 first_connection_seconds,
-                ..
+                ended_at,
             }) => {
+                report.recovery_ended_at = Some(ended_at);
                 report.phases.wal_replay = Some(replay_seconds);
                 report.phases.first_connection = Some(first_connection_seconds);
             }

@@ -46,6 +46,9 @@ pub struct RestoreReport {
     /// WAL from the image to the point: what recovery replayed.
     pub replay_bytes: u64,
     pub phases: Phases,
+    /// For a data directory replayed here: the checkpoint PostgreSQL wrote when recovery
+    /// ended (at most a page header past `lsn`; the restore refuses anything else).
+    pub recovery_ended_at: Option<Lsn>,
     pub total_seconds: f64,
     /// For a branch target: the compute's port.
     pub compute_port: Option<u16>,

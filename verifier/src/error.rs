@@ -17,6 +17,17 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The kind of failure, for callers that act on it.
+    pub fn kind(&self) -> cairn_engine::error::ErrorKind {
+        use cairn_engine::error::ErrorKind;
+        match self {
+            Error::Engine(e) => e.kind(),
+            Error::Backup(e) => e.kind(),
+            Error::Tampered { .. } => ErrorKind::Corrupt,
+            Error::Refused(_) => ErrorKind::Precondition,
+        }
+    }
+
     pub(crate) fn catalog(what: &str, e: sqlx::Error) -> Error {
         Error::Engine(cairn_engine::Error::catalog(what, e))
     }

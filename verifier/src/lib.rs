@@ -2,9 +2,9 @@
 //! recovery point from a region into scratch, starts PostgreSQL on it in isolation, checks the
 //! data, tears the scratch down, and leaves a signed report chained to the one before.
 //!
-//! What is here so far: the reports ([`report`]: model, canonical signed form, the chain and
-//! its check, the HTML page) and where they are kept ([`store`]: the catalog's chain, copied to
-//! every region).
+//! [`run`] carries out one verification; [`report`] is what it leaves (model, canonical signed
+//! form, the chain and its check, the HTML page) and [`store`] where that is kept (the
+//! catalog's chain, copied to every region).
 //!
 //! Invariants:
 //! - Reports are append-only: each names the digest of the one before it; the catalog holds
@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod report;
+pub mod run;
 pub mod schema;
 pub mod store;
 

@@ -19,11 +19,13 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
     statements: &[
         // One row per report; the primary key on the sequence is what keeps one chain when
         // several nodes append: of two nodes writing the same sequence, one fails and retries.
-        // `body` is the stored form (canonical JSON); the other columns are for listing.
+        // `body` is the stored form (canonical JSON); the other columns are for listing and
+        // for choosing the region a cluster's next verification reads.
         "CREATE TABLE verification_reports (
             sequence BIGINT PRIMARY KEY,
             id TEXT NOT NULL UNIQUE,
             cluster TEXT NOT NULL,
+            region TEXT NOT NULL,
             outcome TEXT NOT NULL,
             started_at BIGINT NOT NULL,
             digest TEXT NOT NULL,

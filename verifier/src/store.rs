@@ -33,6 +33,7 @@ pub struct ReportRow {
     pub sequence: u64,
     pub id: String,
     pub cluster: String,
+    pub region: String,
     pub outcome: String,
     pub started_at_us: i64,
     pub digest: String,
@@ -65,12 +66,14 @@ pub async fn append(cat: &Catalog, signer: &Signer, draft: &Report) -> Result<Se
         let body = String::from_utf8(sealed.bytes.clone())
             .map_err(|_| Error::Refused("a sealed report is not UTF-8".into()))?;
         let inserted = sqlx::query(
-            "INSERT INTO verification_reports (sequence, id, cluster, outcome, started_at, digest, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO verification_reports (sequence, id, cluster, region, outcome, started_at,
+                                               digest, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(report.sequence as i64)
         .bind(&report.id)
         .bind(&report.cluster)
+        .bind(&report.region)
         .bind(report.outcome.as_str())
         .bind(report.started_at_us)
         .bind(&sealed.digest)
@@ -93,7 +96,7 @@ pub async fn append(cat: &Catalog, signer: &Signer, draft: &Report) -> Result<Se
 pub async fn list(cat: &Catalog, cluster: Option<&str>, limit: i64) -> Result<Vec<ReportRow>> {
     cat.migrate(&crate::schema::COMPONENT).await?;
     let rows = sqlx::query(
-        "SELECT sequence, id, cluster, outcome, started_at, digest FROM verification_reports
+        "SELECT sequence, id, cluster, region, outcome, started_at, digest FROM verification_reports
          WHERE ($1 = '' OR cluster = $1) ORDER BY sequence DESC LIMIT $2",
     )
     .bind(cluster.unwrap_or(""))
@@ -107,6 +110,7 @@ pub async fn list(cat: &Catalog, cluster: Option<&str>, limit: i64) -> Result<Ve
                 sequence: get::<i64>(r, "sequence")? as u64,
                 id: get(r, "id")?,
                 cluster: get(r, "cluster")?,
+                region: get(r, "region")?,
                 outcome: get(r, "outcome")?,
                 started_at_us: get(r, "started_at")?,
                 digest: get(r, "digest")?,
@@ -250,4 +254,23 @@ pub async fn verify_everywhere(
         });
     }
     Ok(out)
+}
+
+/// When each region last served a verification of `cluster` (start time, Unix µs).
+pub async fn last_verified(
+    cat: &Catalog,
+    cluster: &str,
+) -> Result<std::collections::HashMap<String, i64>> {
+    cat.migrate(&crate::schema::COMPONENT).await?;
+    let rows = sqlx::query(
+        "SELECT region, MAX(started_at) AS at FROM verification_reports WHERE cluster = $1
+         GROUP BY region",
+    )
+    .bind(cluster)
+    .fetch_all(cat.pool())
+    .await
+    .map_err(|e| Error::catalog("read when regions were last verified", e))?;
+    rows.iter()
+        .map(|r| Ok((get(r, "region")?, get(r, "at")?)))
+        .collect()
 }

@@ -1,0 +1,182 @@
+//! `cairn verify` on a real cluster and real (file) regions: a clean cluster passes every
+//! check, the report's measured RTO and phases agree with what the test observed, the next run
+//! reads the other region and chains to the first, a probe that is false fails its check (exit
+//! 1, the report kept and signed), and nothing of a run is left behind: no scratch directory,
+//! no server, no scratch branch.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+
+fn postgres_processes_on(dir: &std::path::Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| {
+            let c = String::from_utf8_lossy(c);
+            c.contains("postgres") && c.contains(&needle)
+        })
+        .count()
+}
+
+/// Nothing of a verification run is left: scratch directories, servers, scratch branches.
+fn assert_nothing_left(env: &Env) {
+    let area = env.home.join("verify");
+    let left: Vec<_> = std::fs::read_dir(&area)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left in {}: {left:?}", area.display());
+    assert_eq!(postgres_processes_on(&area), 0, "a server still runs there");
+    let branches = env.ok(&["branch", "list"]);
+    assert!(!branches.contains("verify-"), "{branches}");
+}
+
+#[test]
+fn a_clean_cluster_passes_every_check_and_each_run_is_signed_chained_and_cleaned_up() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let out = std::process::Command::new(pg_bin().join("pgbench"))
+        .args(["-i", "-s", "1", "-q"])
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.ok(&["backup", "now"]);
+
+    let t = Instant::now();
+    let r = env.json(&[
+        "verify",
+        "shop",
+        "--probe",
+        "accounts=SELECT count(*) = 100000 FROM pgbench_accounts",
+    ]);
+    let wall_ms = t.elapsed().as_millis() as u64;
+    assert_eq!(r["outcome"], "passed", "{r:#}");
+    assert_eq!(r["sequence"], 1);
+    assert_eq!(r["region"], "region-a", "never verified: the first region");
+    let names: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "object_integrity",
+            "wal_continuity",
+            "page_checksums",
+            "recovery_target",
+            "amcheck",
+            "fingerprint",
+            "probes"
+        ]
+    );
+    for c in r["checks"].as_array().unwrap() {
+        assert_eq!(c["outcome"], "passed", "{c:#}");
+    }
+    let check = |name: &str| {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    // What the checks counted is the data the test wrote.
+    let fp = check("fingerprint");
+    assert!(fp["counts"]["rows"].as_u64().unwrap() >= 100_000, "{fp}");
+    assert!(fp["counts"]["tables"].as_u64().unwrap() >= 4, "{fp}");
+    let pc = check("page_checksums");
+    assert!(pc["counts"]["blocks"].as_u64().unwrap() > 1_000, "{pc}");
+    assert_eq!(pc["counts"]["bad_checksums"], 0);
+    assert!(
+        check("object_integrity")["counts"]["layers_fetched"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    // The timings agree with the clock: the RTO (restore to first answer) and the phases fit
+    // in the run, which fits in what the test measured around the command.
+    let rto = r["measured_rto_ms"].as_u64().unwrap();
+    let span_ms =
+        (r["ended_at_us"].as_i64().unwrap() - r["started_at_us"].as_i64().unwrap()) / 1000;
+    let phases: u64 = r["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["duration_ms"].as_u64().unwrap())
+        .sum();
+    let restore = r["phases"][0]["duration_ms"].as_u64().unwrap();
+    println!("measured RTO {rto} ms (restore {restore} ms), phases {phases} ms, run {span_ms} ms, command {wall_ms} ms");
+    assert!(restore > 0 && restore <= rto, "{r:#}");
+    assert!(
+        rto <= span_ms as u64 && phases <= span_ms as u64 + 5,
+        "{r:#}"
+    );
+    assert!((span_ms as u64) < wall_ms, "{r:#}");
+    assert_nothing_left(&env);
+
+    // The next run reads the other region and names the first report's digest.
+    let first = env.ok(&["report", "verify"]);
+    assert!(
+        first.contains("catalog: 1 report(s), chain intact"),
+        "{first}"
+    );
+    let r2 = env.json(&["verify", "shop", "--check", "recovery_target"]);
+    assert_eq!(
+        (r2["sequence"].as_u64(), r2["region"].as_str()),
+        (Some(2), Some("region-b"))
+    );
+    let digest = env.json(&["report", "list"])[1]["digest"].clone();
+    assert_eq!(r2["previous"], digest);
+
+    // A probe that is false: the run fails (exit 1), its report is kept and signed.
+    let out = env.run(&[
+        "verify",
+        "shop",
+        "--check",
+        "probes",
+        "--probe",
+        "ghosts=SELECT count(*) = 7 FROM pgbench_branches",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(err.contains("FAILED: probes (report 3"), "{err}");
+    assert!(
+        text.contains("probe 'ghosts' (SELECT count(*) = 7 FROM pgbench_branches) returned 'f'"),
+        "{text}"
+    );
+    let shown = env.json(&["report", "show", "3"]);
+    assert_eq!(shown["outcome"], "failed");
+    assert_eq!(shown["region"], "region-a", "rotation goes on");
+    let all = env.ok(&["report", "verify"]);
+    for place in ["catalog", "region region-a", "region region-b"] {
+        assert!(
+            all.contains(&format!("{place}: 3 report(s), chain intact")),
+            "{all}"
+        );
+    }
+    assert_nothing_left(&env);
+
+    // A bad check name is refused with the list of names.
+    let out = env.run(&["verify", "shop", "--check", "everything"]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a usage error: {e}");
+    assert!(
+        e.contains("unknown check 'everything': one of object_integrity"),
+        "{e}"
+    );
+    env.stop_all();
+}

@@ -1,0 +1,400 @@
+//! The checks of a verification run, each returning its [`CheckResult`]: what it counted,
+//! what failed (naming the object, file, block, table or probe), how long it took.
+//!
+//! - `object_integrity` and `wal_continuity` are the restore's own verifications, reported:
+//!   the restore reads every object of the point from the region through the AEAD of every
+//!   chunk and the SHA-256 of the plaintext, and stages the WAL from the image to the point only
+//!   as a chain without gaps; a restore that fails is classified here ([`restore_failed`]).
+//! - `page_checksums`: `pg_checksums --check` over the restored data directory, stopped.
+//! - `recovery_target`: recovery ended at the point; the server answers with the cluster's
+//!   system identifier and timeline and is out of recovery.
+//! - `amcheck`: `pg_amcheck --heapallindexed` over every database.
+//! - `fingerprint`: [`super::fingerprint`].
+//! - `probes`: each policy probe's query returns true.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use cairn_engine::catalog::ClusterRow;
+use cairn_engine::pg::binaries::PgBinaries;
+use cairn_engine::pg::process::OsUser;
+use cairn_policies::{Check, Probe};
+use cairn_restore::RestoreReport;
+
+use super::conn::Server;
+use crate::report::{CheckResult, Outcome};
+
+/// A check's result, timed from `started`.
+pub fn result(
+    check: Check,
+    outcome: Outcome,
+    started: Instant,
+    counts: BTreeMap<String, u64>,
+    details: Vec<String>,
+) -> CheckResult {
+    CheckResult {
+        name: check.name().into(),
+        outcome,
+        duration_ms: started.elapsed().as_millis() as u64,
+        counts,
+        details,
+    }
+}
+
+/// A check not run, and why.
+pub fn skipped(check: Check, why: &str) -> CheckResult {
+    result(
+        check,
+        Outcome::Skipped,
+        Instant::now(),
+        BTreeMap::new(),
+        vec![why.into()],
+    )
+}
+
+fn counts<const N: usize>(c: [(&str, u64); N]) -> BTreeMap<String, u64> {
+    c.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Objects read from the region, and those it could not serve intact.
+pub fn object_integrity(r: &RestoreReport, started: Instant) -> CheckResult {
+    let details: Vec<String> = r
+        .substitutions
+        .iter()
+        .map(|s| {
+            format!(
+                "{} in region {}: {}{}",
+                s.object,
+                s.region,
+                s.reason,
+                s.served_by
+                    .as_ref()
+                    .map(|b| format!(" (a good copy came from {b})"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let outcome = if details.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    };
+    result(
+        Check::ObjectIntegrity,
+        outcome,
+        started,
+        counts([
+            ("layers", r.layers.len() as u64),
+            ("layers_fetched", r.layers_fetched as u64),
+            ("bytes_fetched", r.bytes_fetched),
+            ("bad_copies", r.substitutions.len() as u64),
+        ]),
+        details,
+    )
+}
+
+/// The WAL from the image to the point, as the restore staged and replayed it.
+pub fn wal_continuity(r: &RestoreReport, started: Instant) -> CheckResult {
+    result(
+        Check::WalContinuity,
+        Outcome::Passed,
+        started,
+        counts([
+            ("wal_segments", r.wal_segments),
+            ("replay_bytes", r.replay_bytes),
+        ]),
+        vec![],
+    )
+}
+
+/// The checks a failed restore decides: the failure goes to the check it belongs to, the
+/// other restore check is skipped.
+pub fn restore_failed(e: &cairn_backup::Error, started: Instant) -> [CheckResult; 2] {
+    let msg = e.to_string();
+    let wal = msg.contains("WAL") || msg.contains("wal ");
+    let failed = |c| {
+        result(
+            c,
+            Outcome::Failed,
+            started,
+            BTreeMap::new(),
+            vec![msg.clone()],
+        )
+    };
+    let not_reached = "not reached: the restore failed";
+    if wal
+        && !matches!(
+            e,
+            cairn_backup::Error::Tampered { .. } | cairn_backup::Error::WrongKey { .. }
+        )
+    {
+        [
+            skipped(Check::ObjectIntegrity, not_reached),
+            failed(Check::WalContinuity),
+        ]
+    } else {
+        [
+            failed(Check::ObjectIntegrity),
+            skipped(Check::WalContinuity, not_reached),
+        ]
+    }
+}
+
+/// `pg_checksums --check` over a stopped data directory.
+pub async fn page_checksums(bins: &PgBinaries, user: &OsUser, datadir: &Path) -> CheckResult {
+    let started = Instant::now();
+    let mut cmd = user.command(&bins.bin("pg_checksums"));
+    cmd.arg("--check").arg("-D").arg(datadir);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await;
+    let out = match out {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            return result(
+                Check::PageChecksums,
+                Outcome::Failed,
+                started,
+                BTreeMap::new(),
+                vec![format!("cannot run pg_checksums: {e}")],
+            )
+        }
+        Err(e) => {
+            return result(
+                Check::PageChecksums,
+                Outcome::Failed,
+                started,
+                BTreeMap::new(),
+                vec![format!("pg_checksums task: {e}")],
+            )
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("data checksums are not enabled") {
+        return skipped(
+            Check::PageChecksums,
+            "data checksums are not enabled in this cluster (initdb --data-checksums)",
+        );
+    }
+    let field = |name: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let c = counts([
+        ("files", field("Files scanned:")),
+        ("blocks", field("Blocks scanned:")),
+        ("bad_checksums", field("Bad checksums:")),
+    ]);
+    if out.status.success() {
+        return result(Check::PageChecksums, Outcome::Passed, started, c, vec![]);
+    }
+    let mut details: Vec<String> = stderr
+        .lines()
+        .map(|l| l.trim_start_matches("pg_checksums: ").to_string())
+        .filter(|l| !l.is_empty())
+        .take(100)
+        .collect();
+    if details.is_empty() {
+        details.push(format!("pg_checksums failed ({})", out.status));
+    }
+    result(Check::PageChecksums, Outcome::Failed, started, c, details)
+}
+
+/// Recovery ended at the point; the server is the cluster's and accepts connections.
+pub async fn recovery_target(
+    server: &Server,
+    r: &RestoreReport,
+    cluster: &ClusterRow,
+    started: Instant,
+) -> CheckResult {
+    let mut details = Vec::new();
+    match r.recovery_ended_at {
+        Some(end) if end >= r.lsn && end.0 <= r.lsn.0 + cairn_engine::wal::LONG_PHD => {}
+        Some(end) => details.push(format!(
+            "recovery ended at {end}, not at the point {}",
+            r.lsn
+        )),
+        None => details.push("the restore did not report where recovery ended".into()),
+    }
+    let mut timeline = 0;
+    match server.connect("postgres").await {
+        Err(e) => details.push(format!(
+            "the restored server does not accept connections: {e}"
+        )),
+        Ok(c) => {
+            let q = "SELECT s.system_identifier::text, k.timeline_id::bigint, pg_is_in_recovery()
+                     FROM pg_control_system() s, pg_control_checkpoint() k";
+            match c.query_one(q, &[]).await {
+                Err(e) => details.push(format!("read pg_control: {e}")),
+                Ok(row) => {
+                    let sysid: String = row.get(0);
+                    timeline = row.get::<_, i64>(1);
+                    let in_recovery: bool = row.get(2);
+                    if sysid != cluster.system_id.to_string() {
+                        details.push(format!(
+                            "system identifier {sysid}, not the cluster's {}",
+                            cluster.system_id
+                        ));
+                    }
+                    if timeline != i64::from(cluster.tli) {
+                        details.push(format!(
+                            "timeline {timeline}, not the cluster's {}",
+                            cluster.tli
+                        ));
+                    }
+                    if in_recovery {
+                        details.push("the server is still in recovery".into());
+                    }
+                }
+            }
+        }
+    }
+    let outcome = if details.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    };
+    result(
+        Check::RecoveryTarget,
+        outcome,
+        started,
+        counts([("timeline", timeline.max(0) as u64)]),
+        details,
+    )
+}
+
+/// `pg_amcheck --heapallindexed` over every database of the restored server.
+pub async fn amcheck(bins: &PgBinaries, user: &OsUser, server: &Server) -> CheckResult {
+    let started = Instant::now();
+    let Server::Socket {
+        dir,
+        port,
+        user: role,
+    } = server
+    else {
+        return skipped(Check::Amcheck, "amcheck runs on the restored copy only");
+    };
+    let mut cmd = user.command(&bins.bin("pg_amcheck"));
+    cmd.arg("--host")
+        .arg(dir)
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--username")
+        .arg(role)
+        .args([
+            "--no-password",
+            "--all",
+            "--heapallindexed",
+            "--install-missing",
+        ]);
+    let out = match tokio::task::spawn_blocking(move || cmd.output()).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            return result(
+                Check::Amcheck,
+                Outcome::Failed,
+                started,
+                BTreeMap::new(),
+                vec![format!("cannot run pg_amcheck: {e}")],
+            )
+        }
+        Err(e) => {
+            return result(
+                Check::Amcheck,
+                Outcome::Failed,
+                started,
+                BTreeMap::new(),
+                vec![format!("pg_amcheck task: {e}")],
+            )
+        }
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut details: Vec<String> = stdout
+        .lines()
+        .chain(stderr.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .take(100)
+        .map(str::to_string)
+        .collect();
+    let outcome = if out.status.success() && details.is_empty() {
+        Outcome::Passed
+    } else {
+        if details.is_empty() {
+            details.push(format!("pg_amcheck failed ({})", out.status));
+        }
+        Outcome::Failed
+    };
+    let problems = stdout
+        .lines()
+        .filter(|l| l.starts_with("heap table") || l.starts_with("btree index"))
+        .count();
+    result(
+        Check::Amcheck,
+        outcome,
+        started,
+        counts([("problems", problems as u64)]),
+        details,
+    )
+}
+
+/// Each probe's query, in database `postgres`, must return true.
+pub async fn probes(server: &Server, probes: &[Probe]) -> CheckResult {
+    let started = Instant::now();
+    let mut details = Vec::new();
+    let mut passed = 0u64;
+    match server.connect("postgres").await {
+        Err(e) => details.push(e),
+        Ok(c) => {
+            // A probe reads; it changes nothing, even in a scratch copy.
+            if let Err(e) = c
+                .batch_execute("SET default_transaction_read_only = on")
+                .await
+            {
+                details.push(format!("make the probes' session read-only: {e}"));
+            }
+            for p in probes {
+                match c.simple_query(&p.sql).await {
+                    Err(e) => details.push(format!("probe '{}' failed: {e}", p.name)),
+                    Ok(msgs) => {
+                        let first = msgs.iter().find_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                                Some(r.get(0).map(str::to_string))
+                            }
+                            _ => None,
+                        });
+                        match first {
+                            Some(Some(v)) if v == "t" => passed += 1,
+                            other => details.push(format!(
+                                "probe '{}' ({}) returned {}, not true",
+                                p.name,
+                                p.sql,
+                                match other {
+                                    None => "no row".to_string(),
+                                    Some(None) => "NULL".to_string(),
+                                    Some(Some(v)) => format!("'{v}'"),
+                                }
+                            )),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let outcome = if details.is_empty() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    };
+    result(
+        Check::Probes,
+        outcome,
+        started,
+        counts([("probes", probes.len() as u64), ("passed", passed)]),
+        details,
+    )
+}

@@ -1,0 +1,71 @@
+//! Reaching a server the verifier checks: the restored copy (a private socket, trusted) or the
+//! local scratch branch (loopback, the cluster's superuser password).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to reach a server.
+#[derive(Debug, Clone)]
+pub enum Server {
+    Socket {
+        dir: PathBuf,
+        port: u16,
+        user: String,
+    },
+    Loopback {
+        port: u16,
+        user: String,
+        password: String,
+    },
+}
+
+impl Server {
+    fn config(&self, db: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.dbname(db)
+            .application_name("cairn-verify")
+            .connect_timeout(Duration::from_secs(30));
+        match self {
+            Server::Socket { dir, port, user } => {
+                c.host_path(dir).port(*port).user(user);
+            }
+            Server::Loopback {
+                port,
+                user,
+                password,
+            } => {
+                c.host("127.0.0.1")
+                    .port(*port)
+                    .user(user)
+                    .password(password);
+            }
+        }
+        c
+    }
+
+    /// A connection to database `db`; its task ends when the client is dropped.
+    pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, String> {
+        let (client, conn) = self
+            .config(db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connect to database {db}: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The databases that accept connections, by name.
+    pub async fn databases(&self) -> Result<Vec<String>, String> {
+        let c = self.connect("postgres").await?;
+        let rows = c
+            .query(
+                "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname",
+                &[],
+            )
+            .await
+            .map_err(|e| format!("list databases: {e}"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}

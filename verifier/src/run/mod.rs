@@ -1,0 +1,401 @@
+//! A verification run: restore a recovery point from a region into scratch, start PostgreSQL on
+//! it in isolation, check the data, tear the scratch down, and append a signed report to the
+//! chain (then copy it to every region).
+//!
+//! Invariants:
+//! - The restore is the real one (`cairn_restore::restore`, recorded like any restore, so its
+//!   timings feed the RTO prediction), into a data directory under `HOME/verify/` that nothing
+//!   else uses: the server on it listens on a private socket only, archives nothing and is
+//!   stopped before the directory is removed; nothing flows back into any timeline.
+//! - A run always ends in a report, whatever failed: a failed restore is diagnosed by the check
+//!   it belongs to and the checks it made impossible are reported as skipped, with why.
+//! - The measured RTO runs from the start of the restore to the first query the restored server
+//!   answered; the phases say where the time went.
+//! - Scratch (data directory, tablespaces, local scratch branch) goes whatever happened; what
+//!   a killed run left is swept at the start of the next run (and of `cairn up`).
+
+pub mod checks;
+pub mod conn;
+pub mod fingerprint;
+pub mod region;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cairn_backup::Protection;
+use cairn_engine::branch::PointSpec;
+use cairn_engine::catalog::{now_us, ClusterRow};
+use cairn_engine::progress::Progress;
+use cairn_policies::{Check, Probe};
+use cairn_restore::recovery::PrivateServer;
+use cairn_restore::{RestoreReport, RestoreRequest, Target};
+
+use crate::error::{Error, Result};
+use crate::report::seal::SealedReport;
+use crate::report::{CheckResult, Outcome, Phase, PointRef, PolicyRef, Report, FORMAT_VERSION};
+use checks::{result, skipped};
+use conn::Server;
+
+/// What to verify, and how.
+#[derive(Debug, Clone)]
+pub struct VerifyRequest {
+    pub cluster: String,
+    pub branch: String,
+    pub point: PointSpec,
+    /// How the point was chosen, for the report (`latest`, `given`, `random within 7d`).
+    pub selection: String,
+    /// The region to restore from; `None`: the one that served this cluster's verifications
+    /// least recently.
+    pub region: Option<String>,
+    /// Who or what asked (`cli:USER`, `schedule:POLICY/RUN`).
+    pub requested_by: String,
+    pub policy: Option<PolicyRef>,
+    /// The checks to run (any order; run in [`Check::ALL`]'s).
+    pub checks: Vec<Check>,
+    pub probes: Vec<Probe>,
+    /// Layers the restore fetches at once.
+    pub parallel: usize,
+}
+
+/// A run's outcome: the stored report, and the restore's own report when it got that far.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub sealed: SealedReport,
+    pub restore: Option<RestoreReport>,
+}
+
+fn ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+fn phase(name: &str, duration_ms: u64) -> Phase {
+    Phase {
+        name: name.into(),
+        duration_ms,
+    }
+}
+
+/// Runs one verification (see the module's invariants).
+pub async fn verify(
+    p: &Protection,
+    req: &VerifyRequest,
+    progress: &Arc<Progress>,
+) -> Result<Verified> {
+    let engine = &p.engine;
+    let cluster = engine.resolve_cluster(Some(&req.cluster)).await?;
+    let names: Vec<String> = p.regions.regions.iter().map(|r| r.name.clone()).collect();
+    let region = match &req.region {
+        Some(r) => p.regions.get(r)?.name.clone(),
+        None => {
+            let last = crate::store::last_verified(&engine.catalog, &cluster.name).await?;
+            region::choose_region(&names, &last)
+                .cloned()
+                .ok_or_else(|| Error::Refused("no region is configured to verify".into()))?
+        }
+    };
+    if req.checks.contains(&Check::Probes) && req.probes.is_empty() {
+        return Err(Error::Refused(
+            "the probes check needs at least one probe (policy [[verification.probes]] or \
+             --probe)"
+                .into(),
+        ));
+    }
+    engine.home.sweep_scratch();
+    let id = format!("vr-{}", cairn_engine::TimelineId::generate());
+    let started_at_us = now_us();
+    let t0 = Instant::now();
+    let suffix = &id[3..15];
+    let data = engine
+        .home
+        .scratch_dir("verify", &format!("data-{suffix}"), 0o711, 0o700)?;
+    let ts = engine
+        .home
+        .scratch_dir("verify", &format!("tablespaces-{suffix}"), 0o711, 0o711)?;
+    let rreq = RestoreRequest {
+        cluster: cluster.name.clone(),
+        branch: req.branch.clone(),
+        point: req.point.clone(),
+        target: Target::Datadir {
+            dir: data.path.clone(),
+            recover: true,
+            delta: false,
+            tablespaces: cairn_restore::TablespaceMap {
+                entries: vec![],
+                root: Some(ts.path.clone()),
+            },
+        },
+        region: Some(region.clone()),
+        cluster_id: Some(cluster.id.to_string()),
+        identity: None,
+        signers: Vec::new(),
+        parallel: req.parallel.max(1),
+    };
+    let wants = |c: Check| req.checks.contains(&c);
+    let mut results: Vec<CheckResult> = Vec::new();
+    let mut phases = Vec::new();
+    let mut measured_rto_ms = 0;
+    let t = Instant::now();
+    let restored = cairn_restore::restore(p, &rreq, progress).await;
+    match &restored {
+        Err(e) => {
+            phases.push(phase("restore", ms(t)));
+            results.extend(checks::restore_failed(e, t));
+        }
+        Ok(r) => {
+            phases.push(phase("restore", ms(t)));
+            if wants(Check::ObjectIntegrity) {
+                results.push(checks::object_integrity(r, t));
+            }
+            if wants(Check::WalContinuity) {
+                results.push(checks::wal_continuity(r, t));
+            }
+            measured_rto_ms = examine(p, req, &cluster, r, &data.path, &mut results, &mut phases)
+                .await
+                .map_or(0, |first_answer| {
+                    first_answer.duration_since(t0).as_millis() as u64
+                });
+        }
+    }
+    // Every asked check has a result, in Check::ALL's order.
+    let reason = if restored.is_err() {
+        "not reached: the restore failed"
+    } else {
+        "not reached: the restored server did not start"
+    };
+    for c in Check::ALL {
+        if wants(c) && !results.iter().any(|r| r.name == c.name()) {
+            results.push(if c == Check::Heartbeat {
+                skipped(c, "cairn does not write heartbeats into clusters yet")
+            } else {
+                skipped(c, reason)
+            });
+        }
+    }
+    results.sort_by_key(|r| Check::from_name(&r.name).map(|c| c as usize));
+    results.retain(|r| Check::from_name(&r.name).is_some_and(wants));
+    let (data_path, ts_path) = (data.path.clone(), ts.path.clone());
+    drop(data);
+    drop(ts);
+    let teardown = if data_path.exists() || ts_path.exists() {
+        format!(
+            "left behind: {} (removed by the next run or `cairn up`)",
+            data_path.display()
+        )
+    } else {
+        "removed".to_string()
+    };
+    let restore_report = restored.ok();
+    let point_lsn = restore_report
+        .as_ref()
+        .map_or_else(|| req.point.to_string(), |r| r.lsn.to_string());
+    let draft = Report {
+        format: FORMAT_VERSION,
+        sequence: 0,
+        previous: None,
+        id,
+        appliance_version: env!("CARGO_PKG_VERSION").into(),
+        requested_by: req.requested_by.clone(),
+        cluster: cluster.name.clone(),
+        cluster_id: cluster.id.to_string(),
+        policy: req.policy.clone(),
+        region,
+        point: PointRef {
+            branch: req.branch.clone(),
+            selection: req.selection.clone(),
+            lsn: point_lsn,
+            time_us: match req.point {
+                PointSpec::Time(t) => Some(t),
+                _ => None,
+            },
+        },
+        started_at_us,
+        ended_at_us: now_us(),
+        outcome: Report::outcome_of(&results),
+        checks: results,
+        phases,
+        measured_rto_ms,
+        achieved_rpo_ms: None,
+        repairs: vec![],
+        teardown,
+    };
+    let sealed = crate::store::append(&engine.catalog, p.signer(), &draft).await?;
+    for r in &p.regions.regions {
+        if let Err(e) = crate::store::publish(&engine.catalog, r).await {
+            tracing::warn!(region = %r.name, error = %e, "verification report not copied yet (cairn up retries)");
+        }
+    }
+    tracing::info!(
+        cluster = %cluster.name, report = sealed.report.sequence,
+        outcome = sealed.report.outcome.as_str(), "verification done"
+    );
+    Ok(Verified {
+        sealed,
+        restore: restore_report,
+    })
+}
+
+/// The checks on the restored data directory and the server started on it. Returns when the
+/// restored server answered its first query (the end of the measured RTO), if it did.
+async fn examine(
+    p: &Protection,
+    req: &VerifyRequest,
+    cluster: &ClusterRow,
+    r: &RestoreReport,
+    datadir: &std::path::Path,
+    results: &mut Vec<CheckResult>,
+    phases: &mut Vec<Phase>,
+) -> Option<Instant> {
+    let engine = &p.engine;
+    let wants = |c: Check| req.checks.contains(&c);
+    let bins = match engine.bins_for(cluster) {
+        Ok(b) => b,
+        Err(e) => {
+            results.push(result(
+                Check::RecoveryTarget,
+                Outcome::Failed,
+                Instant::now(),
+                Default::default(),
+                vec![format!("no PostgreSQL binaries for this cluster: {e}")],
+            ));
+            return None;
+        }
+    };
+    if wants(Check::PageChecksums) {
+        let t = Instant::now();
+        results.push(checks::page_checksums(bins, &engine.user, datadir).await);
+        phases.push(phase("page_checksums", ms(t)));
+    }
+    let t = Instant::now();
+    let server =
+        match PrivateServer::start(engine, r.cluster_row.as_ref().unwrap_or(cluster), datadir) {
+            Ok(s) => s,
+            Err(e) => {
+                results.push(result(
+                    Check::RecoveryTarget,
+                    Outcome::Failed,
+                    t,
+                    Default::default(),
+                    vec![format!("the restored data directory did not start: {e}")],
+                ));
+                return None;
+            }
+        };
+    let s = Server::Socket {
+        dir: server.socket_dir().to_path_buf(),
+        port: server.port,
+        user: server.user.clone(),
+    };
+    let first = s.connect("postgres").await.ok().map(|_| Instant::now());
+    phases.push(phase("start", ms(t)));
+    let t = Instant::now();
+    if wants(Check::RecoveryTarget) {
+        results.push(checks::recovery_target(&s, r, cluster, t).await);
+    }
+    if wants(Check::Fingerprint) {
+        results.push(fingerprint_check(p, cluster, req, r, &s).await);
+    }
+    if wants(Check::Amcheck) {
+        results.push(checks::amcheck(bins, &engine.user, &s).await);
+    }
+    if wants(Check::Probes) {
+        results.push(checks::probes(&s, &req.probes).await);
+    }
+    phases.push(phase("checks", ms(t)));
+    if let Err(e) = server.stop() {
+        tracing::warn!(error = %e, "the verification's server did not stop cleanly");
+    }
+    first
+}
+
+/// The restored copy's fingerprint against the same point materialised from this appliance's
+/// own layers (a scratch branch and a compute, removed afterwards).
+async fn fingerprint_check(
+    p: &Protection,
+    cluster: &ClusterRow,
+    req: &VerifyRequest,
+    r: &RestoreReport,
+    restored: &Server,
+) -> CheckResult {
+    let started = Instant::now();
+    let engine = &p.engine;
+    let fail = |why: String| {
+        result(
+            Check::Fingerprint,
+            Outcome::Failed,
+            started,
+            Default::default(),
+            vec![why],
+        )
+    };
+    let theirs = match fingerprint::fingerprint(restored).await {
+        Ok(f) => f,
+        Err(e) => return fail(format!("restored copy: {e}")),
+    };
+    let scratch = format!(
+        "{}verify-{}",
+        cairn_engine::branch::SCRATCH_PREFIX,
+        &cairn_engine::TimelineId::generate().to_string()[..12]
+    );
+    // Held while the scratch branch lives: a sweep of another process leaves it alone.
+    let _lock = match engine.home.lock(
+        &format!("scratch-branch-{scratch}"),
+        "a verification's scratch branch",
+        std::time::Duration::ZERO,
+    ) {
+        Ok(l) => l,
+        Err(e) => return fail(format!("scratch branch: {e}")),
+    };
+    if let Err(e) = engine
+        .branch_create(cluster, &scratch, &req.branch, &PointSpec::Lsn(r.lsn))
+        .await
+    {
+        return skipped(
+            Check::Fingerprint,
+            &format!("the point is not in this appliance's own layers ({e})"),
+        );
+    }
+    let ours = async {
+        let progress = Arc::new(Progress::new());
+        let ci = engine
+            .compute_start(cluster, &scratch, None, &progress)
+            .await
+            .map_err(|e| format!("start the local copy: {e}"))?;
+        let creds = engine
+            .credentials(cluster)
+            .map_err(|e| format!("credentials: {e}"))?;
+        fingerprint::fingerprint(&Server::Loopback {
+            port: ci.port,
+            user: creds.user,
+            password: creds.password,
+        })
+        .await
+    }
+    .await;
+    if let Err(e) = engine.compute_stop(cluster, &scratch).await {
+        tracing::warn!(branch = %scratch, error = %e, "could not stop the verification's scratch compute");
+    }
+    if let Err(e) = engine.branch_delete(cluster, &scratch).await {
+        tracing::warn!(branch = %scratch, error = %e, "could not delete the verification's scratch branch");
+    }
+    let ours = match ours {
+        Ok(f) => f,
+        Err(e) => return fail(format!("the appliance's own copy: {e}")),
+    };
+    let details = fingerprint::differences(&theirs, &ours);
+    let rows: i64 = ours.values().map(|(n, _)| n).sum();
+    result(
+        Check::Fingerprint,
+        if details.is_empty() {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        },
+        started,
+        [
+            ("tables".to_string(), ours.len() as u64),
+            ("rows".to_string(), rows.max(0) as u64),
+        ]
+        .into(),
+        details,
+    )
+}
