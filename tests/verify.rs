@@ -180,3 +180,110 @@ fn a_clean_cluster_passes_every_check_and_each_run_is_signed_chained_and_cleaned
     );
     env.stop_all();
 }
+
+/// `cairn up` runs the verify schedule of the policy in force: the run restores from a region,
+/// runs the policy's checks and probes, succeeds, names its report (which names the policy,
+/// its file's SHA-256 and the job run that asked for it), and `/metrics` has the time of the
+/// last successful verification.
+#[test]
+fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let out = std::process::Command::new(pg_bin().join("psql"))
+        .arg(&url)
+        .args([
+            "-qc",
+            "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 500) g",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.ok(&["backup", "now"]);
+    // Once a minute, at a second 15 s from now (a seconds field must be a single value).
+    let second = (chrono::Utc::now().timestamp() + 15) % 60;
+    let dir = env.home.join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = format!(
+        "clusters = [\"shop\"]\n[objectives]\nrpo = \"5m\"\nrto = \"1h\"\n\
+         [schedules]\nimage = \"@daily\"\nverify = \"{second} * * * * *\"\n\
+         [retention]\npitr = \"1d\"\n\
+         [regions]\nuse = [\"region-a\", \"region-b\"]\nmin_copies = 2\n\
+         [verification]\nchecks = [\"object_integrity\", \"recovery_target\", \"fingerprint\", \"probes\"]\n\
+         [[verification.probes]]\nname = \"orders\"\nsql = \"SELECT count(*) = 500 FROM orders\"\n"
+    );
+    std::fs::write(dir.join("keep.toml"), &policy).unwrap();
+    env.ok(&["policy", "apply", "--by", "alice"]);
+    let (up, port) = env.spawn_up(&[]);
+    let _up = KillOnDrop(up);
+    let run = wait_for("a scheduled verification", 120, || {
+        let runs = api(port, "/api/jobs")?;
+        runs.as_array()?
+            .iter()
+            .find(|r| r["key"]["kind"] == "verify" && r["outcome"].is_string())
+            .cloned()
+    });
+    assert_eq!(run["outcome"], "succeeded", "{run}");
+    assert!(
+        run["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("passed: report 1 from region-a"),
+        "{run}"
+    );
+    let r = env.json(&["report", "show", "1"]);
+    assert_eq!(
+        r["requested_by"],
+        format!("schedule:keep/{}", run["id"].as_str().unwrap()),
+        "{r:#}"
+    );
+    assert_eq!(r["policy"]["name"], "keep");
+    assert_eq!(
+        r["policy"]["file_sha256"],
+        hex_sha256(policy.as_bytes()),
+        "{r:#}"
+    );
+    assert_eq!(r["policy"]["rpo_ms"], 300_000);
+    let names: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "object_integrity",
+            "recovery_target",
+            "fingerprint",
+            "probes"
+        ]
+    );
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics
+            .contains("cairn_job_last_success_timestamp_seconds{cluster=\"shop\",kind=\"verify\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "cairn_job_runs_total{cluster=\"shop\",kind=\"verify\",outcome=\"succeeded\"} 1"
+        ),
+        "{metrics}"
+    );
+    drop(_up);
+    assert_nothing_left(&env);
+    env.stop_all();
+}
+
+fn hex_sha256(b: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(b)
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}

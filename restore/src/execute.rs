@@ -411,7 +411,10 @@ async fn fetch(
     parallel: usize,
     progress: &Arc<Progress>,
 ) -> Result<usize> {
-    let jobs = ids.iter().map(|id| async move {
+    // By value (LayerId is Copy): futures borrowing the iterator's items would not be `Send`
+    // for every lifetime, and a restore must run in spawned tasks too.
+    let jobs = ids.iter().copied().map(|id| async move {
+        let id = &id;
         let (_, il) = staging
             .layers
             .get(id)

@@ -53,10 +53,13 @@ impl Staging {
         let ancestry = view.ancestry(&tip.timeline.id)?;
         let cluster_id = view.cluster.id.clone();
         // WAL metadata (events, heads) of every WAL layer on the ancestry.
-        let wal: Vec<&IndexedLayer> = ancestry
+        // Owned: a stream of futures borrowing its items is not `Send` for every lifetime,
+        // and a restore must be able to run in a spawned task (scheduled verifications).
+        let wal: Vec<IndexedLayer> = ancestry
             .iter()
             .flat_map(|i| i.layers.iter())
             .filter(|l| l.kind == LayerKind::Wal.as_str())
+            .cloned()
             .collect();
         let metas: Vec<Result<(LayerId, cairn_engine::layer::wal::WalMeta)>> =
             futures::stream::iter(wal.into_iter().map(|l| {
@@ -65,7 +68,7 @@ impl Staging {
                     let id: LayerId =
                         l.id.parse()
                             .map_err(|e: String| Error::tampered(format!("layer {}", l.id), e))?;
-                    Ok((id, source.fetch_wal_meta(&cluster_id, l).await?))
+                    Ok((id, source.fetch_wal_meta(&cluster_id, &l).await?))
                 }
             }))
             .buffer_unordered(parallel.max(1) * 2)

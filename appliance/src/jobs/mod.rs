@@ -12,14 +12,15 @@
 //!   works; of several nodes on one catalog exactly one runs each fire, and a run whose node
 //!   died is taken over after its lease passes ([`record`]).
 //! - Every run ends recorded with an outcome and a detail, even when its work fails.
-//! - Only image jobs exist so far; verification and drill schedules are parsed and shown by
-//!   `policy plan` but not run (they arrive with the verifier).
+//! - Image and verification jobs run; drill schedules are parsed and shown by `policy plan`
+//!   but their runs are recorded as skipped (drills are not built yet).
 //! - The clock is an argument of [`tick`], so catch-up and takeover are tested without
 //!   sleeping.
 
 pub mod history;
 pub mod image;
 pub mod record;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -51,8 +52,9 @@ pub struct Tick {
     pub abandoned: Vec<JobRun>,
 }
 
-/// The jobs the policies of `set` schedule for `clusters`, each with when it took effect
-/// (`effective_us`, or the cluster's creation if later).
+/// The jobs the policies of `set` schedule for `clusters` (images and verifications; drills
+/// are not built yet), each with when it took effect (`effective_us`, or the cluster's
+/// creation if later).
 pub fn jobs_of(
     set: &PolicySet,
     clusters: &[cairn_engine::catalog::ClusterRow],
@@ -65,17 +67,22 @@ pub fn jobs_of(
         };
         let since =
             DateTime::from_timestamp_micros(effective_us.max(c.created_at_us)).unwrap_or_default();
-        out.push((
-            Job {
-                key: JobKey {
-                    policy: p.name.clone(),
-                    cluster: c.name.clone(),
-                    kind: JobKind::Image,
+        for (kind, schedule) in [
+            (JobKind::Image, &p.schedules.image),
+            (JobKind::Verify, &p.schedules.verify),
+        ] {
+            out.push((
+                Job {
+                    key: JobKey {
+                        policy: p.name.clone(),
+                        cluster: c.name.clone(),
+                        kind,
+                    },
+                    schedule: schedule.clone(),
                 },
-                schedule: p.schedules.image.clone(),
-            },
-            since,
-        ));
+                since,
+            ));
+        }
     }
     out
 }
@@ -123,9 +130,10 @@ pub async fn execute(app: &Appliance, run: &JobRun) -> (Outcome, String) {
     let work = async {
         match run.key.kind {
             JobKind::Image | JobKind::RtoImage => image::run(app, &run.key.cluster).await,
-            JobKind::Verify | JobKind::Drill => (
+            JobKind::Verify => verify::run(app, run).await,
+            JobKind::Drill => (
                 Outcome::Skipped,
-                "verification and drill runs are not carried out yet".to_string(),
+                "drill runs are not carried out yet".to_string(),
             ),
         }
     };
