@@ -287,3 +287,83 @@ fn hex_sha256(b: &[u8]) -> String {
         .map(|x| format!("{x:02x}"))
         .collect()
 }
+
+/// A B-tree index entry corrupted in the source before the backup, with a valid page checksum
+/// (so the image takes it, and PostgreSQL reads it without complaint): the restored copy's
+/// page checksums pass and its tables match the appliance's own copy, but `amcheck` finds the
+/// broken order and names the index; the run fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_index_entry_with_a_valid_checksum_is_found_by_amcheck() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start_superuser("main");
+    let c = connect(&url).await;
+    c.batch_execute(
+        "CREATE TABLE t (g int); INSERT INTO t SELECT generate_series(1, 200);
+         CREATE INDEX t_g ON t (g); CHECKPOINT",
+    )
+    .await
+    .unwrap();
+    let file: String = c
+        .query_one(
+            "SELECT current_setting('data_directory') || '/' || pg_relation_filepath('t_g')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(c);
+
+    // On disk, under the running server (its buffer of the page is clean, so never written
+    // back; the image reads the file): block 1 is the only leaf (block 0 the metapage). Its
+    // first item's key becomes larger than every other, so the leaf is out of order; then the
+    // page checksum is made valid again.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let page = &mut bytes[8192..16384];
+    let lp = u32::from_le_bytes(page[24..28].try_into().unwrap());
+    let (off, len) = ((lp & 0x7fff) as usize, (lp >> 17) as usize);
+    assert_eq!(len, 16, "an index tuple of one int4 key");
+    let key = i32::from_le_bytes(page[off + 8..off + 12].try_into().unwrap());
+    assert_eq!(key, 1, "the smallest key first");
+    page[off + 8..off + 12].copy_from_slice(&1_000_000i32.to_le_bytes());
+    let sum = cairn_engine::pg::checksum::page_checksum(page, 1);
+    page[8..10].copy_from_slice(&sum.to_le_bytes());
+    std::fs::write(&file, &bytes).unwrap();
+    env.ok(&["backup", "now"]);
+    let out = env.run(&[
+        "verify",
+        "shop",
+        "--json",
+        "--check",
+        "page_checksums",
+        "--check",
+        "amcheck",
+        "--check",
+        "fingerprint",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcome = |name: &str| {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(outcome("page_checksums")["outcome"], "passed", "{r:#}");
+    assert_eq!(outcome("fingerprint")["outcome"], "passed", "{r:#}");
+    let a = outcome("amcheck");
+    assert_eq!(a["outcome"], "failed", "{r:#}");
+    let details = a["details"].to_string();
+    assert!(details.contains("t_g"), "the index is named: {details}");
+    assert!(a["counts"]["problems"].as_u64().unwrap() >= 1, "{a}");
+    assert_nothing_left(&env);
+    env.stop_all();
+}
