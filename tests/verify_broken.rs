@@ -1,0 +1,219 @@
+//! Deliberately broken repositories, each found by the right check with the right diagnosis.
+//! One cluster with two backups in two file regions; before each verification of region-a
+//! the test breaks one thing there (or everywhere), and repairs it afterwards:
+//! a flipped bit, a missing object, a truncated object, another layer's key object, a
+//! replayed older index (all `object_integrity`, naming the object and the region, the good
+//! copy served by region-b), and a WAL layer gone from every region (`wal_continuity`: the
+//! restore cannot run, the checks it made impossible are skipped). Untouched, region-a passes.
+//! (A failing probe and a corrupted B-tree entry are in `tests/verify.rs`.)
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+struct Broken {
+    env: Env,
+    cluster: String,
+}
+
+impl Broken {
+    fn root(&self, region: &str) -> PathBuf {
+        self.env
+            .region_root(region)
+            .join("clusters")
+            .join(&self.cluster)
+    }
+
+    fn layer(&self, region: &str, id: &str) -> PathBuf {
+        self.root(region).join("layers").join(id)
+    }
+
+    /// Verifies region-a with two checks; the report (exit 1 expected when `fails`).
+    fn verify(&self, fails: bool) -> serde_json::Value {
+        let out = self.env.run(&[
+            "verify",
+            "shop",
+            "--region",
+            "region-a",
+            "--json",
+            "--check",
+            "object_integrity",
+            "--check",
+            "wal_continuity",
+            "--check",
+            "recovery_target",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(if fails { 1 } else { 0 }), "{err}");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"))
+    }
+}
+
+fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {r:#}"))
+}
+
+/// Runs `damage` on region-a, verifies, restores the saved files, returns the report.
+fn broken_by(b: &Broken, files: &[&Path], damage: impl FnOnce()) -> serde_json::Value {
+    let saved: Vec<(PathBuf, Vec<u8>)> = files
+        .iter()
+        .map(|f| (f.to_path_buf(), std::fs::read(f).unwrap()))
+        .collect();
+    damage();
+    let r = b.verify(true);
+    for (f, bytes) in saved {
+        std::fs::write(f, bytes).unwrap();
+    }
+    r
+}
+
+fn assert_integrity_names(r: &serde_json::Value, object: &str, why: &str) {
+    assert_eq!(r["outcome"], "failed", "{r:#}");
+    let c = check(r, "object_integrity");
+    assert_eq!(c["outcome"], "failed", "{r:#}");
+    let d = c["details"].to_string();
+    assert!(
+        d.contains(object) && d.contains("region-a") && d.contains(why),
+        "object {object}, reason {why}: {d}"
+    );
+    assert!(
+        d.contains("a good copy came from region-b"),
+        "served by the other region: {d}"
+    );
+    // The data itself came back whole from the other region.
+    assert_eq!(check(r, "recovery_target")["outcome"], "passed", "{r:#}");
+}
+
+#[test]
+fn each_kind_of_damage_is_found_by_its_check_with_its_diagnosis() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let psql = |sql: &str| {
+        let out = std::process::Command::new(pg_bin().join("psql"))
+            .arg(&url)
+            .args(["-qc", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    psql("CREATE TABLE t AS SELECT g FROM generate_series(1, 5000) g");
+    env.ok(&["backup", "now"]);
+    let clusters = std::fs::read_dir(env.region_root("region-a").join("clusters")).unwrap();
+    let cluster = clusters
+        .flatten()
+        .next()
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .into_owned();
+    let b = Broken { env, cluster };
+    // The older index, before a second backup rewrites it.
+    let index: PathBuf = std::fs::read_dir(b.root("region-a").join("timelines"))
+        .unwrap()
+        .flatten()
+        .flat_map(|t| std::fs::read_dir(t.path()).unwrap().flatten())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("index-")
+        })
+        .unwrap();
+    let old_index = std::fs::read(&index).unwrap();
+    psql("INSERT INTO t SELECT generate_series(1, 100)");
+    b.env.ok(&["backup", "now"]);
+    assert_ne!(std::fs::read(&index).unwrap(), old_index, "rewritten");
+
+    let layers = b.env.layers();
+    let id = |kind: &str| -> String {
+        layers
+            .iter()
+            .filter(|l| l["kind"] == kind)
+            .max_by_key(|l| l["created_at_us"].as_i64())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (image, wal) = (id("image"), id("wal"));
+    let clean = b.verify(false);
+    assert_eq!(clean["outcome"], "passed", "{clean:#}");
+
+    // A flipped bit in the image's object.
+    let img = b.layer("region-a", &image);
+    let r = broken_by(&b, &[&img], || {
+        let mut bytes = std::fs::read(&img).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x10;
+        std::fs::write(&img, bytes).unwrap();
+    });
+    assert_integrity_names(&r, &image, "fails authentication");
+
+    // The image's object missing.
+    let r = broken_by(&b, &[&img], || std::fs::remove_file(&img).unwrap());
+    assert_integrity_names(&r, &image, "missing");
+
+    // The image's object truncated to half.
+    let r = broken_by(&b, &[&img], || {
+        let bytes = std::fs::read(&img).unwrap();
+        std::fs::write(&img, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    assert_integrity_names(&r, &image, &image);
+
+    // The image's key object replaced by the WAL layer's.
+    let (key, other) = (
+        b.root("region-a").join("keys").join(&image),
+        b.root("region-a").join("keys").join(&wal),
+    );
+    let r = broken_by(&b, &[&key], || {
+        std::fs::copy(&other, &key).unwrap();
+    });
+    assert_integrity_names(&r, &image, &image);
+
+    // The older index put back (a replay): refused, the newer one of region-b used.
+    let r = broken_by(&b, &[&index], || {
+        std::fs::write(&index, &old_index).unwrap()
+    });
+    assert_integrity_names(&r, "indexes of cluster 'shop'", "an old index was replayed");
+
+    // The newest WAL layer gone from every region: no restore, a WAL gap.
+    let (wa, wb) = (b.layer("region-a", &wal), b.layer("region-b", &wal));
+    let r = broken_by(&b, &[&wa, &wb], || {
+        std::fs::remove_file(&wa).unwrap();
+        std::fs::remove_file(&wb).unwrap();
+    });
+    let c = check(&r, "wal_continuity");
+    assert_eq!(c["outcome"], "failed", "{r:#}");
+    let d = c["details"].to_string();
+    assert!(
+        d.contains(&wal) && d.contains("could not be fetched intact from any region"),
+        "{d}"
+    );
+    assert_eq!(check(&r, "object_integrity")["outcome"], "skipped");
+    assert_eq!(check(&r, "recovery_target")["outcome"], "skipped");
+    assert!(
+        check(&r, "recovery_target")["details"]
+            .to_string()
+            .contains("the restore failed"),
+        "{r:#}"
+    );
+
+    // Repaired: region-a passes again, and the chain holds every report.
+    assert_eq!(b.verify(false)["outcome"], "passed");
+    let v = b.env.ok(&["report", "verify"]);
+    assert!(v.contains("catalog: 8 report(s), chain intact"), "{v}");
+    b.env.stop_all();
+}
