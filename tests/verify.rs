@@ -367,3 +367,93 @@ async fn a_corrupted_index_entry_with_a_valid_checksum_is_found_by_amcheck() {
     assert_nothing_left(&env);
     env.stop_all();
 }
+
+/// Starts `cairn verify shop`, waits until `ready` holds, kills it (SIGKILL); returns whether
+/// `ready` was seen before the run ended on its own.
+fn kill_verify_when(env: &Env, ready: impl Fn() -> bool) -> bool {
+    let mut child = env
+        .command(&["verify", "shop"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if ready() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() || started.elapsed().as_secs() > 120 {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A verification killed (SIGKILL) while its server runs on the restored copy, and one killed
+/// while its scratch branch and compute exist: before the appliance restarts both are left
+/// behind (a server, a directory, a branch); once `cairn up` has started, nothing is.
+#[test]
+fn a_killed_verification_leaves_nothing_once_the_appliance_restarts() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let out = std::process::Command::new(pg_bin().join("pgbench"))
+        .args(["-i", "-s", "1", "-q"])
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.ok(&["backup", "now"]);
+    let area = env.home.join("verify");
+
+    // 1. While a server runs on the restored data directory.
+    let server_up = || postgres_processes_on(&area) > 0;
+    assert!(
+        kill_verify_when(&env, server_up),
+        "the server never started"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        postgres_processes_on(&area) > 0,
+        "the killed run left its server"
+    );
+    // Its private socket directory, as the server's command line recorded it.
+    let socket_dir = std::fs::read_dir(&area)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("postmaster.opts")).ok())
+        .find_map(|o| {
+            let at = o.rfind("unix_socket_directories=")? + "unix_socket_directories=".len();
+            o[at..]
+                .split(['"', ' ', '\n'])
+                .next()
+                .map(std::path::PathBuf::from)
+        })
+        .expect("the server's options name its socket directory");
+    assert!(socket_dir.exists(), "{}", socket_dir.display());
+
+    // 2. While the fingerprint's scratch branch exists (its compute starting or running).
+    let branch_up = || env.ok(&["branch", "list"]).contains("verify-");
+    assert!(kill_verify_when(&env, branch_up), "no scratch branch seen");
+    assert!(env.ok(&["branch", "list"]).contains("verify-"));
+
+    // The appliance restarts: what the killed runs left is swept.
+    let (up, _port) = env.spawn_up(&[]);
+    let _up = KillOnDrop(up);
+    wait_for("the sweep", 30, || {
+        let left = std::fs::read_dir(&area).map_or(0, |d| d.count());
+        (left == 0 && postgres_processes_on(&area) == 0).then_some(())
+    });
+    drop(_up);
+    assert_nothing_left(&env);
+    assert!(!socket_dir.exists(), "{} left", socket_dir.display());
+    env.stop_all();
+}

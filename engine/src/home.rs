@@ -196,9 +196,10 @@ impl Home {
         Ok(ScratchDir { path, _lock: lock })
     }
 
-    /// Removes the scratch directories of restores and exports that no longer run (their
-    /// process was killed): plaintext is never left behind for longer than until the next
-    /// `cairn up`, restore or export. Returns how many were removed.
+    /// Removes the scratch directories of restores, exports and verifications that no longer
+    /// run (their process was killed), first stopping a server still running on one
+    /// ([`crate::pg::leftover`]): plaintext is never left behind for longer than until the
+    /// next `cairn up`, restore, export or verification. Returns how many were removed.
     pub fn sweep_scratch(&self) -> usize {
         let mut removed = 0;
         for area in SCRATCH_AREAS {
@@ -218,6 +219,8 @@ impl Home {
                 ) else {
                     continue; // in use
                 };
+                // A data directory the killed process had started a server on.
+                crate::pg::leftover::stop_leftover(&e.path());
                 match fs::remove_dir_all(e.path()) {
                     Ok(()) => {
                         tracing::info!(dir = %e.path().display(), "removed plaintext a killed restore or export left");

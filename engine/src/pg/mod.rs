@@ -3,6 +3,7 @@
 
 pub mod binaries;
 pub mod checksum;
+pub mod leftover;
 pub mod process;
 pub mod relfile;
 pub mod roles;
