@@ -3,8 +3,11 @@
 //! the test breaks one thing there (or everywhere), and repairs it afterwards:
 //! a flipped bit, a missing object, a truncated object, another layer's key object, a
 //! replayed older index (all `object_integrity`, naming the object and the region, the good
-//! copy served by region-b), and a WAL layer gone from every region (`wal_continuity`: the
-//! restore cannot run, the checks it made impossible are skipped). Untouched, region-a passes.
+//! copy served by region-b; the run then repairs region-a — objects copied from region-b back
+//! to their exact bytes, the key object and the index written again — and the report lists
+//! each repair), and a WAL layer gone from every region (`wal_continuity`: the restore cannot
+//! run, the checks it made impossible are skipped, nothing to repair from). Untouched, region-a
+//! passes.
 //! (A failing probe and a corrupted B-tree entry are in `tests/verify.rs`.)
 
 mod common;
@@ -60,18 +63,39 @@ fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("no {name} in {r:#}"))
 }
 
-/// Runs `damage` on region-a, verifies, restores the saved files, returns the report.
-fn broken_by(b: &Broken, files: &[&Path], damage: impl FnOnce()) -> serde_json::Value {
+/// Runs `damage`, verifies region-a, puts the saved files back; returns the report and
+/// whether the run had already repaired every file to its saved bytes.
+fn broken_by(b: &Broken, files: &[&Path], damage: impl FnOnce()) -> (serde_json::Value, bool) {
     let saved: Vec<(PathBuf, Vec<u8>)> = files
         .iter()
         .map(|f| (f.to_path_buf(), std::fs::read(f).unwrap()))
         .collect();
     damage();
     let r = b.verify(true);
+    let repaired = saved
+        .iter()
+        .all(|(f, bytes)| std::fs::read(f).is_ok_and(|now| now == *bytes));
     for (f, bytes) in saved {
         std::fs::write(f, bytes).unwrap();
     }
-    r
+    (r, repaired)
+}
+
+/// The run repaired `object` of region-a, from `from`.
+fn assert_repaired(r: &serde_json::Value, object: &str, from: &str) {
+    let repairs = r["repairs"].as_array().unwrap();
+    assert!(
+        repairs.iter().any(|x| x["region"] == "region-a"
+            && x["object"].as_str().unwrap().contains(object)
+            && x["from"] == from),
+        "{object} repaired from {from}: {r:#}"
+    );
+    assert!(
+        check(r, "object_integrity")["counts"]["repaired"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 }
 
 fn assert_integrity_names(r: &serde_json::Value, object: &str, why: &str) {
@@ -154,44 +178,54 @@ fn each_kind_of_damage_is_found_by_its_check_with_its_diagnosis() {
 
     // A flipped bit in the image's object.
     let img = b.layer("region-a", &image);
-    let r = broken_by(&b, &[&img], || {
+    let (r, fixed) = broken_by(&b, &[&img], || {
         let mut bytes = std::fs::read(&img).unwrap();
         let at = bytes.len() / 2;
         bytes[at] ^= 0x10;
         std::fs::write(&img, bytes).unwrap();
     });
     assert_integrity_names(&r, &image, "fails authentication");
+    assert_repaired(&r, &image, "region-b");
+    assert!(fixed, "region-a holds the good copy again");
 
     // The image's object missing.
-    let r = broken_by(&b, &[&img], || std::fs::remove_file(&img).unwrap());
+    let (r, fixed) = broken_by(&b, &[&img], || std::fs::remove_file(&img).unwrap());
     assert_integrity_names(&r, &image, "missing");
+    assert_repaired(&r, &image, "region-b");
+    assert!(fixed);
 
     // The image's object truncated to half.
-    let r = broken_by(&b, &[&img], || {
+    let (r, fixed) = broken_by(&b, &[&img], || {
         let bytes = std::fs::read(&img).unwrap();
         std::fs::write(&img, &bytes[..bytes.len() / 2]).unwrap();
     });
     assert_integrity_names(&r, &image, &image);
+    assert_repaired(&r, &image, "region-b");
+    assert!(fixed);
 
     // The image's key object replaced by the WAL layer's.
     let (key, other) = (
         b.root("region-a").join("keys").join(&image),
         b.root("region-a").join("keys").join(&wal),
     );
-    let r = broken_by(&b, &[&key], || {
+    let (r, fixed) = broken_by(&b, &[&key], || {
         std::fs::copy(&other, &key).unwrap();
     });
     assert_integrity_names(&r, &image, &image);
+    assert_repaired(&r, &format!("keys/{image}"), "this appliance");
+    assert!(fixed);
 
     // The older index put back (a replay): refused, the newer one of region-b used.
-    let r = broken_by(&b, &[&index], || {
-        std::fs::write(&index, &old_index).unwrap()
-    });
+    // Nothing put back afterwards: the repair wrote a newer index than the one replaced, and
+    // the final clean run below proves region-a serves it.
+    let (r, _) = broken_by(&b, &[], || std::fs::write(&index, &old_index).unwrap());
     assert_integrity_names(&r, "indexes of cluster 'shop'", "an old index was replayed");
+    assert_repaired(&r, "/timelines/", "this appliance");
+    assert_ne!(std::fs::read(&index).unwrap(), old_index, "rewritten");
 
     // The newest WAL layer gone from every region: no restore, a WAL gap.
     let (wa, wb) = (b.layer("region-a", &wal), b.layer("region-b", &wal));
-    let r = broken_by(&b, &[&wa, &wb], || {
+    let (r, _) = broken_by(&b, &[&wa, &wb], || {
         std::fs::remove_file(&wa).unwrap();
         std::fs::remove_file(&wb).unwrap();
     });
@@ -203,6 +237,7 @@ fn each_kind_of_damage_is_found_by_its_check_with_its_diagnosis() {
         "{d}"
     );
     assert_eq!(check(&r, "object_integrity")["outcome"], "skipped");
+    assert!(r["repairs"].as_array().unwrap().is_empty(), "{r:#}");
     assert_eq!(check(&r, "recovery_target")["outcome"], "skipped");
     assert!(
         check(&r, "recovery_target")["details"]

@@ -56,6 +56,21 @@ pub struct RepairReport {
     pub copied: Vec<String>,
     pub reshipped: Vec<String>,
     pub unrepaired: Vec<String>,
+    /// Every object repaired, and where the good copy came from.
+    pub repaired: Vec<Repaired>,
+}
+
+/// One object of a region replaced by a good copy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Repaired {
+    pub region: String,
+    /// The object key in the region.
+    pub object: String,
+    /// Another region's name, or `this appliance` (written again from the catalog or a local
+    /// layer file).
+    pub from: String,
+    /// What was wrong with it.
+    pub reason: String,
 }
 
 fn payload_key(k: &ObjectKeyRow) -> String {
@@ -68,28 +83,42 @@ fn key_object_key(k: &ObjectKeyRow) -> String {
 
 impl Protection {
     /// Reads a payload back and proves it: size, ciphertext hash, key, every chunk, plaintext
-    /// hash — streamed, with memory bounded whatever the object's size.
+    /// hash — streamed, with memory bounded whatever the object's size. The error names the
+    /// object at fault: the key object (unreadable, not for this object, opening another data
+    /// key) or the payload.
     pub async fn verify_object(
         &self,
         region: &Region,
         k: &ObjectKeyRow,
         expected_sha: &str,
         identities: &[&Identity],
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), (String, String)> {
         let pk = payload_key(k);
         let kk = key_object_key(k);
         let what = format!("region '{}', {}", region.name, kk);
+        let key_fault = |why: String| (kk.clone(), why);
         let kb = region
             .get_bounded(&kk, MAX_KEY_OBJECT_BYTES)
             .await
-            .map_err(|e| format!("its key object: {e}"))?;
-        let ko = KeyObject::decode(&kb, &what).map_err(|e| e.to_string())?;
-        let dek = ko.unwrap(identities, &what).map_err(|e| e.to_string())?;
+            .map_err(|e| key_fault(format!("its key object: {e}")))?;
+        let ko = KeyObject::decode(&kb, &what).map_err(|e| key_fault(e.to_string()))?;
+        // Secrets and exports are named otherwise; a layer's key object names the layer.
+        if !k.object.starts_with("secrets-")
+            && !k.object.starts_with("export-")
+            && hex::encode(ko.object_id) != k.object
+        {
+            return Err(key_fault(format!(
+                "the key object {kk} belongs to another layer (swapped or forged)"
+            )));
+        }
+        let dek = ko
+            .unwrap(identities, &what)
+            .map_err(|e| key_fault(e.to_string()))?;
         if let Some(c) = &k.dek_commitment {
             if dek_commitment(&ko.object_id, &ko.key_id, &dek) != *c {
-                return Err(format!(
+                return Err(key_fault(format!(
                     "its key object {kk} opens another data key than the one recorded (forged)"
-                ));
+                )));
             }
         }
         // Every object is named by the SHA-256 of its plaintext (a layer's id, an export's
@@ -107,17 +136,13 @@ impl Protection {
         )
         .await
         .map(|_| ())
-        .map_err(|e| match e {
-            Error::Tampered { reason, .. } => reason,
-            other => other.to_string(),
-        })?;
-        if !k.object.starts_with("secrets-")
-            && !k.object.starts_with("export-")
-            && hex::encode(ko.object_id) != k.object
-        {
-            return Err("its key object belongs to another layer".into());
-        }
-        Ok(())
+        .map_err(|e| {
+            let why = match e {
+                Error::Tampered { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            (pk.clone(), why)
+        })
     }
 
     pub async fn check_regions(
@@ -170,11 +195,11 @@ impl Protection {
                             None
                         };
                         match (reason, wrong_size) {
-                            (Some(r), true) => report.problems.push(problem(
-                                &pk,
+                            (Some((at, r)), true) => report.problems.push(problem(
+                                &at,
                                 format!("{r} ({size} bytes instead of {})", k.object_size),
                             )),
-                            (Some(r), false) => report.problems.push(problem(&pk, r)),
+                            (Some((at, r)), false) => report.problems.push(problem(&at, r)),
                             (None, true) => report.problems.push(problem(
                                 &pk,
                                 format!(
@@ -265,6 +290,7 @@ impl Protection {
                     "{} in '{}' (key object rewritten)",
                     p.object, p.region
                 ));
+                out.repaired.push(repaired(p, "this appliance"));
                 continue;
             }
             let Some(sha) = k.object_sha256.clone() else {
@@ -290,6 +316,7 @@ impl Protection {
                             "{} from '{}' to '{}'",
                             p.object, good.name, p.region
                         ));
+                        out.repaired.push(repaired(p, &good.name));
                         fixed = true;
                         cairn_engine::failpoint::hit("repair-copied");
                         break;
@@ -311,16 +338,20 @@ impl Protection {
                 (true, _) => {
                     st.forget_shipment(&k.object, &p.region).await?;
                     match self.ship_region(broken, None).await {
-                        Ok(_) => out
-                            .reshipped
-                            .push(format!("{} to '{}'", p.object, p.region)),
+                        Ok(_) => {
+                            out.reshipped
+                                .push(format!("{} to '{}'", p.object, p.region));
+                            out.repaired.push(repaired(p, "this appliance"));
+                        }
                         Err(e) => out.unrepaired.push(format!("{p}: {e}")),
                     }
                 }
                 (false, Some(layer)) => match self.ship_layer_again(broken, &layer).await {
-                    Ok(()) => out
-                        .reshipped
-                        .push(format!("{} to '{}'", p.object, p.region)),
+                    Ok(()) => {
+                        out.reshipped
+                            .push(format!("{} to '{}'", p.object, p.region));
+                        out.repaired.push(repaired(p, "this appliance"));
+                    }
                     Err(e) => out.unrepaired.push(format!("{p}: {e}")),
                 },
                 (false, None) => out.unrepaired.push(format!(
@@ -343,8 +374,24 @@ impl Protection {
             let region = self.regions.get(&r)?;
             self.write_indexes(region, None).await?;
             out.copied.push(format!("indexes of '{r}' rewritten"));
+            for p in report
+                .problems
+                .iter()
+                .filter(|p| p.region == r && p.object.contains("/timelines/"))
+            {
+                out.repaired.push(repaired(p, "this appliance"));
+            }
         }
         Ok(out)
+    }
+}
+
+fn repaired(p: &Problem, from: &str) -> Repaired {
+    Repaired {
+        region: p.region.clone(),
+        object: p.object.clone(),
+        from: from.to_string(),
+        reason: p.reason.clone(),
     }
 }
 

@@ -13,11 +13,15 @@
 //!   answered; the phases say where the time went.
 //! - Scratch (data directory, tablespaces, local scratch branch) goes whatever happened; what
 //!   a killed run left is swept at the start of the next run (and of `cairn up`).
+//! - A region that could not serve an object intact is repaired from a good copy
+//!   ([`repair`]); the object integrity check still fails for that run, and the report lists
+//!   each repair.
 
 pub mod checks;
 pub mod conn;
 pub mod fingerprint;
 pub mod region;
+pub mod repair;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -134,6 +138,7 @@ pub async fn verify(
     let mut results: Vec<CheckResult> = Vec::new();
     let mut phases = Vec::new();
     let mut measured_rto_ms = 0;
+    let mut repairs = Vec::new();
     let t = Instant::now();
     let restored = cairn_restore::restore(p, &rreq, progress).await;
     match &restored {
@@ -154,6 +159,19 @@ pub async fn verify(
                 .map_or(0, |first_answer| {
                     first_answer.duration_since(t0).as_millis() as u64
                 });
+            // After the checks (not part of the measured RTO): what a region could not serve
+            // intact is repaired from a good copy.
+            if let Some(c) = results
+                .iter_mut()
+                .find(|c| c.name == Check::ObjectIntegrity.name() && c.outcome == Outcome::Failed)
+            {
+                let t = Instant::now();
+                let (done, left) = repair::repair_found(p, r).await;
+                phases.push(phase("repair", ms(t)));
+                c.counts.insert("repaired".into(), done.len() as u64);
+                c.details.extend(left);
+                repairs = done;
+            }
         }
     }
     // Every asked check has a result, in Check::ALL's order.
@@ -215,7 +233,7 @@ pub async fn verify(
         phases,
         measured_rto_ms,
         achieved_rpo_ms: None,
-        repairs: vec![],
+        repairs,
         teardown,
     };
     let sealed = crate::store::append(&engine.catalog, p.signer(), &draft).await?;
