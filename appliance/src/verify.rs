@@ -7,14 +7,18 @@
 //!   run only with the `probes` check.
 //! - A random point is drawn within the policy's range up to now, from the operating system's
 //!   random source.
+//! - Every run reads back its share of the cluster's objects in every region, so that each is
+//!   proven within 7 days given the longest gap of the policy's verify schedule (a day
+//!   without a policy).
 
 use std::sync::Arc;
 
 use cairn_engine::branch::PointSpec;
 use cairn_engine::progress::Progress;
 use cairn_policies::{Check, Probe, VerifyPoint};
+use cairn_verifier::coverage::DEFAULT_PERIOD as COVERAGE_PERIOD;
 use cairn_verifier::report::PolicyRef;
-use cairn_verifier::run::{Verified, VerifyRequest};
+use cairn_verifier::run::{Coverage, Verified, VerifyRequest};
 
 use crate::error::Result;
 use crate::Appliance;
@@ -92,6 +96,17 @@ pub async fn request(
             c
         }
     };
+    // Coverage: each object read within the default period, the runs as far apart as the
+    // policy's verify schedule allows (a day without a policy).
+    let until_next = policy
+        .as_ref()
+        .and_then(|p| {
+            let from = chrono::DateTime::from_timestamp_micros(now_us)?;
+            p.schedules
+                .verify
+                .longest_interval(from, COVERAGE_PERIOD * 4)
+        })
+        .unwrap_or(std::time::Duration::from_secs(86_400));
     Ok(VerifyRequest {
         cluster: cluster.to_string(),
         branch: o.branch.clone().unwrap_or_else(|| "main".into()),
@@ -108,6 +123,10 @@ pub async fn request(
         checks,
         probes,
         parallel: o.parallel.max(1),
+        coverage: Some(Coverage {
+            period: COVERAGE_PERIOD,
+            until_next: until_next.min(COVERAGE_PERIOD),
+        }),
     })
 }
 

@@ -356,6 +356,10 @@ const RELEASED: &[(i64, &str)] = &[
         11,
         "7c17bbf4b2cd6d08e492495934b7135d3899b80c09e9ab28883dc2e71245238d",
     ),
+    (
+        12,
+        "9b0ee19d07aa41901a548ed5375cd308f89b5ec9c6bbbe7927cdd2d760620f7e",
+    ),
 ];
 
 #[test]

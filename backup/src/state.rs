@@ -37,6 +37,15 @@ pub struct ObjectKeyRow {
     pub tail: Option<(u64, String)>,
 }
 
+/// One object held by one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipment {
+    pub object: String,
+    pub region: String,
+    pub sha256: String,
+    pub shipped_at_us: i64,
+}
+
 fn key_row(r: &AnyRow) -> Result<ObjectKeyRow> {
     let hexed: String = get(r, "key_object")?;
     let tail_len: Option<i64> = get(r, "tail_len")?;
@@ -286,6 +295,25 @@ impl State<'_> {
                     get(r, "region")?,
                     get(r, "object_sha256")?,
                 ))
+            })
+            .collect()
+    }
+
+    /// Every durable (object, region), with its ciphertext hash and when it was shipped (its
+    /// upload was read back then: the first proof that the region holds it).
+    pub async fn shipments_with_times(&self) -> Result<Vec<Shipment>> {
+        let rows = sqlx::query("SELECT layer_id, region, object_sha256, shipped_at FROM shipments")
+            .fetch_all(self.cat.pool())
+            .await
+            .map_err(|e| Error::catalog("read shipments", e))?;
+        rows.iter()
+            .map(|r| {
+                Ok(Shipment {
+                    object: get(r, "layer_id")?,
+                    region: get(r, "region")?,
+                    sha256: get(r, "object_sha256")?,
+                    shipped_at_us: get(r, "shipped_at")?,
+                })
             })
             .collect()
     }

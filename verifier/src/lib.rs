@@ -13,6 +13,7 @@
 //!   `cairn report verify`.
 //! - Trust comes from the appliance's trust state (its signing keys), never from a region.
 
+pub mod coverage;
 pub mod error;
 pub mod report;
 pub mod run;

@@ -59,6 +59,16 @@ pub struct VerifyRequest {
     pub probes: Vec<Probe>,
     /// Layers the restore fetches at once.
     pub parallel: usize,
+    /// Read back a share of the cluster's objects in every region so that each is proven
+    /// within `period`, given at most `until_next` between runs ([`crate::coverage`]).
+    pub coverage: Option<Coverage>,
+}
+
+/// The coverage a run keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    pub period: std::time::Duration,
+    pub until_next: std::time::Duration,
 }
 
 /// A run's outcome: the stored report, and the restore's own report when it got that far.
@@ -159,14 +169,50 @@ pub async fn verify(
                 .map_or(0, |first_answer| {
                     first_answer.duration_since(t0).as_millis() as u64
                 });
-            // After the checks (not part of the measured RTO): what a region could not serve
-            // intact is repaired from a good copy.
+            // After the checks (not part of the measured RTO): the coverage reads, then what
+            // a region could not serve intact is repaired from a good copy.
+            let mut found = Vec::new();
+            if let (Some(cov), Some(c)) = (
+                req.coverage,
+                results
+                    .iter_mut()
+                    .find(|c| c.name == Check::ObjectIntegrity.name()),
+            ) {
+                let t = Instant::now();
+                match crate::coverage::read_due(
+                    p,
+                    &cluster.id.to_string(),
+                    cov.period,
+                    cov.until_next,
+                    now_us(),
+                )
+                .await
+                {
+                    Ok(run) => {
+                        c.counts.insert("coverage_objects".into(), run.objects);
+                        c.counts.insert("coverage_read".into(), run.read);
+                        c.counts.insert("coverage_proven".into(), run.covered);
+                        if !run.problems.is_empty() {
+                            c.outcome = Outcome::Failed;
+                            c.details
+                                .extend(run.problems.iter().map(|p| format!("read back: {p}")));
+                            found = run.problems;
+                        }
+                    }
+                    Err(e) => {
+                        c.outcome = Outcome::Failed;
+                        c.details
+                            .push(format!("the coverage reads could not run: {e}"));
+                    }
+                }
+                phases.push(phase("coverage", ms(t)));
+            }
             if let Some(c) = results
                 .iter_mut()
                 .find(|c| c.name == Check::ObjectIntegrity.name() && c.outcome == Outcome::Failed)
             {
                 let t = Instant::now();
-                let (done, left) = repair::repair_found(p, r).await;
+                let (done, left) = repair::repair_found(p, r, found).await;
                 phases.push(phase("repair", ms(t)));
                 c.counts.insert("repaired".into(), done.len() as u64);
                 c.details.extend(left);
