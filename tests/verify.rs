@@ -35,8 +35,9 @@ fn assert_nothing_left(env: &Env) {
     assert!(!branches.contains("verify-"), "{branches}");
 }
 
-#[test]
-fn a_clean_cluster_passes_every_check_and_each_run_is_signed_chained_and_cleaned_up() {
+/// Cluster 'shop' with pgbench's tables (scale 1) on a running main, backed up to both
+/// regions.
+fn pgbench_shop_backed_up() -> Env {
     let env = Env::new();
     env.ok(&["cluster", "create", "shop"]);
     let url = env.start("main");
@@ -51,6 +52,12 @@ fn a_clean_cluster_passes_every_check_and_each_run_is_signed_chained_and_cleaned
         String::from_utf8_lossy(&out.stderr)
     );
     env.ok(&["backup", "now"]);
+    env
+}
+
+#[test]
+fn a_clean_cluster_passes_every_check_and_each_run_is_signed_chained_and_cleaned_up() {
+    let env = pgbench_shop_backed_up();
 
     let t = Instant::now();
     let r = env.json(&[
@@ -398,20 +405,7 @@ fn kill_verify_when(env: &Env, ready: impl Fn() -> bool) -> bool {
 /// behind (a server, a directory, a branch); once `cairn up` has started, nothing is.
 #[test]
 fn a_killed_verification_leaves_nothing_once_the_appliance_restarts() {
-    let env = Env::new();
-    env.ok(&["cluster", "create", "shop"]);
-    let url = env.start("main");
-    let out = std::process::Command::new(pg_bin().join("pgbench"))
-        .args(["-i", "-s", "1", "-q"])
-        .arg(&url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    env.ok(&["backup", "now"]);
+    let env = pgbench_shop_backed_up();
     let area = env.home.join("verify");
 
     // 1. While a server runs on the restored data directory.
