@@ -70,12 +70,7 @@ fn a_clean_cluster_passes_every_check_and_each_run_is_signed_chained_and_cleaned
     assert_eq!(r["outcome"], "passed", "{r:#}");
     assert_eq!(r["sequence"], 1);
     assert_eq!(r["region"], "region-a", "never verified: the first region");
-    let names: Vec<&str> = r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = report_check_names(&r);
     assert_eq!(
         names,
         [
@@ -91,15 +86,7 @@ fn a_clean_cluster_passes_every_check_and_each_run_is_signed_chained_and_cleaned
     for c in r["checks"].as_array().unwrap() {
         assert_eq!(c["outcome"], "passed", "{c:#}");
     }
-    let check = |name: &str| {
-        r["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let check = |name: &str| report_check(&r, name).clone();
     // What the checks counted is the data the test wrote.
     let fp = check("fingerprint");
     assert!(fp["counts"]["rows"].as_u64().unwrap() >= 100_000, "{fp}");
@@ -255,12 +242,7 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
         "{r:#}"
     );
     assert_eq!(r["policy"]["rpo_ms"], 300_000);
-    let names: Vec<&str> = r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let names = report_check_names(&r);
     assert_eq!(
         names,
         [
@@ -355,15 +337,7 @@ async fn a_corrupted_index_entry_with_a_valid_checksum_is_found_by_amcheck() {
         String::from_utf8_lossy(&out.stderr)
     );
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let outcome = |name: &str| {
-        r["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .unwrap()
-            .clone()
-    };
+    let outcome = |name: &str| report_check(&r, name).clone();
     assert_eq!(outcome("page_checksums")["outcome"], "passed", "{r:#}");
     assert_eq!(outcome("fingerprint")["outcome"], "passed", "{r:#}");
     let a = outcome("amcheck");

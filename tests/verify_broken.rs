@@ -14,6 +14,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::report_check as check;
 use common::*;
 
 struct Broken {
@@ -52,15 +53,6 @@ impl Broken {
         assert_eq!(out.status.code(), Some(if fails { 1 } else { 0 }), "{err}");
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {err}"))
     }
-}
-
-fn check<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    r["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} in {r:#}"))
 }
 
 /// Runs `damage`, verifies region-a, puts the saved files back; returns the report and

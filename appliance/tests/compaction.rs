@@ -5,13 +5,14 @@
 //! region through the deletion queue, and a point inside the merged range restores from the
 //! region. A compaction of layers that are not adjacent is refused, changing nothing.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-
 use std::time::Duration;
 
-use cairn_appliance::{compaction_run, Appliance, ApplianceOptions};
+use cairn_appliance::{compaction_run, Appliance};
 use cairn_engine::branch::PointSpec;
 use cairn_engine::catalog::{ClusterRow, LayerRow};
 use cairn_engine::layer::LayerKind;
@@ -20,35 +21,7 @@ use cairn_engine::progress::Progress;
 use cairn_engine::Lsn;
 use cairn_restore::{RestoreRequest, Target};
 use cairn_scheduler::compaction::{plan_compaction, CompactWal, CompactionRules};
-
-async fn sql(url: &str, q: &str) -> i64 {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let rows = c.simple_query(q).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
-            _ => None,
-        })
-        .unwrap_or(0)
-}
-
-fn region_files(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                todo.push(e.path());
-            } else {
-                out.push(e.path().to_string_lossy().into_owned());
-            }
-        }
-    }
-    out
-}
+use common::{file_region, region_files, sql};
 
 fn wal_layers(layers: &[LayerRow]) -> Vec<&LayerRow> {
     layers.iter().filter(|l| l.kind == LayerKind::Wal).collect()
@@ -61,25 +34,8 @@ async fn shop_with_small_stores(
     home: &Path,
     regions: &str,
 ) -> (Appliance, ClusterRow, String, Vec<(Lsn, i64)>, Vec<i64>) {
-    std::fs::create_dir_all(home).unwrap();
-    let cfg = home.join("regions.toml");
-    std::fs::write(&cfg, regions).unwrap();
-    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let (app, _) = Appliance::open(&ApplianceOptions {
-        home: home.to_path_buf(),
-        catalog_url: None,
-        pg_bin: None,
-    })
-    .await
-    .unwrap();
-    let engine = app.engine().clone();
-    let progress = Arc::new(Progress::new());
-    engine.create_cluster("shop", &progress).await.unwrap();
-    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
-    let info = engine
-        .compute_start(&shop, "main", None, &progress)
-        .await
-        .unwrap();
+    let app = common::open(home, Some(regions)).await;
+    let (engine, shop, info, _) = common::start_shop(&app).await;
     // Six stores of a few rows each: six small WAL layers, with a point after each.
     let mut points: Vec<(Lsn, i64)> = Vec::new();
     let mut times: Vec<i64> = Vec::new();
@@ -109,13 +65,6 @@ async fn shop_with_small_stores(
         engine.compute_sync(&shop, info.timeline).await.unwrap();
     }
     (app, shop, info.url, points, times)
-}
-
-fn file_region(name: &str, dir: &Path) -> String {
-    format!(
-        "[[region]]\nname = \"{name}\"\nurl = \"file://{}\"\n",
-        dir.display()
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

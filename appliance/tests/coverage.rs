@@ -5,12 +5,11 @@
 //! coverage figures of its own pass, and they match the objects the regions hold.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use cairn_appliance::verify::VerifyOptions;
-use cairn_appliance::{Appliance, ApplianceOptions};
-use cairn_engine::progress::Progress;
 use cairn_verifier::coverage::read_due;
 
 const DAY_US: i64 = 86_400_000_000;
@@ -22,36 +21,15 @@ async fn daily_passes_read_every_object_of_every_region_within_the_week() {
         .tempdir()
         .unwrap();
     let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home).unwrap();
     let (ra, rb) = (tmp.path().join("region-a"), tmp.path().join("region-b"));
-    let cfg = home.join("regions.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "min_copies = 2\n[[region]]\nname = \"region-a\"\nurl = \"file://{}\"\n\
-             [[region]]\nname = \"region-b\"\nurl = \"file://{}\"\n",
-            ra.display(),
-            rb.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let (app, _) = Appliance::open(&ApplianceOptions {
-        home: home.clone(),
-        catalog_url: None,
-        pg_bin: None,
-    })
-    .await
-    .unwrap();
-    let engine = app.engine().clone();
+    let toml = format!(
+        "min_copies = 2\n{}{}",
+        common::file_region("region-a", &ra),
+        common::file_region("region-b", &rb)
+    );
+    let app = common::open(&home, Some(&toml)).await;
     let p = app.protection().clone();
-    let progress = Arc::new(Progress::new());
-    engine.create_cluster("shop", &progress).await.unwrap();
-    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
-    let info = engine
-        .compute_start(&shop, "main", None, &progress)
-        .await
-        .unwrap();
+    let (engine, shop, info, progress) = common::start_shop(&app).await;
     let (c, conn) = tokio_postgres::connect(&info.url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -91,10 +69,14 @@ async fn daily_passes_read_every_object_of_every_region_within_the_week() {
         .unwrap()
         .1
         .clone();
-    let victim_file = walk(&rb)
-        .into_iter()
-        .find(|f| f.ends_with(format!("layers/{victim}")))
-        .unwrap();
+    let layer_file = |dir: &std::path::Path| -> std::path::PathBuf {
+        common::region_files(dir)
+            .into_iter()
+            .find(|f| f.ends_with(&format!("layers/{victim}")))
+            .unwrap()
+            .into()
+    };
+    let victim_file = layer_file(&rb);
     let mut bytes = std::fs::read(&victim_file).unwrap();
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
@@ -179,28 +161,7 @@ async fn daily_passes_read_every_object_of_every_region_within_the_week() {
     );
     assert_eq!(
         std::fs::read(&victim_file).unwrap(),
-        std::fs::read(
-            walk(&ra)
-                .into_iter()
-                .find(|f| f.ends_with(format!("layers/{victim}")))
-                .unwrap()
-        )
-        .unwrap(),
+        std::fs::read(layer_file(&ra)).unwrap(),
         "region-b repaired to region-a's bytes"
     );
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                todo.push(e.path());
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    out
 }

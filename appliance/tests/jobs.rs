@@ -3,21 +3,11 @@
 //! for the fires missed while no appliance ran, a run whose node died (its lease passed) taken
 //! over as a new attempt, and two nodes deciding at once: exactly one claims.
 
-use std::sync::Arc;
+mod common;
 
 use cairn_appliance::jobs::{self, record::Outcome};
-use cairn_appliance::{policy, policy_change, Appliance, ApplianceOptions};
-use cairn_engine::progress::Progress;
+use cairn_appliance::{policy, policy_change};
 use chrono::{DateTime, Duration, Utc};
-
-async fn appliance(home: &std::path::Path) -> Appliance {
-    let opts = ApplianceOptions {
-        home: home.to_path_buf(),
-        catalog_url: None,
-        pg_bin: None,
-    };
-    Appliance::open(&opts).await.expect("open the appliance").0
-}
 
 fn images(layers: &[cairn_engine::catalog::LayerRow]) -> usize {
     layers
@@ -33,15 +23,8 @@ async fn image_jobs_run_at_their_fire_catch_up_once_and_are_taken_over() {
         .tempdir()
         .unwrap();
     let home = tmp.path().join("home");
-    let app = appliance(&home).await;
-    let engine = app.engine().clone();
-    let progress = Arc::new(Progress::new());
-    engine.create_cluster("shop", &progress).await.unwrap();
-    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
-    let info = engine
-        .compute_start(&shop, "main", None, &progress)
-        .await
-        .unwrap();
+    let app = common::open(&home, None).await;
+    let (engine, shop, info, _) = common::start_shop(&app).await;
     let (client, conn) = tokio_postgres::connect(&info.url, tokio_postgres::NoTls)
         .await
         .unwrap();

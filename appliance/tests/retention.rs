@@ -8,26 +8,20 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cairn_appliance::{policy, policy_change, retention_run, Appliance, ApplianceOptions};
+mod common;
+
+use cairn_appliance::{policy, policy_change, retention_run, Appliance};
 use cairn_engine::branch::PointSpec;
 use cairn_engine::catalog::{ClusterRow, LayerRow};
 use cairn_engine::layer::LayerKind;
 use cairn_engine::progress::Progress;
 use cairn_engine::{LayerId, Lsn};
 use cairn_restore::{RestoreRequest, Target};
+use common::{region_files, sql};
 
 const HOUR_US: i64 = 3_600_000_000;
 
-async fn appliance(home: &Path) -> Appliance {
-    let opts = ApplianceOptions {
-        home: home.to_path_buf(),
-        catalog_url: None,
-        pg_bin: None,
-    };
-    Appliance::open(&opts).await.expect("open the appliance").0
-}
-
-/// An appliance under `dir` with cluster shop and main's compute running.
+/// An appliance under `dir` (embedded regions) with cluster shop and main's compute running.
 async fn shop_running(
     dir: &Path,
 ) -> (
@@ -37,45 +31,9 @@ async fn shop_running(
     cairn_engine::compute::ComputeInfo,
     Arc<Progress>,
 ) {
-    let app = appliance(&dir.join("home")).await;
-    let engine = app.engine().clone();
-    let progress = Arc::new(Progress::new());
-    engine.create_cluster("shop", &progress).await.unwrap();
-    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
-    let info = engine
-        .compute_start(&shop, "main", None, &progress)
-        .await
-        .unwrap();
+    let app = common::open(&dir.join("home"), None).await;
+    let (engine, shop, info, progress) = common::start_shop(&app).await;
     (app, engine, shop, info, progress)
-}
-
-async fn sql(url: &str, q: &str) -> i64 {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let rows = c.simple_query(q).await.unwrap();
-    rows.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
-            _ => None,
-        })
-        .unwrap_or(0)
-}
-
-fn region_files(dir: &Path) -> Vec<String> {
-    fn walk(d: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                walk(&e.path(), out);
-            } else {
-                out.push(e.path().to_string_lossy().into_owned());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, &mut out);
-    out
 }
 
 fn write_policy(dir: &Path, pitr: &str) {
@@ -138,32 +96,14 @@ async fn retention_in_force_retires_what_no_point_needs_everywhere_and_keeps_the
         .unwrap();
     let home = tmp.path().join("home");
     let regions: PathBuf = tmp.path().join("regions");
-    std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(
-        home.join("regions.toml"),
-        format!(
-            "min_copies = 2\ndeletion_delay = \"0s\"\n\
+    let toml = format!(
+        "min_copies = 2\ndeletion_delay = \"0s\"\n\
              [[region]]\nname = \"region-a\"\nurl = \"file://{0}/a\"\n\
              [[region]]\nname = \"region-b\"\nurl = \"file://{0}/b\"\n",
-            regions.display()
-        ),
-    )
-    .unwrap();
-    std::os::unix::fs::PermissionsExt::set_mode(
-        &mut std::fs::metadata(home.join("regions.toml"))
-            .unwrap()
-            .permissions(),
-        0o600,
+        regions.display()
     );
-    let app = appliance(&home).await;
-    let engine = app.engine().clone();
-    let progress = Arc::new(Progress::new());
-    engine.create_cluster("shop", &progress).await.unwrap();
-    let shop = engine.resolve_cluster(Some("shop")).await.unwrap();
-    let info = engine
-        .compute_start(&shop, "main", None, &progress)
-        .await
-        .unwrap();
+    let app = common::open(&home, Some(&toml)).await;
+    let (engine, shop, info, progress) = common::start_shop(&app).await;
     let url = info.url.clone();
     let write = |n: i64| {
         let url = url.clone();

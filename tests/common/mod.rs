@@ -774,3 +774,23 @@ pub fn strip_restrict(dump: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// The check `name` of a verification report (JSON).
+pub fn report_check<'a>(r: &'a Value, name: &str) -> &'a Value {
+    r["checks"]
+        .as_array()
+        .expect("a report's checks")
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {r:#}"))
+}
+
+/// The names of a verification report's checks, in order.
+pub fn report_check_names(r: &Value) -> Vec<&str> {
+    r["checks"]
+        .as_array()
+        .expect("a report's checks")
+        .iter()
+        .map(|c| c["name"].as_str().expect("a check's name"))
+        .collect()
+}
