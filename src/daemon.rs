@@ -61,6 +61,11 @@ pub struct UpArgs {
     /// Largest layer WAL compaction writes; 0 turns compaction off.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     pub compact_target: u64,
+    /// How often a heartbeat (the time) is written into the computes of managed clusters whose
+    /// policy lists the `heartbeat` check; a verification reads it back to measure the RPO
+    /// each point achieved. 0 turns heartbeats off.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = cairn_units::parse_duration)]
+    pub heartbeat_every: Duration,
 }
 
 impl UpArgs {
@@ -75,6 +80,7 @@ impl UpArgs {
             job_history: self.job_history,
             compact_after: self.compact_after,
             compact_target: self.compact_target,
+            heartbeat_every: self.heartbeat_every,
         }
     }
 }

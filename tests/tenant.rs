@@ -387,3 +387,127 @@ fn psql_over_socket(
         .output()
         .unwrap()
 }
+
+/// The heartbeat a verification measures the achieved RPO with is the appliance's, not the
+/// tenant's: an owner who made schema `cairn_heartbeat` first (a far-future heartbeat, to pass
+/// any RPO) gets no heartbeat written and a verification that says the heartbeat cannot be
+/// trusted and names what the owner made; once a superuser dropped it, `cairn up` writes its
+/// own, which the owner cannot see in `\dt`, read, write or add to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compute_owner_can_neither_forge_nor_touch_the_heartbeat() {
+    let env = Env::new();
+    env.two_file_regions();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    // (Asked for before a verification made HOME/verify, which the superuser's OS user could
+    // search: the superuser URL is refused from then on.)
+    let su_login = login_of(&env.start_superuser("main"));
+    let owner = psql_ok(&url, "SELECT current_user || ' ' || current_database()");
+    let (owner, db) = owner.split_once(' ').unwrap();
+    assert_eq!(db, "postgres", "the heartbeat lives in database postgres");
+    psql_ok(
+        &url,
+        "CREATE SCHEMA cairn_heartbeat; \
+         CREATE TABLE cairn_heartbeat.beat (id int PRIMARY KEY, at_us bigint, beats bigint); \
+         INSERT INTO cairn_heartbeat.beat VALUES (1, 9000000000000000, 1)",
+    );
+    let dir = env.home.join("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("beat.toml"),
+        "clusters = [\"shop\"]\n[objectives]\nrpo = \"5m\"\nrto = \"1h\"\n\
+         [schedules]\nimage = \"@daily\"\nverify = \"@daily\"\n[retention]\npitr = \"1d\"\n\
+         [regions]\nuse = [\"region-a\", \"region-b\"]\nmin_copies = 2\n\
+         [verification]\nchecks = [\"heartbeat\"]\n",
+    )
+    .unwrap();
+    env.ok(&["policy", "apply", "--by", "alice"]);
+
+    // Forged: no heartbeat is written, and the status says why.
+    let (up, port) = env.spawn_up(&["--heartbeat-every", "1s"]);
+    let up = KillOnDrop(up);
+    let problem = wait_for("the refused heartbeat in the status", 60, || {
+        let st = api(port, "/api/health")?;
+        st["recent_errors"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["message"].as_str())
+            .find(|m| m.starts_with("heartbeat of branch 'main'"))
+            .map(str::to_string)
+    });
+    assert!(
+        problem.contains(&format!("schema cairn_heartbeat (owned by {owner})"))
+            && problem.contains(&format!("relation cairn_heartbeat.beat (owned by {owner})"))
+            && problem.contains("DROP SCHEMA cairn_heartbeat CASCADE"),
+        "{problem}"
+    );
+    drop(up); // (A clean stop: the compute stops too.)
+    let url = env.start("main");
+    assert_eq!(
+        psql_ok(&url, "SELECT at_us FROM cairn_heartbeat.beat"),
+        "9000000000000000",
+        "Cairn wrote nothing into the owner's table"
+    );
+    // A verification of a copy holding the forged heartbeat does not believe it.
+    env.ok(&["backup", "now"]);
+    let out = env.run(&["verify", "shop", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hb = report_check(&r, "heartbeat");
+    assert_eq!(hb["outcome"], "failed", "{hb:#}");
+    let why = hb["details"][0].as_str().unwrap();
+    assert!(
+        why.starts_with("the heartbeat cannot be trusted")
+            && why.contains(&format!("schema cairn_heartbeat (owned by {owner})")),
+        "{why}"
+    );
+    assert_eq!(r["achieved_rpo_ms"], serde_json::Value::Null, "{r:#}");
+
+    // A superuser drops it; Cairn's own heartbeat follows.
+    let su = format!(
+        "postgresql://{su_login}@127.0.0.1:{}/postgres",
+        port_of(&url)
+    );
+    psql_ok(&su, "DROP SCHEMA cairn_heartbeat CASCADE");
+    let (up, _port) = env.spawn_up(&["--heartbeat-every", "1s"]);
+    let _up = KillOnDrop(up);
+    wait_for("Cairn's heartbeats", 60, || {
+        let made = psql_ok(
+            &su,
+            "SELECT to_regclass('cairn_heartbeat.beat') IS NOT NULL",
+        );
+        if made != "t" {
+            return None;
+        }
+        let beats = psql_ok(&su, "SELECT beats FROM cairn_heartbeat.beat");
+        (beats.parse::<i64>().ok()? >= 2).then_some(())
+    });
+    let made_by = psql_ok(
+        &su,
+        "SELECT r.rolsuper FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner \
+         WHERE n.nspname = 'cairn_heartbeat'",
+    );
+    assert_eq!(made_by, "t");
+    let listed = psql_ok(&url, "\\dt");
+    assert!(
+        !listed.contains("beat"),
+        "the owner's \\dt lists it: {listed}"
+    );
+    let c = connect(&url).await;
+    for sql in [
+        "SELECT at_us FROM cairn_heartbeat.beat",
+        "UPDATE cairn_heartbeat.beat SET at_us = 9000000000000000",
+        "INSERT INTO cairn_heartbeat.beat VALUES (2, 9000000000000000, 1)",
+        "CREATE TABLE cairn_heartbeat.more (x int)",
+        "CREATE FUNCTION cairn_heartbeat.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "DROP SCHEMA cairn_heartbeat CASCADE",
+        "ALTER SCHEMA cairn_heartbeat RENAME TO mine",
+    ] {
+        let err = refused(&c, sql).await;
+        assert!(
+            err.contains("permission denied") || err.contains("must be owner"),
+            "{sql}: {err}"
+        );
+    }
+    env.stop_all();
+}

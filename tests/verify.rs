@@ -184,18 +184,12 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
     let env = Env::new();
     env.ok(&["cluster", "create", "shop"]);
     let url = env.start("main");
-    let out = std::process::Command::new(pg_bin().join("psql"))
-        .arg(&url)
-        .args([
-            "-qc",
-            "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 500) g",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // (Asked for before the regions and policies exist in HOME: a compute's superuser could
+    // read them, and the superuser URL is refused then.)
+    let su = env.start_superuser("main");
+    psql(
+        &url,
+        "CREATE TABLE orders AS SELECT g AS id FROM generate_series(1, 500) g",
     );
     env.ok(&["backup", "now"]);
     // Once a minute, at a second 15 s from now (a seconds field must be a single value).
@@ -207,14 +201,23 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
          [schedules]\nimage = \"@daily\"\nverify = \"{second} * * * * *\"\n\
          [retention]\npitr = \"1d\"\n\
          [regions]\nuse = [\"region-a\", \"region-b\"]\nmin_copies = 2\n\
-         [verification]\nchecks = [\"object_integrity\", \"recovery_target\", \"fingerprint\", \"probes\"]\n\
+         [verification]\nchecks = [\"object_integrity\", \"recovery_target\", \"heartbeat\", \"fingerprint\", \"probes\"]\n\
          [[verification.probes]]\nname = \"orders\"\nsql = \"SELECT count(*) = 500 FROM orders\"\n"
     );
     std::fs::write(dir.join("keep.toml"), &policy).unwrap();
     env.ok(&["policy", "apply", "--by", "alice"]);
-    let (up, port) = env.spawn_up(&[]);
+    let (up, port) = env.spawn_up(&["--heartbeat-every", "1s"]);
     let _up = KillOnDrop(up);
+    // The heartbeats `cairn up` writes, as the superuser sees them while the test waits.
+    let mut seen = std::collections::BTreeSet::new();
     let run = wait_for("a scheduled verification", 120, || {
+        // (An error until the first heartbeat made the table.)
+        if let Some(at) = try_psql(&su, "SELECT at_us FROM cairn_heartbeat.beat")
+            .ok()
+            .and_then(|o| o.trim().parse::<i64>().ok())
+        {
+            seen.insert(at);
+        }
         let runs = api(port, "/api/jobs")?;
         runs.as_array()?
             .iter()
@@ -248,10 +251,22 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
         [
             "object_integrity",
             "recovery_target",
+            "heartbeat",
             "fingerprint",
             "probes"
         ]
     );
+    // The achieved RPO is the age of a heartbeat the test saw, when the run started.
+    let hb = report_check(&r, "heartbeat");
+    assert_eq!(hb["outcome"], "passed", "{hb:#}");
+    let at = hb["counts"]["newest_at_us"].as_i64().unwrap();
+    assert!(seen.len() >= 3, "heartbeats every second: {seen:?}");
+    assert!(seen.contains(&at), "{at} is not among {seen:?}");
+    assert!(hb["counts"]["beats"].as_u64().unwrap() >= 1, "{hb:#}");
+    let achieved = r["achieved_rpo_ms"].as_i64().unwrap();
+    assert_eq!(achieved, (r["started_at_us"].as_i64().unwrap() - at) / 1000);
+    assert_eq!(hb["counts"]["achieved_rpo_ms"], achieved);
+    assert!(achieved < 300_000, "within the policy's RPO: {r:#}");
     let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(
         metrics
@@ -267,6 +282,24 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
     drop(_up);
     assert_nothing_left(&env);
     env.stop_all();
+}
+
+/// Runs `sql` with psql on `url`; its output, unaligned and without headers, or its error.
+fn try_psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new(pg_bin().join("psql"))
+        .arg(url)
+        .args(["-XAtqc", sql])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    try_psql(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 fn hex_sha256(b: &[u8]) -> String {

@@ -36,7 +36,8 @@ pub struct VerifyOptions {
 }
 
 /// The checks run when neither a policy nor the caller names them: every check this cairn
-/// carries out on its own (not heartbeats, which it does not write yet).
+/// carries out on its own (not heartbeats: `cairn up` writes them only into clusters whose
+/// policy lists the check).
 pub const UNGOVERNED_CHECKS: [Check; 6] = [
     Check::ObjectIntegrity,
     Check::WalContinuity,

@@ -32,6 +32,7 @@ pub mod compute;
 pub mod compute_image;
 pub mod engine;
 pub mod failpoint;
+pub mod heartbeat;
 pub mod home;
 pub mod ingest;
 pub mod layer_map;

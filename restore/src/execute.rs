@@ -90,12 +90,8 @@ pub async fn execute(
         .keys()
         .filter_map(|id| plan.staging.path(*id).map(|p| (*id, p)))
         .collect();
-    let point_time = se
-        .time_at(&plan.timeline, lsn)
-        .await
-        .ok()
-        .flatten()
-        .map(fmt_time);
+    let point_time_us = se.time_at(&plan.timeline, lsn).await.ok().flatten();
+    let point_time = point_time_us.map(fmt_time);
     let mut report = RestoreReport {
         id: id.to_string(),
         cluster: plan.cluster.name.clone(),
@@ -103,6 +99,7 @@ pub async fn execute(
         point: describe(&req.point),
         lsn,
         point_time,
+        point_time_us,
         target: req.target.to_string(),
         region: plan.view.region.clone(),
         signers: plan.view.signers.clone(),

@@ -24,6 +24,8 @@ pub struct RestoreReport {
     pub lsn: Lsn,
     /// Time of the last transaction at or before the point, when known.
     pub point_time: Option<String>,
+    /// The same time, Unix µs.
+    pub point_time_us: Option<i64>,
     pub target: String,
     /// The region the indexes came from.
     pub region: String,

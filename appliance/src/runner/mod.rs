@@ -9,8 +9,8 @@
 //! receivers' spools, takes a new image of a branch once `image_after` bytes of WAL
 //! accumulated since its last one, starts the scheduled jobs the policies in force make due
 //! ([`crate::jobs`]), and carries out retention ([`crate::retention_run`]), WAL compaction
-//! ([`crate::compaction_run`]), the deletion queue and due shreds every 30 s,
-//! until it is told to stop (or `exit_after` passes); then it stops the computes cleanly
+//! ([`crate::compaction_run`]), the deletion queue and due shreds every 30 s, and writes
+//! heartbeats into the clusters whose policy verifies them ([`heartbeat`]), until it is told to stop (or `exit_after` passes); then it stops the computes cleanly
 //! after a final ingest, so nothing written before is lost.
 //!
 //! Invariants:
@@ -22,6 +22,7 @@
 
 pub mod state;
 
+mod heartbeat;
 mod lease;
 mod rounds;
 mod watch;
@@ -60,6 +61,9 @@ pub struct RunOptions {
     pub compact_after: Duration,
     /// ...into layers of at most this many bytes (0: no compaction).
     pub compact_target: u64,
+    /// How often a heartbeat is written into the computes of clusters whose policy verifies
+    /// heartbeats (zero: never).
+    pub heartbeat_every: Duration,
 }
 
 /// Something an operator watching the run should see.
@@ -126,6 +130,8 @@ pub struct Runner {
     /// Takes and renews the node lease in the background, so that a long round never lets it
     /// pass.
     leaser: tokio::task::JoinHandle<()>,
+    /// Writes heartbeats ([`heartbeat`]), when they are on.
+    heartbeats: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Runner {
@@ -149,6 +155,7 @@ impl Runner {
             rto: Mutex::new(Vec::new()),
             alerts: Mutex::new(crate::alerts::Alerts::default()),
             sync_every: Mutex::new(HashMap::new()),
+            heartbeat_clusters: Mutex::new(Default::default()),
             ship_every_ms: std::sync::atomic::AtomicU64::new(opts.ship_interval.as_millis() as u64),
             started_us: cairn_engine::catalog::now_us(),
             node: crate::nodes::node_name(),
@@ -193,6 +200,7 @@ impl Runner {
                 lease::renew(&d).await;
             }
         });
+        let heartbeats = heartbeat::spawn(daemon.clone(), opts.heartbeat_every);
         let mut runner = Runner {
             daemon,
             opts,
@@ -203,6 +211,7 @@ impl Runner {
             stop_shippers,
             jobs: tokio::task::JoinSet::new(),
             leaser,
+            heartbeats,
         };
         runner.follow_lease().await;
         Ok(runner)
@@ -345,6 +354,9 @@ impl Runner {
         }
         (self.events)(Event::Stopping);
         self.server.abort();
+        if let Some(h) = self.heartbeats.take() {
+            h.abort();
+        }
         // Runs going are left to finish their work (an image half taken is worth finishing).
         while self.jobs.join_next().await.is_some() {}
         let _ = self.stop_shippers.send(true);

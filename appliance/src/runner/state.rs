@@ -50,6 +50,9 @@ pub struct Daemon {
     pub alerts: Mutex<Alerts>,
     /// How often each cluster's WAL is stored, from its policy's RPO (else the run's option).
     pub(crate) sync_every: Mutex<HashMap<String, Duration>>,
+    /// The clusters whose policy in force verifies heartbeats: the run writes them
+    /// ([`super::heartbeat`]).
+    pub(crate) heartbeat_clusters: Mutex<std::collections::HashSet<String>>,
     /// How often each region is shipped to (ms), from the tightest RPO.
     pub(crate) ship_every_ms: AtomicU64,
     /// When the run started (Unix µs).

@@ -46,14 +46,24 @@ pub(super) async fn watch(
     // Cadence.
     let mut every = std::collections::HashMap::new();
     let mut ship = ship_interval;
+    let mut beats = std::collections::HashSet::new();
     for c in &ctx.clusters {
         if let Some(p) = set.for_cluster(c) {
+            if p.verification
+                .checks
+                .contains(&cairn_policies::Check::Heartbeat)
+            {
+                beats.insert(c.clone());
+            }
             let part = (p.objectives.rpo / 6).max(FLOOR);
             every.insert(c.clone(), sync_interval.min(part));
             ship = ship.min(part);
         }
     }
     *d.sync_every.lock().unwrap_or_else(|e| e.into_inner()) = every;
+    *d.heartbeat_clusters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = beats;
     d.ship_every_ms
         .store(ship.as_millis() as u64, Ordering::Relaxed);
 

@@ -45,8 +45,24 @@ impl Server {
 
     /// A connection to database `db`; its task ends when the client is dropped.
     pub async fn connect(&self, db: &str) -> Result<tokio_postgres::Client, String> {
-        let (client, conn) = self
-            .config(db)
+        self.open(self.config(db), db).await
+    }
+
+    /// A connection to database `db` whose `search_path` is pinned
+    /// ([`cairn_engine::pg::roles::CONTROL_OPTIONS`]): for reading what the restored copy's
+    /// owner must not be able to stand in for.
+    pub async fn connect_control(&self, db: &str) -> Result<tokio_postgres::Client, String> {
+        let mut c = self.config(db);
+        c.options(cairn_engine::pg::roles::CONTROL_OPTIONS);
+        self.open(c, db).await
+    }
+
+    async fn open(
+        &self,
+        config: tokio_postgres::Config,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, String> {
+        let (client, conn) = config
             .connect(tokio_postgres::NoTls)
             .await
             .map_err(|e| format!("connect to database {db}: {e}"))?;

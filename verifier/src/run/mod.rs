@@ -20,6 +20,7 @@
 pub mod checks;
 pub mod conn;
 pub mod fingerprint;
+pub mod heartbeat;
 pub mod region;
 pub mod repair;
 
@@ -164,7 +165,11 @@ pub async fn verify(
             if wants(Check::WalContinuity) {
                 results.push(checks::wal_continuity(r, t));
             }
-            measured_rto_ms = examine(p, req, &cluster, r, &data.path, &mut results, &mut phases)
+            let at = Examined {
+                datadir: &data.path,
+                reference_us: heartbeat::reference(&req.point, r.point_time_us, started_at_us),
+            };
+            measured_rto_ms = examine(p, req, &cluster, r, &at, &mut results, &mut phases)
                 .await
                 .map_or(0, |first_answer| {
                     first_answer.duration_since(t0).as_millis() as u64
@@ -228,15 +233,15 @@ pub async fn verify(
     };
     for c in Check::ALL {
         if wants(c) && !results.iter().any(|r| r.name == c.name()) {
-            results.push(if c == Check::Heartbeat {
-                skipped(c, "cairn does not write heartbeats into clusters yet")
-            } else {
-                skipped(c, reason)
-            });
+            results.push(skipped(c, reason));
         }
     }
     results.sort_by_key(|r| Check::from_name(&r.name).map(|c| c as usize));
     results.retain(|r| Check::from_name(&r.name).is_some_and(wants));
+    let achieved_rpo_ms = results
+        .iter()
+        .find(|r| r.name == Check::Heartbeat.name())
+        .and_then(|r| r.counts.get(heartbeat::ACHIEVED_RPO_MS).copied());
     let (data_path, ts_path) = (data.path.clone(), ts.path.clone());
     drop(data);
     drop(ts);
@@ -278,7 +283,7 @@ pub async fn verify(
         checks: results,
         phases,
         measured_rto_ms,
-        achieved_rpo_ms: None,
+        achieved_rpo_ms,
         repairs,
         teardown,
     };
@@ -298,6 +303,13 @@ pub async fn verify(
     })
 }
 
+/// What [`examine`] looks at besides the restore: where the copy is, and the time its point
+/// stands for ([`heartbeat::reference`]).
+struct Examined<'a> {
+    datadir: &'a std::path::Path,
+    reference_us: i64,
+}
+
 /// The checks on the restored data directory and the server started on it. Returns when the
 /// restored server answered its first query (the end of the measured RTO), if it did.
 async fn examine(
@@ -305,7 +317,7 @@ async fn examine(
     req: &VerifyRequest,
     cluster: &ClusterRow,
     r: &RestoreReport,
-    datadir: &std::path::Path,
+    at: &Examined<'_>,
     results: &mut Vec<CheckResult>,
     phases: &mut Vec<Phase>,
 ) -> Option<Instant> {
@@ -326,24 +338,27 @@ async fn examine(
     };
     if wants(Check::PageChecksums) {
         let t = Instant::now();
-        results.push(checks::page_checksums(bins, &engine.user, datadir).await);
+        results.push(checks::page_checksums(bins, &engine.user, at.datadir).await);
         phases.push(phase("page_checksums", ms(t)));
     }
     let t = Instant::now();
-    let server =
-        match PrivateServer::start(engine, r.cluster_row.as_ref().unwrap_or(cluster), datadir) {
-            Ok(s) => s,
-            Err(e) => {
-                results.push(result(
-                    Check::RecoveryTarget,
-                    Outcome::Failed,
-                    t,
-                    Default::default(),
-                    vec![format!("the restored data directory did not start: {e}")],
-                ));
-                return None;
-            }
-        };
+    let server = match PrivateServer::start(
+        engine,
+        r.cluster_row.as_ref().unwrap_or(cluster),
+        at.datadir,
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            results.push(result(
+                Check::RecoveryTarget,
+                Outcome::Failed,
+                t,
+                Default::default(),
+                vec![format!("the restored data directory did not start: {e}")],
+            ));
+            return None;
+        }
+    };
     let s = Server::Socket {
         dir: server.socket_dir().to_path_buf(),
         port: server.port,
@@ -354,6 +369,18 @@ async fn examine(
     let t = Instant::now();
     if wants(Check::RecoveryTarget) {
         results.push(checks::recovery_target(&s, r, cluster, t).await);
+    }
+    if wants(Check::Heartbeat) {
+        results.push(
+            heartbeat::check(
+                &s,
+                cluster,
+                r.point_time_us,
+                at.reference_us,
+                req.policy.as_ref().map(|p| p.rpo_ms),
+            )
+            .await,
+        );
     }
     if wants(Check::Fingerprint) {
         results.push(fingerprint_check(p, cluster, req, r, &s).await);
