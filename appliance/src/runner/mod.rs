@@ -10,8 +10,9 @@
 //! accumulated since its last one, starts the scheduled jobs the policies in force make due
 //! ([`crate::jobs`]), and carries out retention ([`crate::retention_run`]), WAL compaction
 //! ([`crate::compaction_run`]), the deletion queue and due shreds every 30 s, and writes
-//! heartbeats into the clusters whose policy verifies them ([`heartbeat`]), until it is told to stop (or `exit_after` passes); then it stops the computes cleanly
-//! after a final ingest, so nothing written before is lost.
+//! heartbeats into the clusters whose policy verifies them ([`heartbeat`]), until it is told
+//! to stop (or `exit_after` passes); then it stops the computes cleanly after a final ingest,
+//! so nothing written before is lost.
 //!
 //! Invariants:
 //! - What an operator should see is reported as an [`Event`]; the caller prints it. Problems
