@@ -20,19 +20,6 @@ async fn refused(c: &tokio_postgres::Client, sql: &str) -> String {
     }
 }
 
-fn psql_ok(url: &str, sql: &str) -> String {
-    let out = Command::new(pg_bin().join("psql"))
-        .args([url, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_printed_url_is_an_owner_that_builds_applications_but_reaches_no_files() {
     let env = Env::new();
@@ -86,10 +73,10 @@ async fn the_printed_url_is_an_owner_that_builds_applications_but_reaches_no_fil
         "postgresql://reporter:reporter-pw@127.0.0.1:{}/postgres",
         port_of(&url)
     );
-    assert_eq!(psql_ok(&reporter, "SELECT count(*) FROM app.orders"), "200");
+    assert_eq!(psql(&reporter, "SELECT count(*) FROM app.orders"), "200");
     let analytics = url.replace("/postgres", "/analytics");
     assert_eq!(
-        psql_ok(&analytics, "CREATE TABLE t (x int); SELECT current_user"),
+        psql(&analytics, "CREATE TABLE t (x int); SELECT current_user"),
         "cairn_owner"
     );
     c.batch_execute("SELECT cairn.alter_role_password('reporter', 'new-pw')")
@@ -157,7 +144,7 @@ async fn the_printed_url_is_an_owner_that_builds_applications_but_reaches_no_fil
         "200"
     );
     assert_eq!(
-        psql_ok(
+        psql(
             &format!(
                 "postgresql://reporter:new-pw@127.0.0.1:{}/postgres",
                 port_of(&url)
@@ -402,10 +389,10 @@ async fn a_compute_owner_can_neither_forge_nor_touch_the_heartbeat() {
     // (Asked for before a verification made HOME/verify, which the superuser's OS user could
     // search: the superuser URL is refused from then on.)
     let su_login = login_of(&env.start_superuser("main"));
-    let owner = psql_ok(&url, "SELECT current_user || ' ' || current_database()");
+    let owner = psql(&url, "SELECT current_user || ' ' || current_database()");
     let (owner, db) = owner.split_once(' ').unwrap();
     assert_eq!(db, "postgres", "the heartbeat lives in database postgres");
-    psql_ok(
+    psql(
         &url,
         "CREATE SCHEMA cairn_heartbeat; \
          CREATE TABLE cairn_heartbeat.beat (id int PRIMARY KEY, at_us bigint, beats bigint); \
@@ -444,7 +431,7 @@ async fn a_compute_owner_can_neither_forge_nor_touch_the_heartbeat() {
     drop(up); // (A clean stop: the compute stops too.)
     let url = env.start("main");
     assert_eq!(
-        psql_ok(&url, "SELECT at_us FROM cairn_heartbeat.beat"),
+        psql(&url, "SELECT at_us FROM cairn_heartbeat.beat"),
         "9000000000000000",
         "Cairn wrote nothing into the owner's table"
     );
@@ -468,27 +455,27 @@ async fn a_compute_owner_can_neither_forge_nor_touch_the_heartbeat() {
         "postgresql://{su_login}@127.0.0.1:{}/postgres",
         port_of(&url)
     );
-    psql_ok(&su, "DROP SCHEMA cairn_heartbeat CASCADE");
+    psql(&su, "DROP SCHEMA cairn_heartbeat CASCADE");
     let (up, _port) = env.spawn_up(&["--heartbeat-every", "1s"]);
     let _up = KillOnDrop(up);
     wait_for("Cairn's heartbeats", 60, || {
-        let made = psql_ok(
+        let made = psql(
             &su,
             "SELECT to_regclass('cairn_heartbeat.beat') IS NOT NULL",
         );
         if made != "t" {
             return None;
         }
-        let beats = psql_ok(&su, "SELECT beats FROM cairn_heartbeat.beat");
+        let beats = psql(&su, "SELECT beats FROM cairn_heartbeat.beat");
         (beats.parse::<i64>().ok()? >= 2).then_some(())
     });
-    let made_by = psql_ok(
+    let made_by = psql(
         &su,
         "SELECT r.rolsuper FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner \
          WHERE n.nspname = 'cairn_heartbeat'",
     );
     assert_eq!(made_by, "t");
-    let listed = psql_ok(&url, "\\dt");
+    let listed = psql(&url, "\\dt");
     assert!(
         !listed.contains("beat"),
         "the owner's \\dt lists it: {listed}"

@@ -214,7 +214,7 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
         // (An error until the first heartbeat made the table.)
         if let Some(at) = try_psql(&su, "SELECT at_us FROM cairn_heartbeat.beat")
             .ok()
-            .and_then(|o| o.trim().parse::<i64>().ok())
+            .and_then(|o| o.parse::<i64>().ok())
         {
             seen.insert(at);
         }
@@ -282,24 +282,6 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
     drop(_up);
     assert_nothing_left(&env);
     env.stop_all();
-}
-
-/// Runs `sql` with psql on `url`; its output, unaligned and without headers, or its error.
-fn try_psql(url: &str, sql: &str) -> Result<String, String> {
-    let out = std::process::Command::new(pg_bin().join("psql"))
-        .arg(url)
-        .args(["-XAtqc", sql])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-fn psql(url: &str, sql: &str) -> String {
-    try_psql(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
 fn hex_sha256(b: &[u8]) -> String {

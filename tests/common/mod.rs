@@ -603,6 +603,26 @@ pub fn api(port: u16, path: &str) -> Option<Value> {
         .flatten()
 }
 
+/// Runs `sql` with psql on `url` (stopping at the first error): its output, unaligned, without
+/// headers and trimmed, or psql's error.
+pub fn try_psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(pg_bin().join("psql"))
+        .args([url, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .expect("run psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// [`try_psql`], failing the test on an error.
+#[track_caller]
+pub fn psql(url: &str, sql: &str) -> String {
+    try_psql(url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Polls `f` every 200 ms until it returns `Some`, failing the test after `secs` seconds.
 #[track_caller]
 pub fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
