@@ -364,6 +364,100 @@ async fn a_corrupted_index_entry_with_a_valid_checksum_is_found_by_amcheck() {
     env.stop_all();
 }
 
+/// A heap page corrupted in the source before the backup, its header LSN garbled past the
+/// backup's start: the image takes it as a page PostgreSQL was writing (a torn page that WAL
+/// replay repairs, as `pg_basebackup` does), so the layers and their AEAD are valid. No WAL
+/// touches the page afterwards, so the restored copy still holds it: the page checksum check
+/// fails and names the relation's file and the block; recovery itself succeeded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_corrupted_in_the_source_is_found_by_the_page_checksums_check() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start_superuser("main");
+    let c = connect(&url).await;
+    c.batch_execute(
+        "CREATE TABLE t (g int, s text);
+         INSERT INTO t SELECT g, repeat('x', 20) FROM generate_series(1, 100) g; CHECKPOINT",
+    )
+    .await
+    .unwrap();
+    let (datadir, file): (String, String) = {
+        let row = c
+            .query_one(
+                "SELECT current_setting('data_directory'), pg_relation_filepath('t')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    drop(c);
+
+    // Under the running server (its buffer of the page is clean, so never written back): one
+    // byte of a tuple changed, the page LSN set far ahead, the stored checksum left as it was.
+    let path = std::path::Path::new(&datadir).join(&file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len(), 8192, "one block");
+    let page = &mut bytes[..8192];
+    assert_eq!(
+        cairn_engine::pg::checksum::verify_page(page, 0),
+        cairn_engine::pg::checksum::PageCheck::Ok
+    );
+    page[8000] ^= 0x01;
+    page[0..4].copy_from_slice(&0x7000u32.to_le_bytes());
+    assert!(matches!(
+        cairn_engine::pg::checksum::verify_page(page, 0),
+        cairn_engine::pg::checksum::PageCheck::Mismatch { .. }
+    ));
+    std::fs::write(&path, &bytes).unwrap();
+    env.ok(&["backup", "now"]);
+
+    let out = env.run(&[
+        "verify",
+        "shop",
+        "--json",
+        "--check",
+        "object_integrity",
+        "--check",
+        "recovery_target",
+        "--check",
+        "page_checksums",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report_check(&r, "object_integrity")["outcome"],
+        "passed",
+        "{r:#}"
+    );
+    assert_eq!(
+        report_check(&r, "recovery_target")["outcome"],
+        "passed",
+        "{r:#}"
+    );
+    let p = report_check(&r, "page_checksums");
+    assert_eq!(p["outcome"], "failed", "{r:#}");
+    assert_eq!(p["counts"]["bad_checksums"], 1, "{p}");
+    let details = p["details"].to_string();
+    assert!(
+        details.contains(&file)
+            && details.contains("block 0")
+            && details.contains("relation public.t in database postgres"),
+        "the file {file}, the block and the relation are named: {details}"
+    );
+    assert!(
+        !details.contains(&env.home.join("verify").display().to_string()),
+        "named inside the data directory, not by a scratch path that is gone: {details}"
+    );
+    assert_nothing_left(&env);
+    env.stop_all();
+}
+
 /// Starts `cairn verify shop`, waits until `ready` holds, kills it (SIGKILL); returns whether
 /// `ready` was seen before the run ended on its own.
 fn kill_verify_when(env: &Env, ready: impl Fn() -> bool) -> bool {

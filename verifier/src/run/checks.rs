@@ -191,9 +191,15 @@ pub async fn page_checksums(bins: &PgBinaries, user: &OsUser, datadir: &Path) ->
     if out.status.success() {
         return result(Check::PageChecksums, Outcome::Passed, started, c, vec![]);
     }
+    // Files named inside the data directory: the scratch path is gone once the run ends.
+    let scratch = format!("{}/", datadir.display());
     let mut details: Vec<String> = stderr
         .lines()
-        .map(|l| l.trim_start_matches("pg_checksums: ").to_string())
+        .map(|l| {
+            l.trim_start_matches("pg_checksums: ")
+                .trim_start_matches("error: ")
+                .replace(&scratch, "")
+        })
         .filter(|l| !l.is_empty())
         .take(100)
         .collect();
@@ -201,6 +207,66 @@ pub async fn page_checksums(bins: &PgBinaries, user: &OsUser, datadir: &Path) ->
         details.push(format!("pg_checksums failed ({})", out.status));
     }
     result(Check::PageChecksums, Outcome::Failed, started, c, details)
+}
+
+/// The relation file a `pg_checksums` line names: `file "base/DB/NODE[.SEG][_FORK]"` gives
+/// (Some(DB), NODE), as does `pg_tblspc/TS/VERSION/DB/NODE`; `file "global/NODE..."` gives
+/// (None, NODE); other lines none.
+pub fn damaged_file(line: &str) -> Option<(Option<u32>, u32)> {
+    let path = line.split("file \"").nth(1)?.split('"').next()?;
+    let node = |s: &str| -> Option<u32> { s.split(['.', '_']).next()?.parse().ok() };
+    match path.split('/').collect::<Vec<_>>()[..] {
+        ["base", db, file] | ["pg_tblspc", _, _, db, file] => {
+            Some((Some(db.parse().ok()?), node(file)?))
+        }
+        ["global", file] => Some((None, node(file)?)),
+        _ => None,
+    }
+}
+
+/// Adds to each failed `page_checksums` line the relation and database its file belongs to,
+/// asked of the restored server (over a connection with a pinned `search_path`, so names come
+/// out schema-qualified). A file it cannot name stays as `pg_checksums` said it.
+pub async fn name_damaged_relations(server: &Server, check: &mut CheckResult) {
+    if check.outcome != Outcome::Failed {
+        return;
+    }
+    let Ok(postgres) = server.connect_control("postgres").await else {
+        return;
+    };
+    for line in check.details.iter_mut() {
+        let Some((db, node)) = damaged_file(line) else {
+            continue;
+        };
+        let datname = match db {
+            None => "postgres".to_string(),
+            Some(oid) => match postgres
+                .query_opt(
+                    "SELECT datname::text FROM pg_database WHERE oid = $1",
+                    &[&oid],
+                )
+                .await
+            {
+                Ok(Some(row)) => row.get(0),
+                _ => continue,
+            },
+        };
+        let Ok(c) = server.connect_control(&datname).await else {
+            continue;
+        };
+        if let Ok(Some(row)) = c
+            .query_opt(
+                "SELECT c.oid::regclass::text FROM pg_class c \
+                 WHERE pg_relation_filenode(c.oid) = $1",
+                &[&node],
+            )
+            .await
+        {
+            let name: String = row.get(0);
+            let shared = if db.is_none() { "shared " } else { "" };
+            line.push_str(&format!(" ({shared}relation {name} in database {datname})"));
+        }
+    }
 }
 
 /// Recovery ended at the point; the server is the cluster's and accepts connections.
@@ -397,4 +463,30 @@ pub async fn probes(server: &Server, probes: &[Probe]) -> CheckResult {
         counts([("probes", probes.len() as u64), ("passed", passed)]),
         details,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::damaged_file;
+
+    #[test]
+    fn the_file_of_a_bad_checksum_line_is_read() {
+        let l = |f: &str| {
+            format!("checksum verification failed in file \"{f}\", block 0: calculated checksum 22E6 but block contains D9BF")
+        };
+        assert_eq!(damaged_file(&l("base/5/16389")), Some((Some(5), 16389)));
+        assert_eq!(damaged_file(&l("base/5/16389.2")), Some((Some(5), 16389)));
+        assert_eq!(
+            damaged_file(&l("base/16384/2619_fsm")),
+            Some((Some(16384), 2619))
+        );
+        assert_eq!(damaged_file(&l("global/1262")), Some((None, 1262)));
+        assert_eq!(
+            damaged_file(&l("pg_tblspc/16390/PG_15_202209061/5/16391")),
+            Some((Some(5), 16391))
+        );
+        assert_eq!(damaged_file(&l("pg_wal/000000010000000000000001")), None);
+        assert_eq!(damaged_file(&l("base/x/16389")), None);
+        assert_eq!(damaged_file("pg_checksums failed (exit status: 1)"), None);
+    }
 }

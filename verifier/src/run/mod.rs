@@ -367,6 +367,12 @@ async fn examine(
     let first = s.connect("postgres").await.ok().map(|_| Instant::now());
     phases.push(phase("start", ms(t)));
     let t = Instant::now();
+    if let Some(c) = results
+        .iter_mut()
+        .find(|c| c.name == Check::PageChecksums.name())
+    {
+        checks::name_damaged_relations(&s, c).await;
+    }
     if wants(Check::RecoveryTarget) {
         results.push(checks::recovery_target(&s, r, cluster, t).await);
     }
