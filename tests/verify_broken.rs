@@ -1,7 +1,8 @@
 //! Deliberately broken repositories, each found by the right check with the right diagnosis.
 //! One cluster with two backups in two file regions; before each verification of region-a
 //! the test breaks one thing there (or everywhere), and repairs it afterwards:
-//! a flipped bit, a missing object, a truncated object, another layer's key object, a
+//! a flipped bit, a missing object, a truncated object, another layer's key object, a key
+//! object wrapped for another appliance's key (a wrong key) or forged for this one's, a
 //! replayed older index (all `object_integrity`, naming the object and the region, the good
 //! copy served by region-b; the run then repairs region-a — objects copied from region-b back
 //! to their exact bytes, the key object and the index written again — and the report lists
@@ -14,6 +15,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use cairn_backup::crypto::keyobj::KeyObject;
+use cairn_backup::keys::{Identity, RecipientEntry};
 use common::report_check as check;
 use common::*;
 
@@ -207,6 +210,51 @@ fn each_kind_of_damage_is_found_by_its_check_with_its_diagnosis() {
     assert_repaired(&r, &format!("keys/{image}"), "this appliance");
     assert!(fixed);
 
+    // The image's key object wrapped for another appliance's key (a region written by a
+    // stranger, or holding a keyring this appliance is not in): the right data key, but not
+    // one this appliance can open. Named as a wrong key with the key that can open it, the
+    // good copy served by region-b, the key object wrapped again by this appliance.
+    let own = Identity::load(&b.env.home.join("keys").join("appliance.age")).unwrap();
+    let real = KeyObject::decode(&std::fs::read(&key).unwrap(), "key").unwrap();
+    let dek = real.unwrap(&[&own], "key").unwrap();
+    let stranger_file = b.env.dir.path().join("stranger.age");
+    b.env.ok(&[
+        "key",
+        "new-identity",
+        "--out",
+        stranger_file.to_str().unwrap(),
+    ]);
+    let stranger = Identity::load(&stranger_file).unwrap();
+    let wrapped_for = |id: &Identity, dek: &[u8; 32]| {
+        let entry = RecipientEntry {
+            recipient: id.recipient.clone(),
+            role: "appliance".into(),
+            label: "elsewhere".into(),
+        };
+        KeyObject::wrap(dek, real.object_id, real.key_id, &[entry])
+            .unwrap()
+            .encode()
+    };
+    let (r, fixed) = broken_by(&b, &[&key], || {
+        std::fs::write(&key, wrapped_for(&stranger, &dek)).unwrap();
+    });
+    assert_integrity_names(&r, &format!("keys/{image}"), "cannot be opened with");
+    assert!(
+        r.to_string().contains(&stranger.id()),
+        "the key that would open it is named: {r:#}"
+    );
+    assert_repaired(&r, &format!("keys/{image}"), "this appliance");
+    assert!(fixed, "wrapped again for this appliance's keyring");
+
+    // A key object wrapped for this appliance's own (public) key by someone else, holding a
+    // data key of their choosing: it opens, but not to the key the signed index commits to.
+    let (r, fixed) = broken_by(&b, &[&key], || {
+        std::fs::write(&key, wrapped_for(&own, &[7u8; 32])).unwrap();
+    });
+    assert_integrity_names(&r, &format!("keys/{image}"), "a forged key object");
+    assert_repaired(&r, &format!("keys/{image}"), "this appliance");
+    assert!(fixed);
+
     // The older index put back (a replay): refused, the newer one of region-b used.
     // Nothing put back afterwards: the repair wrote a newer index than the one replaced, and
     // the final clean run below proves region-a serves it.
@@ -241,6 +289,6 @@ fn each_kind_of_damage_is_found_by_its_check_with_its_diagnosis() {
     // Repaired: region-a passes again, and the chain holds every report.
     assert_eq!(b.verify(false)["outcome"], "passed");
     let v = b.env.ok(&["report", "verify"]);
-    assert!(v.contains("catalog: 8 report(s), chain intact"), "{v}");
+    assert!(v.contains("catalog: 10 report(s), chain intact"), "{v}");
     b.env.stop_all();
 }
