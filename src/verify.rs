@@ -44,6 +44,14 @@ pub struct VerifyArgs {
     /// Layers fetched at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Stop the run after this long (e.g. 30m): the check it is at fails, the rest are skipped
+    /// (default: the policy's verification.time_limit, else 4h).
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    pub time_limit: Option<std::time::Duration>,
+    /// Keep the restored copy (stopped) this long for inspection, e.g. 2h; 0s removes it at
+    /// once (default: the policy's verification.window, else removed at once).
+    #[arg(long, value_name = "DURATION", value_parser = cairn_units::parse_duration)]
+    pub keep: Option<std::time::Duration>,
 }
 
 pub const AFTER_HELP: &str = "Examples:
@@ -51,11 +59,22 @@ pub const AFTER_HELP: &str = "Examples:
   cairn verify shop --at-time 2026-12-01T09:00:00Z --region region-b
   cairn verify shop --probe 'orders=SELECT count(*) > 0 FROM orders' --json
   cairn verify shop --check page_checksums --check amcheck
+  cairn verify shop --time-limit 30m --keep 2h
 
 The point is restored from the region (through the real restore, every object verified) into
-HOME/verify/, started on a private socket with archiving off, checked, then removed. The
-report is signed, chained to the one before, kept in the catalog and copied to every region:
+HOME/verify/, started on a private socket with archiving off, checked, then stopped and
+removed, or kept for the policy's verification.window (--keep): the report's teardown names
+the directory and until when. A newer run of the cluster, or the first sweep after that time
+(`cairn up`), removes it. A run past its time limit fails the check it was at and leaves
+nothing running. The report is signed, chained to the one before, kept in the catalog and copied to every region:
 `cairn report show N --html`. Exits 1 when a check failed (the report says which and why).";
+
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    match cairn_units::parse_duration(s)? {
+        d if d.is_zero() => Err(format!("'{s}': a time limit must be greater than 0")),
+        d => Ok(d),
+    }
+}
 
 fn parse_check(s: &str) -> Result<Check, String> {
     Check::from_name(s).ok_or_else(|| {
@@ -97,6 +116,8 @@ pub async fn verify(g: &Global, a: VerifyArgs) -> Result<()> {
         probes: a.probes,
         requested_by: format!("cli:{by}"),
         parallel: a.parallel,
+        time_limit: a.time_limit,
+        keep: a.keep,
     };
     let progress = Arc::new(Progress::new());
     let done = with_progress(

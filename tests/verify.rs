@@ -458,6 +458,177 @@ async fn a_page_corrupted_in_the_source_is_found_by_the_page_checksums_check() {
     env.stop_all();
 }
 
+/// The directories in HOME/verify (not the markers).
+fn scratch_dirs(env: &Env) -> Vec<std::path::PathBuf> {
+    let mut d: Vec<_> = std::fs::read_dir(env.home.join("verify"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    d.sort();
+    d
+}
+
+/// `cairn verify shop --json ARGS` with `CAIRN_STALL=stall`; the report, and how long it took.
+fn verify_stalled(env: &Env, stall: &str, args: &[&str]) -> (serde_json::Value, u64) {
+    let mut all = vec!["verify", "shop", "--json"];
+    all.extend_from_slice(args);
+    let t = Instant::now();
+    let out = env
+        .command(&all)
+        .env("CAIRN_STALL", stall)
+        .output()
+        .unwrap();
+    let secs = t.elapsed().as_secs();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    (serde_json::from_slice(&out.stdout).unwrap(), secs)
+}
+
+/// Time limits and kept copies. A clean run keeps its restored copy (stopped) for `--keep`;
+/// a run cut off by its time limit in the restore (a server recovering on the copy) and one
+/// cut off in the fingerprint check (a scratch branch with a running compute) fail the check
+/// they were at, saying so, skip the rest, and leave nothing behind at once, without a
+/// restart; a newer run replaces the kept copy; a copy past its deadline is removed by
+/// `cairn up`.
+#[test]
+fn runs_past_their_time_limit_leave_nothing_and_kept_copies_last_their_window() {
+    let env = pgbench_shop_backed_up();
+    let area = env.home.join("verify");
+
+    // 1. Kept for an hour: the data directory and its tablespace root stay, nothing runs.
+    let t = Instant::now();
+    let r = env.json(&[
+        "verify",
+        "shop",
+        "--keep",
+        "1h",
+        "--check",
+        "recovery_target",
+        "--check",
+        "fingerprint",
+    ]);
+    let clean_secs = t.elapsed().as_secs();
+    assert_eq!(r["outcome"], "passed", "{r:#}");
+    let teardown = r["teardown"].as_str().unwrap();
+    let kept = scratch_dirs(&env);
+    assert_eq!(kept.len(), 2, "data and tablespaces: {kept:?}");
+    let data = kept
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("data-")
+        })
+        .unwrap();
+    assert!(
+        teardown.starts_with("kept until") && teardown.contains(&data.display().to_string()),
+        "{teardown}"
+    );
+    assert!(data.join("PG_VERSION").exists());
+    assert!(!data.join("postmaster.pid").exists(), "stopped");
+    assert_eq!(postgres_processes_on(&area), 0);
+    assert!(!env.ok(&["branch", "list"]).contains("verify-"));
+
+    // 2. Cut off in the restore, while the server recovers on the copy.
+    let (r, secs) = verify_stalled(&env, "restore-recovering", &["--time-limit", "3s"]);
+    assert!(secs < 60, "the limit holds: {secs} s");
+    assert_eq!(r["outcome"], "failed", "{r:#}");
+    let c = report_check(&r, "object_integrity");
+    assert_eq!(c["outcome"], "failed", "{r:#}");
+    assert!(
+        c["details"].to_string().contains(
+            "did not finish within the run's time limit of 3s (the restore was still running)"
+        ),
+        "{c}"
+    );
+    for name in [
+        "wal_continuity",
+        "page_checksums",
+        "recovery_target",
+        "amcheck",
+    ] {
+        let c = report_check(&r, name);
+        assert_eq!(c["outcome"], "skipped", "{name}: {r:#}");
+        assert!(
+            c["details"]
+                .to_string()
+                .contains("not reached: the run hit its time limit of 3s"),
+            "{c}"
+        );
+    }
+    assert_eq!(r["teardown"], "removed", "{r:#}");
+    // The copy kept by run 1 made way for this run's; nothing of either is left.
+    assert_nothing_left(&env);
+
+    // 3. Cut off in the fingerprint check, its scratch branch and compute up.
+    let limit = format!("{}s", clean_secs * 2 + 10);
+    let (r, _) = verify_stalled(
+        &env,
+        "verify-fingerprint-compute",
+        &[
+            "--time-limit",
+            &limit,
+            "--check",
+            "recovery_target",
+            "--check",
+            "fingerprint",
+            "--check",
+            "amcheck",
+        ],
+    );
+    assert_eq!(
+        report_check(&r, "recovery_target")["outcome"],
+        "passed",
+        "{r:#}"
+    );
+    let f = report_check(&r, "fingerprint");
+    assert_eq!(f["outcome"], "failed", "{r:#}");
+    assert!(
+        f["details"].to_string().contains(&format!(
+            "did not finish within the run's time limit of {limit} (the check was still running)"
+        )),
+        "{f}"
+    );
+    assert_eq!(report_check(&r, "amcheck")["outcome"], "skipped", "{r:#}");
+    assert_nothing_left(&env);
+    let computes = env.ok(&["compute", "list"]);
+    assert!(!computes.contains("verify-"), "{computes}");
+
+    // 4. Kept for 2 s: still there right after, removed by `cairn up` once past its deadline.
+    let r = env.json(&[
+        "verify",
+        "shop",
+        "--keep",
+        "2s",
+        "--check",
+        "recovery_target",
+    ]);
+    assert!(
+        r["teardown"].as_str().unwrap().starts_with("kept until"),
+        "{r:#}"
+    );
+    assert_eq!(scratch_dirs(&env).len(), 2);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (up, _port) = env.spawn_up(&[]);
+    let _up = KillOnDrop(up);
+    wait_for("the expired copy removed", 30, || {
+        scratch_dirs(&env).is_empty().then_some(())
+    });
+    drop(_up);
+    let markers: Vec<_> = std::fs::read_dir(&area).unwrap().flatten().collect();
+    assert!(
+        markers.is_empty(),
+        "markers go with their copies: {markers:?}"
+    );
+    assert_nothing_left(&env);
+    env.stop_all();
+}
+
 /// Starts `cairn verify shop`, waits until `ready` holds, kills it (SIGKILL); returns whether
 /// `ready` was seen before the run ended on its own.
 fn kill_verify_when(env: &Env, ready: impl Fn() -> bool) -> bool {

@@ -7,6 +7,9 @@
 //!   run only with the `probes` check.
 //! - A random point is drawn within the policy's range up to now, from the operating system's
 //!   random source.
+//! - A run has a time limit (the caller's, the policy's, else four hours), and its restored
+//!   copy is kept for the policy's `verification.window` unless the caller says otherwise
+//!   (removed at once without a policy).
 //! - Every run reads back its share of the cluster's objects in every region, so that each is
 //!   proven within 7 days given the longest gap of the policy's verify schedule (a day
 //!   without a policy).
@@ -33,6 +36,12 @@ pub struct VerifyOptions {
     pub probes: Vec<Probe>,
     pub requested_by: String,
     pub parallel: usize,
+    /// The run's time limit (default: the policy's `verification.time_limit`, else
+    /// [`cairn_policies::defaults::TIME_LIMIT`]).
+    pub time_limit: Option<std::time::Duration>,
+    /// How long the restored copy is kept for inspection (default: the policy's
+    /// `verification.window`, else removed at once); zero removes it at once.
+    pub keep: Option<std::time::Duration>,
 }
 
 /// The checks run when neither a policy nor the caller names them: every check this cairn
@@ -128,6 +137,15 @@ pub async fn request(
             period: COVERAGE_PERIOD,
             until_next: until_next.min(COVERAGE_PERIOD),
         }),
+        time_limit: Some(
+            o.time_limit
+                .or(policy.as_ref().map(|p| p.verification.time_limit))
+                .unwrap_or(cairn_policies::defaults::TIME_LIMIT),
+        ),
+        keep: o
+            .keep
+            .or(policy.as_ref().map(|p| p.verification.window))
+            .filter(|d| !d.is_zero()),
     })
 }
 

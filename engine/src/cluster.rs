@@ -249,12 +249,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes what crashed processes left outside any timeline: directories of clusters and
-    /// timelines the catalog does not know, and computes that are not in it (stopping any
-    /// server still running there). Skipped while another process creates a cluster.
-    /// Deletes the scratch branches of exports whose process is gone (their lock is free),
-    /// with their computes: they held a point's data for a dump, nothing else.
-    async fn sweep_scratch_branches(&self) -> Result<usize> {
+    /// Deletes the scratch branches of exports and verifications whose process is gone or
+    /// gave them up (their lock is free), with their computes: they held a point's data for a
+    /// dump or a comparison, nothing else.
+    pub async fn sweep_scratch_branches(&self) -> Result<usize> {
         let mut removed = 0;
         for c in self.catalog.clusters().await? {
             for b in self.catalog.branches(c.id).await? {
@@ -279,6 +277,9 @@ impl Engine {
         Ok(removed)
     }
 
+    /// Removes what crashed processes left outside any timeline: directories of clusters and
+    /// timelines the catalog does not know, and computes that are not in it (stopping any
+    /// server still running there). Skipped while another process creates a cluster.
     pub async fn recover_orphans(&self) -> Result<usize> {
         match self
             .home

@@ -5,6 +5,10 @@
 //! `kill -9` does, with no destructor, flush or cleanup running. Without the variable the
 //! points cost one cached lookup.
 //!
+//! When `CAIRN_STALL` names a point (a comma-separated list), an async task reaching it waits
+//! forever instead ([`stall`]): a test makes a phase last as long as it needs (a run cut off by
+//! its time limit at a known place) without timing luck.
+//!
 //! When `CAIRN_FAILPOINT_TRACE` names a file, every point reached appends its name and a
 //! newline to it in one `write` (the kernel keeps it when the process is killed a moment
 //! later): a test that kills a command at a random moment reads there which points the
@@ -49,15 +53,38 @@ fn trace() -> Option<&'static Mutex<std::fs::File>> {
         .as_ref()
 }
 
-/// Records `name` in the trace file when there is one; kills the process if `name` is armed
-/// and this is the armed hit.
-pub fn hit(name: &str) {
+/// Records `name` in the trace file when there is one; never returns if `CAIRN_STALL` names
+/// it (see the module's header).
+pub async fn stall(name: &str) {
+    static STALLS: OnceLock<Vec<String>> = OnceLock::new();
+    let stalls = STALLS.get_or_init(|| {
+        std::env::var("CAIRN_STALL")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    record(name);
+    if stalls.iter().any(|s| s == name) {
+        eprintln!("cairn: stall point '{name}' reached: waiting forever (CAIRN_STALL)");
+        std::future::pending::<()>().await;
+    }
+}
+
+fn record(name: &str) {
     if let Some(t) = trace() {
         use std::io::Write;
         let f = t.lock().unwrap_or_else(|e| e.into_inner());
         // A trace only tests read: a failed write loses a line of it, nothing else.
         let _ = (&*f).write_all(format!("{name}\n").as_bytes());
     }
+}
+
+/// Records `name` in the trace file when there is one; kills the process if `name` is armed
+/// and this is the armed hit.
+pub fn hit(name: &str) {
+    record(name);
     let Some(&nth) = armed().get(name) else {
         return;
     };

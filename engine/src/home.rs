@@ -193,14 +193,20 @@ impl Home {
         let path = root.join(name);
         fs::create_dir(&path).ctx("create directory", &path)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode)).ctx("set mode", &path)?;
-        Ok(ScratchDir { path, _lock: lock })
+        Ok(ScratchDir {
+            path,
+            _lock: lock,
+            kept: false,
+        })
     }
 
     /// Removes the scratch directories of restores, exports and verifications that no longer
     /// run (their process was killed), first stopping a server still running on one
     /// ([`crate::pg::leftover`]): plaintext is never left behind for longer than until the
     /// next `cairn up`, restore, export or verification. Returns how many were removed.
+    /// Kept copies ([`crate::kept`]) stay until their deadline.
     pub fn sweep_scratch(&self) -> usize {
+        let now_us = crate::catalog::now_us();
         let mut removed = 0;
         for area in SCRATCH_AREAS {
             for e in fs::read_dir(self.root.join(area))
@@ -212,32 +218,83 @@ impl Home {
                 if !e.path().is_dir() || name.starts_with('.') {
                     continue;
                 }
-                let Ok(_g) = self.lock(
-                    &Self::scratch_lock_name(area, &name),
-                    "a scratch directory",
-                    Duration::ZERO,
-                ) else {
-                    continue; // in use
-                };
-                // A data directory the killed process had started a server on.
-                crate::pg::leftover::stop_leftover(&e.path());
-                match fs::remove_dir_all(e.path()) {
-                    Ok(()) => {
-                        tracing::info!(dir = %e.path().display(), "removed plaintext a killed restore or export left");
-                        let _ = fs::remove_file(
-                            self.root
-                                .join("locks")
-                                .join(format!("{}.lock", Self::scratch_lock_name(area, &name))),
-                        );
-                        removed += 1;
-                    }
-                    Err(err) => {
-                        tracing::warn!(dir = %e.path().display(), error = %err, "could not remove a scratch directory")
+                if crate::kept::is_kept(&e.path(), now_us) {
+                    continue;
+                }
+                if self.remove_scratch(area, &name) {
+                    removed += 1;
+                }
+            }
+            // Markers whose copy is gone.
+            for e in fs::read_dir(self.root.join(area))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let file = e.file_name().to_string_lossy().into_owned();
+                if let Some(dir) = crate::kept::dir_name_of_marker(&file) {
+                    if !self.root.join(area).join(dir).exists() {
+                        let _ = fs::remove_file(e.path());
                     }
                 }
             }
         }
         removed
+    }
+
+    /// Removes every kept copy of `owner` in `area` whatever its deadline (a newer run
+    /// replaces it). Returns how many went.
+    pub fn release_kept(&self, area: &str, owner: &str) -> usize {
+        let mut removed = 0;
+        for e in fs::read_dir(self.root.join(area))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !e.path().is_dir() {
+                continue;
+            }
+            if crate::kept::read(&e.path()).is_some_and(|k| k.owner == owner)
+                && self.remove_scratch(area, &name)
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Removes scratch directory `HOME/area/name` and its marker unless a live process holds
+    /// it, stopping a server still running there first. Whether it went.
+    fn remove_scratch(&self, area: &str, name: &str) -> bool {
+        let Ok(_g) = self.lock(
+            &Self::scratch_lock_name(area, name),
+            "a scratch directory",
+            Duration::ZERO,
+        ) else {
+            return false; // in use
+        };
+        let path = self.root.join(area).join(name);
+        // A data directory the killed process had started a server on.
+        crate::pg::leftover::stop_leftover(&path);
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {
+                tracing::info!(dir = %path.display(), "removed a scratch directory (left by a killed process, or kept until now)");
+                if let Some(m) = crate::kept::marker_path(&path) {
+                    let _ = fs::remove_file(m);
+                }
+                let _ = fs::remove_file(
+                    self.root
+                        .join("locks")
+                        .join(format!("{}.lock", Self::scratch_lock_name(area, name))),
+                );
+                true
+            }
+            Err(err) => {
+                tracing::warn!(dir = %path.display(), error = %err, "could not remove a scratch directory");
+                false
+            }
+        }
     }
 
     /// Lock serialising all changes to one timeline (its layers, head and compute).
@@ -276,10 +333,33 @@ pub const SCRATCH_AREAS: [&str; 3] = ["restore", "export", "verify"];
 pub struct ScratchDir {
     pub path: PathBuf,
     _lock: LockGuard,
+    kept: bool,
+}
+
+impl ScratchDir {
+    /// Leaves the directory in place for `owner` until `until_us` ([`crate::kept`]): the
+    /// marker is made durable before the lock goes. On error the directory is removed as if
+    /// dropped.
+    pub fn keep(mut self, owner: &str, until_us: i64) -> Result<PathBuf> {
+        let marker = crate::kept::marker_path(&self.path)
+            .ok_or_else(|| Error::Refused(format!("{} has no parent", self.path.display())))?;
+        let body = serde_json::to_vec(&crate::kept::Kept {
+            format: crate::kept::FORMAT,
+            owner: owner.to_string(),
+            until_us,
+        })
+        .map_err(|e| Error::io("encode a kept marker", std::io::Error::other(e)))?;
+        fsutil::write_atomic(&marker, &body, 0o600).ctx("write", &marker)?;
+        self.kept = true;
+        Ok(self.path.clone())
+    }
 }
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
         if let Err(e) = fs::remove_dir_all(&self.path) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %self.path.display(), error = %e, "could not remove a scratch directory");
@@ -310,5 +390,51 @@ mod tests {
         let p = live.path.clone();
         drop(live);
         assert!(!p.exists(), "removed when dropped");
+    }
+
+    #[test]
+    fn kept_copies_stay_until_their_deadline_one_per_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::open(d.path()).unwrap();
+        let now = crate::catalog::now_us();
+        let keep = |name: &str, owner: &str, until_us: i64| {
+            let s = home.scratch_dir("verify", name, 0o711, 0o700).unwrap();
+            std::fs::write(s.path.join("PG_VERSION"), b"15").unwrap();
+            s.keep(owner, until_us).unwrap()
+        };
+        let shop = keep("data-shop", "shop", now + 3_600_000_000);
+        let old = keep("data-old", "blog", now - 1);
+        let blog = keep("data-blog", "blog", now + 3_600_000_000);
+        assert!(
+            shop.join("PG_VERSION").exists(),
+            "kept, not removed on drop"
+        );
+        assert_eq!(home.sweep_scratch(), 1, "only the expired one");
+        assert!(!old.exists());
+        assert!(!d.path().join("verify/.kept-data-old.json").exists());
+        assert!(shop.exists() && blog.exists());
+
+        // A newer run of the same owner replaces the kept copy; others stay.
+        assert_eq!(home.release_kept("verify", "blog"), 1);
+        assert!(!blog.exists() && shop.exists());
+        assert!(!d.path().join("verify/.kept-data-blog.json").exists());
+
+        // A live run's directory is never released, kept marker or not.
+        let live = home
+            .scratch_dir("verify", "data-live", 0o711, 0o700)
+            .unwrap();
+        std::fs::write(
+            crate::kept::marker_path(&live.path).unwrap(),
+            format!(r#"{{"format":1,"owner":"shop","until_us":{}}}"#, now - 1),
+        )
+        .unwrap();
+        assert_eq!(home.release_kept("verify", "shop"), 1, "only the kept one");
+        assert!(live.path.exists());
+        // A marker left without its directory goes with the next sweep.
+        let orphan = d.path().join("verify/.kept-data-gone.json");
+        std::fs::write(&orphan, b"{}").unwrap();
+        home.sweep_scratch();
+        assert!(!orphan.exists());
+        assert!(live.path.exists(), "still in use");
     }
 }

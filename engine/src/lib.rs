@@ -35,6 +35,7 @@ pub mod failpoint;
 pub mod heartbeat;
 pub mod home;
 pub mod ingest;
+pub mod kept;
 pub mod layer_map;
 pub mod materialise;
 pub mod progress;

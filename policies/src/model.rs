@@ -71,6 +71,8 @@ pub mod defaults {
     pub const MIN_COPIES: u32 = 2;
     /// `verification.window`: how long the scratch branch of a verification is kept.
     pub const WINDOW: Duration = Duration::from_secs(3600);
+    /// `verification.time_limit`: how long one verification may run.
+    pub const TIME_LIMIT: Duration = Duration::from_secs(4 * 3600);
 }
 
 /// One policy file, parsed and checked.
@@ -220,6 +222,8 @@ pub struct Verification {
     pub point: VerifyPoint,
     /// How long the scratch branch of a verification is kept for inspection.
     pub window: Duration,
+    /// How long one verification may run before the check it is at fails.
+    pub time_limit: Duration,
     pub probes: Vec<Probe>,
 }
 

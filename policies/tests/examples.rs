@@ -112,6 +112,7 @@ fn production_is_tight_and_spread_over_providers() {
         .collect();
     assert_eq!(probes, ["orders-recent", "no-negative-stock"]);
     assert_eq!(p.verification.window, hours(2));
+    assert_eq!(p.verification.time_limit, Duration::from_secs(90 * 60));
 }
 
 #[test]
@@ -207,5 +208,6 @@ fn the_minimal_dev_policy_gets_the_documented_defaults() {
     assert_eq!(p.verification.checks, Check::DEFAULT);
     assert_eq!(p.verification.point, VerifyPoint::Latest);
     assert_eq!(p.verification.window, hours(1));
+    assert_eq!(p.verification.time_limit, hours(4));
     assert_eq!(p.regions.selected, ["eu-1"]);
 }

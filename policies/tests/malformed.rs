@@ -265,6 +265,11 @@ fn cases() -> Vec<Case> {
             &[(BadValue, "zero_window.toml:6:10: `verification.window` must be greater than 0")],
         ),
         one(
+            "zero_time_limit.toml",
+            concat!(head!(), "[verification]\ntime_limit = \"0s\"\n"),
+            &[(BadValue, "zero_time_limit.toml:6:14: `verification.time_limit` must be greater than 0")],
+        ),
+        one(
             "duplicate_probe.toml",
             concat!(
                 head!(),

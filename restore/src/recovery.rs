@@ -127,6 +127,7 @@ pub async fn recover(
     target: Lsn,
 ) -> Result<Replay> {
     let server = PrivateServer::start(engine, cluster, datadir)?;
+    cairn_engine::failpoint::stall("restore-recovering").await;
     let result = first_connection(server.socket_dir(), server.port, &server.user).await;
     let (first_connection_seconds, ended_at) = match result {
         Ok(v) => v,

@@ -46,7 +46,8 @@ impl Env {
             .env("CAIRN_HOME", &self.home)
             .env_remove("CAIRN_CLUSTER")
             .env_remove("CAIRN_CATALOG")
-            .env_remove("CAIRN_FAILPOINT");
+            .env_remove("CAIRN_FAILPOINT")
+            .env_remove("CAIRN_STALL");
         for (k, v) in &self.extra_env {
             c.env(k, v);
         }

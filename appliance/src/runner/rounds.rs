@@ -24,9 +24,16 @@ use crate::error::Result;
 /// meanwhile); what is left waits for the next pass.
 const COMPACTION_BUDGET: Duration = Duration::from_secs(10);
 
-/// Retention, WAL compaction, the job history, the deletion queue, scheduled shreds and the
-/// copies of verification reports (not on a fenced appliance: the regions are not its).
+/// Scratch past its time, then retention, WAL compaction, the job history, the deletion queue,
+/// scheduled shreds and the copies of verification reports (not on a fenced appliance: the
+/// regions are not its).
 pub(super) async fn housekeeping(d: &Daemon, events: &Events, opts: &super::RunOptions) {
+    // Local, so even when fenced: verification copies kept past their window, and scratch a
+    // killed process left.
+    let home = d.app.engine().home.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || home.sweep_scratch()).await {
+        tracing::warn!(error = %e, "the scratch sweep did not finish");
+    }
     let p = &d.app.protection();
     if p.fenced() {
         return;

@@ -37,7 +37,7 @@ pub(crate) const RETENTION: &[&str] = &[
 ];
 pub(crate) const REGIONS: &[&str] = &["use", "min_copies"];
 pub(crate) const ENCRYPTION: &[&str] = &["recipients"];
-pub(crate) const VERIFICATION: &[&str] = &["checks", "point", "window", "probes"];
+pub(crate) const VERIFICATION: &[&str] = &["checks", "point", "window", "time_limit", "probes"];
 
 /// The section's fields: `Ok(None)` if absent, `Err(())` if it is not a table.
 pub(crate) fn section<'t>(

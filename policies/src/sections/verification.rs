@@ -1,5 +1,5 @@
 //! `[verification]`: which checks run, at which point, how long the scratch branch is kept,
-//! and the policy's own SQL probes.
+//! how long a run may take, and the policy's own SQL probes.
 //!
 //! Invariants:
 //! - Checks come from the fixed set [`Check::ALL`], each at most once, and are kept in that
@@ -28,6 +28,10 @@ pub(crate) fn verification(r: &mut Reader, root: &Fields) -> Option<Verification
         Some(n) => r.duration("verification.window", n, true),
         None => Some(defaults::WINDOW),
     };
+    let time_limit = match get("time_limit") {
+        Some(n) => r.duration("verification.time_limit", n, true),
+        None => Some(defaults::TIME_LIMIT),
+    };
     let probes = match get("probes") {
         Some(n) => probes(r, n),
         None => Some(Vec::new()),
@@ -42,6 +46,7 @@ pub(crate) fn verification(r: &mut Reader, root: &Fields) -> Option<Verification
         checks,
         point: point?,
         window: window?,
+        time_limit: time_limit?,
         probes,
     })
 }

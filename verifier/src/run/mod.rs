@@ -63,6 +63,12 @@ pub struct VerifyRequest {
     /// Read back a share of the cluster's objects in every region so that each is proven
     /// within `period`, given at most `until_next` between runs ([`crate::coverage`]).
     pub coverage: Option<Coverage>,
+    /// The run's time limit: the check it is at when the limit passes fails, the ones after
+    /// it are skipped, and its scratch goes as after any run.
+    pub time_limit: Option<std::time::Duration>,
+    /// How long the restored copy (stopped) is kept for inspection after a run whose restore
+    /// finished; `None`: removed at once.
+    pub keep: Option<std::time::Duration>,
 }
 
 /// The coverage a run keeps.
@@ -116,6 +122,8 @@ pub async fn verify(
         ));
     }
     engine.home.sweep_scratch();
+    // A copy kept from this cluster's last run makes way for this one's.
+    engine.home.release_kept("verify", &cluster.name);
     let id = format!("vr-{}", cairn_engine::TimelineId::generate());
     let started_at_us = now_us();
     let t0 = Instant::now();
@@ -146,94 +154,54 @@ pub async fn verify(
         parallel: req.parallel.max(1),
     };
     let wants = |c: Check| req.checks.contains(&c);
-    let mut results: Vec<CheckResult> = Vec::new();
-    let mut phases = Vec::new();
-    let mut measured_rto_ms = 0;
-    let mut repairs = Vec::new();
-    let t = Instant::now();
-    let restored = cairn_restore::restore(p, &rreq, progress).await;
-    match &restored {
-        Err(e) => {
-            phases.push(phase("restore", ms(t)));
-            results.extend(checks::restore_failed(e, t));
+    let mut found = Found::default();
+    let work = restore_and_check(
+        p,
+        req,
+        (&cluster, &rreq, progress),
+        &data.path,
+        started_at_us,
+        t0,
+        &mut found,
+    );
+    let cut_off = match req.time_limit {
+        Some(limit) => tokio::time::timeout(limit, work)
+            .await
+            .is_err()
+            .then_some(limit),
+        None => {
+            work.await;
+            None
         }
-        Ok(r) => {
-            phases.push(phase("restore", ms(t)));
-            if wants(Check::ObjectIntegrity) {
-                results.push(checks::object_integrity(r, t));
-            }
-            if wants(Check::WalContinuity) {
-                results.push(checks::wal_continuity(r, t));
-            }
-            let at = Examined {
-                datadir: &data.path,
-                reference_us: heartbeat::reference(&req.point, r.point_time_us, started_at_us),
-            };
-            measured_rto_ms = examine(p, req, &cluster, r, &at, &mut results, &mut phases)
-                .await
-                .map_or(0, |first_answer| {
-                    first_answer.duration_since(t0).as_millis() as u64
-                });
-            // After the checks (not part of the measured RTO): the coverage reads, then what
-            // a region could not serve intact is repaired from a good copy.
-            let mut found = Vec::new();
-            if let (Some(cov), Some(c)) = (
-                req.coverage,
-                results
-                    .iter_mut()
-                    .find(|c| c.name == Check::ObjectIntegrity.name()),
-            ) {
-                let t = Instant::now();
-                match crate::coverage::read_due(
-                    p,
-                    &cluster.id.to_string(),
-                    cov.period,
-                    cov.until_next,
-                    now_us(),
-                )
-                .await
-                {
-                    Ok(run) => {
-                        c.counts.insert("coverage_objects".into(), run.objects);
-                        c.counts.insert("coverage_read".into(), run.read);
-                        c.counts.insert("coverage_proven".into(), run.covered);
-                        if !run.problems.is_empty() {
-                            c.outcome = Outcome::Failed;
-                            c.details
-                                .extend(run.problems.iter().map(|p| format!("read back: {p}")));
-                            found = run.problems;
-                        }
-                    }
-                    Err(e) => {
-                        c.outcome = Outcome::Failed;
-                        c.details
-                            .push(format!("the coverage reads could not run: {e}"));
-                    }
-                }
-                phases.push(phase("coverage", ms(t)));
-            }
-            if let Some(c) = results
-                .iter_mut()
-                .find(|c| c.name == Check::ObjectIntegrity.name() && c.outcome == Outcome::Failed)
-            {
-                let t = Instant::now();
-                let (done, left) = repair::repair_found(p, r, found).await;
-                phases.push(phase("repair", ms(t)));
-                c.counts.insert("repaired".into(), done.len() as u64);
-                c.details.extend(left);
-                repairs = done;
-            }
+    };
+    if let Some(limit) = cut_off {
+        found.cut_off(limit, &req.checks);
+        // What the abandoned work left running: a server on the copy, a scratch branch.
+        cairn_engine::pg::leftover::stop_leftover(&data.path);
+        if let Err(e) = engine.sweep_scratch_branches().await {
+            tracing::warn!(error = %e, "the scratch branch of a run cut off is left for `cairn up`");
         }
     }
+    let Found {
+        mut results,
+        phases,
+        measured_rto_ms,
+        repairs,
+        restored,
+        ..
+    } = found;
     // Every asked check has a result, in Check::ALL's order.
-    let reason = if restored.is_err() {
-        "not reached: the restore failed"
-    } else {
-        "not reached: the restored server did not start"
+    let reason = match (&restored, cut_off) {
+        (_, Some(limit)) => format!(
+            "not reached: the run hit its time limit of {}",
+            cairn_units::fmt_duration(limit)
+        ),
+        (Some(Ok(_)), None) => "not reached: the restored server did not start".to_string(),
+        _ => "not reached: the restore failed".to_string(),
     };
     for c in Check::ALL {
         if wants(c) && !results.iter().any(|r| r.name == c.name()) {
-            results.push(skipped(c, reason));
+            results.push(skipped(c, &reason));
         }
     }
     results.sort_by_key(|r| Check::from_name(&r.name).map(|c| c as usize));
@@ -242,18 +210,14 @@ pub async fn verify(
         .iter()
         .find(|r| r.name == Check::Heartbeat.name())
         .and_then(|r| r.counts.get(heartbeat::ACHIEVED_RPO_MS).copied());
-    let (data_path, ts_path) = (data.path.clone(), ts.path.clone());
-    drop(data);
-    drop(ts);
-    let teardown = if data_path.exists() || ts_path.exists() {
-        format!(
-            "left behind: {} (removed by the next run or `cairn up`)",
-            data_path.display()
-        )
-    } else {
-        "removed".to_string()
-    };
-    let restore_report = restored.ok();
+    let restore_report = restored.and_then(|r| r.ok());
+    let teardown = teardown(
+        &cluster.name,
+        data,
+        ts,
+        req.keep
+            .filter(|_| restore_report.is_some() && cut_off.is_none()),
+    );
     let point_lsn = restore_report
         .as_ref()
         .map_or_else(|| req.point.to_string(), |r| r.lsn.to_string());
@@ -303,6 +267,198 @@ pub async fn verify(
     })
 }
 
+/// Removes the run's scratch directories, or keeps them for `keep` ([`cairn_engine::kept`]);
+/// what the report says about it.
+fn teardown(
+    cluster: &str,
+    data: cairn_engine::home::ScratchDir,
+    ts: cairn_engine::home::ScratchDir,
+    keep: Option<std::time::Duration>,
+) -> String {
+    if let Some(window) = keep {
+        let until_us =
+            now_us().saturating_add(i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
+        match data.keep(cluster, until_us).and_then(|path| {
+            ts.keep(cluster, until_us)?;
+            Ok(path)
+        }) {
+            Ok(path) => {
+                return format!(
+                    "kept until {} at {} (stopped; removed then, or when the next \
+                     verification of this cluster starts)",
+                    cairn_units::fmt_time(until_us),
+                    path.display()
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "the restored copy could not be kept"),
+        }
+        return "removed (it could not be kept)".to_string();
+    }
+    let (data_path, ts_path) = (data.path.clone(), ts.path.clone());
+    drop(data);
+    drop(ts);
+    if data_path.exists() || ts_path.exists() {
+        format!(
+            "left behind: {} (removed by the next run or `cairn up`)",
+            data_path.display()
+        )
+    } else {
+        "removed".to_string()
+    }
+}
+
+/// What a run has found so far. It lives outside the run's future, so a run its time limit
+/// cuts off still reports what it finished, and the check it was at.
+#[derive(Default)]
+struct Found {
+    results: Vec<CheckResult>,
+    phases: Vec<Phase>,
+    measured_rto_ms: u64,
+    repairs: Vec<crate::report::Repair>,
+    /// `None` while the restore runs.
+    restored: Option<std::result::Result<RestoreReport, cairn_backup::Error>>,
+    /// The check the run is at and what it was doing: what a time limit cuts off.
+    at: Option<(Check, &'static str)>,
+}
+
+impl Found {
+    /// The run was cut off by its time limit: the check it was at fails, saying so (when that
+    /// check was not asked for, the first asked one still waiting for it).
+    fn cut_off(&mut self, limit: std::time::Duration, wanted: &[Check]) {
+        let Some((at, doing)) = self.at else { return };
+        let waiting =
+            |c: &Check| wanted.contains(c) && !self.results.iter().any(|r| r.name == c.name());
+        let Some(check) = (if wanted.contains(&at) {
+            Some(at)
+        } else {
+            Check::ALL.into_iter().find(waiting)
+        }) else {
+            return;
+        };
+        let why = format!(
+            "did not finish within the run's time limit of {} ({doing})",
+            cairn_units::fmt_duration(limit),
+        );
+        match self.results.iter_mut().find(|r| r.name == check.name()) {
+            Some(r) => {
+                r.outcome = Outcome::Failed;
+                r.details.push(why);
+            }
+            None => self.results.push(result(
+                check,
+                Outcome::Failed,
+                Instant::now(),
+                Default::default(),
+                vec![why],
+            )),
+        }
+    }
+}
+
+/// The restore, the checks on the copy, the coverage reads and the repairs, recorded in
+/// `found` as they finish.
+async fn restore_and_check(
+    p: &Protection,
+    req: &VerifyRequest,
+    (cluster, rreq, progress): (&ClusterRow, &RestoreRequest, &Arc<Progress>),
+    datadir: &std::path::Path,
+    started_at_us: i64,
+    t0: Instant,
+    found: &mut Found,
+) {
+    let wants = |c: Check| req.checks.contains(&c);
+    found.at = Some((Check::ObjectIntegrity, "the restore was still running"));
+    let t = Instant::now();
+    let restored = cairn_restore::restore(p, rreq, progress).await;
+    found.phases.push(phase("restore", ms(t)));
+    let r = match restored {
+        Err(e) => {
+            found.results.extend(checks::restore_failed(&e, t));
+            found.restored = Some(Err(e));
+            return;
+        }
+        Ok(r) => r,
+    };
+    if wants(Check::ObjectIntegrity) {
+        found.results.push(checks::object_integrity(&r, t));
+    }
+    if wants(Check::WalContinuity) {
+        found.results.push(checks::wal_continuity(&r, t));
+    }
+    found.restored = Some(Ok(r.clone()));
+    let at = Examined {
+        datadir,
+        reference_us: heartbeat::reference(&req.point, r.point_time_us, started_at_us),
+    };
+    found.measured_rto_ms = examine(p, req, cluster, &r, &at, found)
+        .await
+        .map_or(0, |first_answer| {
+            first_answer.duration_since(t0).as_millis() as u64
+        });
+    // After the checks (not part of the measured RTO): the coverage reads, then what a region
+    // could not serve intact is repaired from a good copy.
+    found.at = Some((
+        Check::ObjectIntegrity,
+        "the coverage reads or the repairs were still running",
+    ));
+    let mut read_problems = Vec::new();
+    if let (Some(cov), Some(c)) = (
+        req.coverage,
+        found
+            .results
+            .iter_mut()
+            .find(|c| c.name == Check::ObjectIntegrity.name()),
+    ) {
+        let t = Instant::now();
+        match crate::coverage::read_due(
+            p,
+            &cluster.id.to_string(),
+            cov.period,
+            cov.until_next,
+            now_us(),
+        )
+        .await
+        {
+            Ok(run) => {
+                c.counts.insert("coverage_objects".into(), run.objects);
+                c.counts.insert("coverage_read".into(), run.read);
+                c.counts.insert("coverage_proven".into(), run.covered);
+                if !run.problems.is_empty() {
+                    c.outcome = Outcome::Failed;
+                    c.details
+                        .extend(run.problems.iter().map(|p| format!("read back: {p}")));
+                    read_problems = run.problems;
+                }
+            }
+            Err(e) => {
+                c.outcome = Outcome::Failed;
+                c.details
+                    .push(format!("the coverage reads could not run: {e}"));
+            }
+        }
+        found.phases.push(phase("coverage", ms(t)));
+    }
+    if found
+        .results
+        .iter()
+        .any(|c| c.name == Check::ObjectIntegrity.name() && c.outcome == Outcome::Failed)
+    {
+        let t = Instant::now();
+        let (done, left) = repair::repair_found(p, &r, read_problems).await;
+        found.phases.push(phase("repair", ms(t)));
+        if let Some(c) = found
+            .results
+            .iter_mut()
+            .find(|c| c.name == Check::ObjectIntegrity.name())
+        {
+            c.counts.insert("repaired".into(), done.len() as u64);
+            c.details.extend(left);
+        }
+        found.repairs = done;
+    }
+    found.at = None;
+}
+
 /// What [`examine`] looks at besides the restore: where the copy is, and the time its point
 /// stands for ([`heartbeat::reference`]).
 struct Examined<'a> {
@@ -318,15 +474,14 @@ async fn examine(
     cluster: &ClusterRow,
     r: &RestoreReport,
     at: &Examined<'_>,
-    results: &mut Vec<CheckResult>,
-    phases: &mut Vec<Phase>,
+    found: &mut Found,
 ) -> Option<Instant> {
     let engine = &p.engine;
     let wants = |c: Check| req.checks.contains(&c);
     let bins = match engine.bins_for(cluster) {
         Ok(b) => b,
         Err(e) => {
-            results.push(result(
+            found.results.push(result(
                 Check::RecoveryTarget,
                 Outcome::Failed,
                 Instant::now(),
@@ -337,10 +492,17 @@ async fn examine(
         }
     };
     if wants(Check::PageChecksums) {
+        found.at = Some((Check::PageChecksums, "pg_checksums was still running"));
         let t = Instant::now();
-        results.push(checks::page_checksums(bins, &engine.user, at.datadir).await);
-        phases.push(phase("page_checksums", ms(t)));
+        found
+            .results
+            .push(checks::page_checksums(bins, &engine.user, at.datadir).await);
+        found.phases.push(phase("page_checksums", ms(t)));
     }
+    found.at = Some((
+        Check::RecoveryTarget,
+        "the restored server was still starting",
+    ));
     let t = Instant::now();
     let server = match PrivateServer::start(
         engine,
@@ -349,7 +511,7 @@ async fn examine(
     ) {
         Ok(s) => s,
         Err(e) => {
-            results.push(result(
+            found.results.push(result(
                 Check::RecoveryTarget,
                 Outcome::Failed,
                 t,
@@ -365,19 +527,24 @@ async fn examine(
         user: server.user.clone(),
     };
     let first = s.connect("postgres").await.ok().map(|_| Instant::now());
-    phases.push(phase("start", ms(t)));
+    found.phases.push(phase("start", ms(t)));
     let t = Instant::now();
-    if let Some(c) = results
+    if let Some(c) = found
+        .results
         .iter_mut()
         .find(|c| c.name == Check::PageChecksums.name())
     {
         checks::name_damaged_relations(&s, c).await;
     }
     if wants(Check::RecoveryTarget) {
-        results.push(checks::recovery_target(&s, r, cluster, t).await);
+        found.at = Some((Check::RecoveryTarget, "the check was still running"));
+        found
+            .results
+            .push(checks::recovery_target(&s, r, cluster, t).await);
     }
     if wants(Check::Heartbeat) {
-        results.push(
+        found.at = Some((Check::Heartbeat, "the check was still running"));
+        found.results.push(
             heartbeat::check(
                 &s,
                 cluster,
@@ -389,15 +556,22 @@ async fn examine(
         );
     }
     if wants(Check::Fingerprint) {
-        results.push(fingerprint_check(p, cluster, req, r, &s).await);
+        found.at = Some((Check::Fingerprint, "the check was still running"));
+        found
+            .results
+            .push(fingerprint_check(p, cluster, req, r, &s).await);
     }
     if wants(Check::Amcheck) {
-        results.push(checks::amcheck(bins, &engine.user, &s).await);
+        found.at = Some((Check::Amcheck, "the check was still running"));
+        found
+            .results
+            .push(checks::amcheck(bins, &engine.user, &s).await);
     }
     if wants(Check::Probes) {
-        results.push(checks::probes(&s, &req.probes).await);
+        found.at = Some((Check::Probes, "the check was still running"));
+        found.results.push(checks::probes(&s, &req.probes).await);
     }
-    phases.push(phase("checks", ms(t)));
+    found.phases.push(phase("checks", ms(t)));
     if let Err(e) = server.stop() {
         tracing::warn!(error = %e, "the verification's server did not stop cleanly");
     }
@@ -457,6 +631,7 @@ async fn fingerprint_check(
             .compute_start(cluster, &scratch, None, &progress)
             .await
             .map_err(|e| format!("start the local copy: {e}"))?;
+        cairn_engine::failpoint::stall("verify-fingerprint-compute").await;
         let creds = engine
             .credentials(cluster)
             .map_err(|e| format!("credentials: {e}"))?;
