@@ -280,7 +280,13 @@ fn cairn_up_runs_the_verify_schedule_and_metrics_show_the_last_success() {
         "{metrics}"
     );
     drop(_up);
-    assert_nothing_left(&env);
+    // The policy's verification.window (default 1h): the restored copy is kept, stopped; no
+    // server, no scratch branch.
+    let teardown = r["teardown"].as_str().unwrap();
+    assert!(teardown.starts_with("kept until"), "{teardown}");
+    assert_eq!(scratch_dirs(&env).len(), 2, "{teardown}");
+    assert_eq!(postgres_processes_on(&env.home.join("verify")), 0);
+    assert!(!env.ok(&["branch", "list"]).contains("verify-"));
     env.stop_all();
 }
 
