@@ -27,6 +27,27 @@ pub enum Error {
         #[source]
         source: object_store::Error,
     },
+    /// No region could serve an object intact; `detail` has each region's failure.
+    #[error(
+        "{object} could not be fetched intact from any region ({detail}); run `cairn regions \
+         check --full` and `cairn regions repair`"
+    )]
+    Unfetchable {
+        object: String,
+        holds: Holds,
+        detail: String,
+    },
+    /// PostgreSQL ended recovery of a restored copy elsewhere than at its point: the WAL
+    /// handed to it does not reach the point (or runs past it).
+    #[error(
+        "restored data directory {datadir}: PostgreSQL ended recovery at {ended_at}, not at the \
+         restore point {target}: the WAL handed to it is incomplete"
+    )]
+    RecoveryEnded {
+        datadir: String,
+        ended_at: String,
+        target: String,
+    },
     /// A rebuilt appliance that was not promoted refuses to write to the regions.
     #[error("{0}")]
     Fenced(String),
@@ -43,7 +64,34 @@ pub enum Error {
     },
 }
 
+/// What an object holds, for callers that diagnose by it (a verification tells a broken WAL
+/// chain from damaged data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holds {
+    /// WAL: a WAL layer or its metadata.
+    Wal,
+    /// Anything else: an image layer, an index, a key object.
+    Data,
+}
+
 impl Error {
+    /// Whether the error is about the WAL from the image to the point: a WAL object no region
+    /// could serve, a gap in the WAL the indexes list, or recovery that did not reach the
+    /// point.
+    pub fn is_wal_chain(&self) -> bool {
+        matches!(
+            self,
+            Error::Unfetchable {
+                holds: Holds::Wal,
+                ..
+            } | Error::RecoveryEnded { .. }
+                | Error::Engine(cairn_engine::Error::Unreconstructible {
+                    cause: cairn_engine::layer_map::Unreconstructible::WalGap { .. },
+                    ..
+                })
+        )
+    }
+
     pub fn tampered(object: impl Into<String>, reason: impl Into<String>) -> Error {
         Error::Tampered {
             object: object.into(),
@@ -73,10 +121,11 @@ impl Error {
     /// The kind of failure, for callers that act on it (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Tampered { .. } => ErrorKind::Corrupt,
-            Error::WrongKey { .. } | Error::Fenced(_) | Error::Refused(_) => {
-                ErrorKind::Precondition
-            }
+            Error::Tampered { .. } | Error::RecoveryEnded { .. } => ErrorKind::Corrupt,
+            Error::WrongKey { .. }
+            | Error::Fenced(_)
+            | Error::Refused(_)
+            | Error::Unfetchable { .. } => ErrorKind::Precondition,
             Error::Region { source, .. } => match source {
                 object_store::Error::NotFound { .. } => ErrorKind::NotFound,
                 object_store::Error::InvalidPath { .. } => ErrorKind::InvalidInput,

@@ -246,7 +246,11 @@ impl Engine {
                     .join(", ")
             )
         };
-        Error::Refused(format!("{what} cannot be reconstructed: {e} ({w})"))
+        Error::Unreconstructible {
+            what: what.to_string(),
+            cause: e,
+            windows: w,
+        }
     }
 
     /// Path of a compute's data directory.

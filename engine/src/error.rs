@@ -56,6 +56,14 @@ pub enum Error {
     /// PostgreSQL (a binary or a server) failed.
     #[error("{context}: {detail}")]
     Postgres { context: String, detail: String },
+    /// A point its layers cannot rebuild (a WAL gap, no image before it, beyond the head);
+    /// `windows` says which points can be.
+    #[error("{what} cannot be reconstructed: {cause} ({windows})")]
+    Unreconstructible {
+        what: String,
+        cause: crate::layer_map::Unreconstructible,
+        windows: String,
+    },
     /// A port on 127.0.0.1 that a server was to listen on is taken by another program.
     #[error(
         "port {0} on 127.0.0.1 is already in use by another program; pick another with --port, \
@@ -123,7 +131,7 @@ impl Error {
             Error::Catalog { .. } => ErrorKind::Unavailable,
             Error::Corrupt { .. } => ErrorKind::Corrupt,
             Error::NotFound { .. } => ErrorKind::NotFound,
-            Error::Refused(_) => ErrorKind::Precondition,
+            Error::Refused(_) | Error::Unreconstructible { .. } => ErrorKind::Precondition,
             Error::PortInUse(_) | Error::Busy(_) => ErrorKind::Conflict,
         }
     }

@@ -143,13 +143,11 @@ pub async fn recover(
     let replay_seconds = server.start_seconds;
     server.stop()?;
     if ended_at < target || ended_at.0 > target.0 + cairn_engine::wal::LONG_PHD {
-        return Err(Error::tampered(
-            format!("restored data directory {}", datadir.display()),
-            format!(
-                "PostgreSQL ended recovery at {ended_at}, not at the restore point {target}: the \
-                 WAL handed to it is incomplete"
-            ),
-        ));
+        return Err(Error::RecoveryEnded {
+            datadir: datadir.display().to_string(),
+            ended_at: ended_at.to_string(),
+            target: target.to_string(),
+        });
     }
     Ok(Replay {
         replay_seconds,

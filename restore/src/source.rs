@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use cairn_backup::error::Holds;
 use cairn_backup::fetch::{download, open_key, Expect, OpenedObject};
 use cairn_backup::index::{ClusterInfo, IndexedLayer, TimelineIndex};
 use cairn_backup::keys::{key_id, Identity};
@@ -560,7 +561,11 @@ impl Source {
     }
 
     /// Runs `attempt` against each region in order until one succeeds, noting every failure.
-    async fn with_failover<'a, T, F, Fut>(&'a self, object: &str, attempt: F) -> Result<(T, String)>
+    async fn with_failover<'a, T, F, Fut>(
+        &'a self,
+        (object, holds): (&str, Holds),
+        attempt: F,
+    ) -> Result<(T, String)>
     where
         F: Fn(&'a Region) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
@@ -598,10 +603,11 @@ impl Source {
                 served_by: None,
             });
         }
-        Err(Error::Refused(format!(
-            "{object} could not be fetched intact from any region ({detail}); run `cairn regions \
-             check --full` and `cairn regions repair`"
-        )))
+        Err(Error::Unfetchable {
+            object: object.to_string(),
+            holds,
+            detail,
+        })
     }
 
     /// Downloads a layer to `dest`, verified, from the first region that has a good copy.
@@ -615,8 +621,12 @@ impl Source {
     ) -> Result<String> {
         let id = hex_id(&l.id, &format!("layer {}", l.id))?;
         let object = format!("{} layer {}", l.kind, l.id);
+        let holds = match cairn_engine::layer::file::LayerKind::parse(&l.kind) {
+            Some(cairn_engine::layer::file::LayerKind::Wal) => Holds::Wal,
+            _ => Holds::Data,
+        };
         let (_, region) = self
-            .with_failover(&object, |region| async move {
+            .with_failover((&object, holds), |region| async move {
                 let dek = self.data_key(region, cluster, l, &id).await?;
                 download(
                     region,
@@ -641,7 +651,7 @@ impl Source {
         let id = hex_id(&l.id, &format!("layer {}", l.id))?;
         let object = format!("metadata of WAL layer {}", l.id);
         let (meta, _) = self
-            .with_failover(&object, |region| async move {
+            .with_failover((&object, Holds::Wal), |region| async move {
                 let key = keys::layer(cluster, &l.id);
                 let what = format!("region '{}', {key}", region.name);
                 let tail = l.tail.as_ref().ok_or_else(|| {

@@ -108,11 +108,11 @@ pub fn wal_continuity(r: &RestoreReport, started: Instant) -> CheckResult {
     )
 }
 
-/// The checks a failed restore decides: the failure goes to the check it belongs to, the
-/// other restore check is skipped.
+/// The checks a failed restore decides: the failure goes to the check it belongs to (a WAL
+/// object no region could serve, or recovery short of the point: `wal_continuity`; anything
+/// else: `object_integrity`), the other restore check is skipped.
 pub fn restore_failed(e: &cairn_backup::Error, started: Instant) -> [CheckResult; 2] {
     let msg = e.to_string();
-    let wal = msg.contains("WAL") || msg.contains("wal ");
     let failed = |c| {
         result(
             c,
@@ -123,12 +123,7 @@ pub fn restore_failed(e: &cairn_backup::Error, started: Instant) -> [CheckResult
         )
     };
     let not_reached = "not reached: the restore failed";
-    if wal
-        && !matches!(
-            e,
-            cairn_backup::Error::Tampered { .. } | cairn_backup::Error::WrongKey { .. }
-        )
-    {
+    if e.is_wal_chain() {
         [
             skipped(Check::ObjectIntegrity, not_reached),
             failed(Check::WalContinuity),
@@ -467,7 +462,91 @@ pub async fn probes(server: &Server, probes: &[Probe]) -> CheckResult {
 
 #[cfg(test)]
 mod tests {
-    use super::damaged_file;
+    use super::{damaged_file, restore_failed};
+    use crate::report::Outcome;
+    use cairn_backup::error::Holds;
+    use cairn_backup::Error;
+    use cairn_engine::layer_map::Unreconstructible;
+    use cairn_engine::{Lsn, TimelineId};
+
+    /// Which check a failed restore fails, by the error's kind, never by its words (a WAL
+    /// layer's wrong key mentions WAL but is an integrity failure).
+    #[test]
+    fn a_failed_restore_fails_the_check_its_error_belongs_to() {
+        let unreconstructible = |cause| {
+            Error::Engine(cairn_engine::Error::Unreconstructible {
+                what: "branch 'main' at 0/3000000".into(),
+                cause,
+                windows: "no point of it is reconstructible".into(),
+            })
+        };
+        let cases = [
+            (
+                Error::Unfetchable {
+                    object: "wal layer ab12".into(),
+                    holds: Holds::Wal,
+                    detail: "region-a: missing".into(),
+                },
+                "wal_continuity",
+            ),
+            (
+                Error::Unfetchable {
+                    object: "image layer ab12".into(),
+                    holds: Holds::Data,
+                    detail: "region-a: missing".into(),
+                },
+                "object_integrity",
+            ),
+            (
+                unreconstructible(Unreconstructible::WalGap {
+                    timeline: TimelineId::generate(),
+                    from: Lsn(0x100),
+                    to: Lsn(0x200),
+                }),
+                "wal_continuity",
+            ),
+            (
+                unreconstructible(Unreconstructible::NoImage {
+                    lsn: Lsn(0x100),
+                    earliest: None,
+                }),
+                "object_integrity",
+            ),
+            (
+                Error::RecoveryEnded {
+                    datadir: "/h/verify/data-1".into(),
+                    ended_at: "0/2000000".into(),
+                    target: "0/3000000".into(),
+                },
+                "wal_continuity",
+            ),
+            (
+                Error::WrongKey {
+                    object: "region 'region-a', metadata of WAL layer ab12".into(),
+                    given: "key 1".into(),
+                    can_open: "appliance key 2 (elsewhere)".into(),
+                },
+                "object_integrity",
+            ),
+            (
+                Error::tampered("WAL layer ab12", "fails authentication"),
+                "object_integrity",
+            ),
+        ];
+        for (e, check) in cases {
+            let msg = e.to_string();
+            let [integrity, wal] = restore_failed(&e, std::time::Instant::now());
+            let (failed, skipped) = if check == "wal_continuity" {
+                (wal, integrity)
+            } else {
+                (integrity, wal)
+            };
+            assert_eq!(failed.name, check, "{msg}");
+            assert_eq!(failed.outcome, Outcome::Failed, "{msg}");
+            assert_eq!(failed.details, std::slice::from_ref(&msg));
+            assert_eq!(skipped.outcome, Outcome::Skipped, "{msg}");
+        }
+    }
 
     #[test]
     fn the_file_of_a_bad_checksum_line_is_read() {

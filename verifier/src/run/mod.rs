@@ -388,13 +388,10 @@ async fn restore_and_check(
     found.restored = Some(Ok(r.clone()));
     let at = Examined {
         datadir,
+        t0,
         reference_us: heartbeat::reference(&req.point, r.point_time_us, started_at_us),
     };
-    found.measured_rto_ms = examine(p, req, cluster, &r, &at, found)
-        .await
-        .map_or(0, |first_answer| {
-            first_answer.duration_since(t0).as_millis() as u64
-        });
+    examine(p, req, cluster, &r, &at, found).await;
     // After the checks (not part of the measured RTO): the coverage reads, then what a region
     // could not serve intact is repaired from a good copy.
     found.at = Some((
@@ -463,11 +460,13 @@ async fn restore_and_check(
 /// stands for ([`heartbeat::reference`]).
 struct Examined<'a> {
     datadir: &'a std::path::Path,
+    /// When the run started (the measured RTO runs from there).
+    t0: Instant,
     reference_us: i64,
 }
 
-/// The checks on the restored data directory and the server started on it. Returns when the
-/// restored server answered its first query (the end of the measured RTO), if it did.
+/// The checks on the restored data directory and the server started on it. Records the
+/// measured RTO as soon as the restored server answered its first query.
 async fn examine(
     p: &Protection,
     req: &VerifyRequest,
@@ -475,7 +474,7 @@ async fn examine(
     r: &RestoreReport,
     at: &Examined<'_>,
     found: &mut Found,
-) -> Option<Instant> {
+) {
     let engine = &p.engine;
     let wants = |c: Check| req.checks.contains(&c);
     let bins = match engine.bins_for(cluster) {
@@ -488,7 +487,7 @@ async fn examine(
                 Default::default(),
                 vec![format!("no PostgreSQL binaries for this cluster: {e}")],
             ));
-            return None;
+            return;
         }
     };
     if wants(Check::PageChecksums) {
@@ -518,7 +517,7 @@ async fn examine(
                 Default::default(),
                 vec![format!("the restored data directory did not start: {e}")],
             ));
-            return None;
+            return;
         }
     };
     let s = Server::Socket {
@@ -526,7 +525,9 @@ async fn examine(
         port: server.port,
         user: server.user.clone(),
     };
-    let first = s.connect("postgres").await.ok().map(|_| Instant::now());
+    if s.connect("postgres").await.is_ok() {
+        found.measured_rto_ms = at.t0.elapsed().as_millis() as u64;
+    }
     found.phases.push(phase("start", ms(t)));
     let t = Instant::now();
     if let Some(c) = found
@@ -575,7 +576,6 @@ async fn examine(
     if let Err(e) = server.stop() {
         tracing::warn!(error = %e, "the verification's server did not stop cleanly");
     }
-    first
 }
 
 /// The restored copy's fingerprint against the same point materialised from this appliance's
