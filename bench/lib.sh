@@ -79,3 +79,32 @@ else:
 open(path, "w").write(text)
 PY
 }
+
+# cairn_big: cluster "big" of the Cairn appliance at $CAIRN_HOME, loaded with pgbench -i -s
+# $SCALE, a full backup (an image shipped to both regions), 10 s of pgbench whose WAL only is
+# shipped, its compute stopped. Sets URL (the compute's last URL) and C_SRC ($CHECK_SQL over the
+# source at the end).
+cairn_big() {
+  "$CAIRN" cluster create big >/dev/null
+  URL=$("$CAIRN" compute start main --cluster big --url-only)
+  "$PGBIN/pgbench" -i -s "$SCALE" -q "$URL" >/dev/null 2>&1
+  "$PGBIN/psql" "$URL" -qc CHECKPOINT
+  "$CAIRN" backup now --cluster big >/dev/null
+  "$PGBIN/pgbench" -T 10 -c 2 -j 2 -n "$URL" >/dev/null 2>&1
+  C_SRC=$("$PGBIN/psql" "$URL" -Atc "$CHECK_SQL")
+  "$CAIRN" backup now --cluster big --no-image >/dev/null
+  "$CAIRN" compute stop main --cluster big >/dev/null
+}
+
+# pgbr_big: the same for pgBackRest: a plain server archiving to one repository (pgbr_setup 1),
+# a full backup, 10 s of pgbench whose WAL is archived (every segment, checked), the server
+# stopped. Sets P_SRC ($CHECK_SQL over the source at the end).
+pgbr_big() {
+  pgbr_setup 1
+  as_pg pgbackrest --config="$CONF" --stanza=bench --type=full backup
+  as_pg "$PGBIN/pgbench" -h "$WORK/pgbr" -p "$PORT" -T 10 -c 2 -j 2 -n postgres >/dev/null 2>&1
+  P_SRC=$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$PORT" -Atc "$CHECK_SQL" postgres)
+  # Every WAL segment of the 10 s archived (check switches and waits for the archive).
+  as_pg pgbackrest --config="$CONF" --stanza=bench check >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/pgbr/pgdata" -m fast -w stop >/dev/null
+}

@@ -47,22 +47,10 @@ ROWS=$((SCALE * 100000))
 PROBE="SELECT count(*) = $ROWS FROM pgbench_accounts"
 
 echo "== Cairn: managed cluster, pgbench -i -s $SCALE, full backup, 10 s of pgbench, WAL shipped"
-"$CAIRN" cluster create big >/dev/null
-URL=$("$CAIRN" compute start main --cluster big --url-only)
-"$PGBIN/pgbench" -i -s "$SCALE" -q "$URL" >/dev/null 2>&1
-"$PGBIN/psql" "$URL" -qc CHECKPOINT
-"$CAIRN" backup now --cluster big >/dev/null
-"$PGBIN/pgbench" -T 10 -c 2 -j 2 -n "$URL" >/dev/null 2>&1
-"$CAIRN" backup now --cluster big --no-image >/dev/null
-"$CAIRN" compute stop main --cluster big >/dev/null
+cairn_big
 
 echo "== pgBackRest: plain server, pgbench -i -s $SCALE, full backup, 10 s of pgbench, WAL archived"
-pgbr_setup 1
-as_pg pgbackrest --config="$CONF" --stanza=bench --type=full backup
-as_pg "$PGBIN/pgbench" -h "$WORK/pgbr" -p "$PORT" -T 10 -c 2 -j 2 -n postgres >/dev/null 2>&1
-P_SRC=$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$PORT" -Atc "$CHECK_SQL" postgres)
-as_pg pgbackrest --config="$CONF" --stanza=bench check >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$WORK/pgbr/pgdata" -m fast -w stop >/dev/null
+pgbr_big
 
 RUNS=${RUNS:-3}
 drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }

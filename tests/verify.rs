@@ -298,6 +298,23 @@ fn hex_sha256(b: &[u8]) -> String {
         .collect()
 }
 
+/// `cairn verify shop --json ARGS` that fails (exit 1), with `CAIRN_STALL=stall` (`""`: none);
+/// the report, and how many seconds it took.
+fn verify_failing(env: &Env, stall: &str, args: &[&str]) -> (serde_json::Value, u64) {
+    let mut all = vec!["verify", "shop", "--json"];
+    all.extend_from_slice(args);
+    let t = Instant::now();
+    let out = env
+        .command(&all)
+        .env("CAIRN_STALL", stall)
+        .output()
+        .unwrap();
+    let secs = t.elapsed().as_secs();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    (serde_json::from_slice(&out.stdout).unwrap(), secs)
+}
+
 /// A B-tree index entry corrupted in the source before the backup, with a valid page checksum
 /// (so the image takes it, and PostgreSQL reads it without complaint): the restored copy's
 /// page checksums pass and its tables match the appliance's own copy, but `amcheck` finds the
@@ -340,24 +357,18 @@ async fn a_corrupted_index_entry_with_a_valid_checksum_is_found_by_amcheck() {
     page[8..10].copy_from_slice(&sum.to_le_bytes());
     std::fs::write(&file, &bytes).unwrap();
     env.ok(&["backup", "now"]);
-    let out = env.run(&[
-        "verify",
-        "shop",
-        "--json",
-        "--check",
-        "page_checksums",
-        "--check",
-        "amcheck",
-        "--check",
-        "fingerprint",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (r, _) = verify_failing(
+        &env,
+        "",
+        &[
+            "--check",
+            "page_checksums",
+            "--check",
+            "amcheck",
+            "--check",
+            "fingerprint",
+        ],
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let outcome = |name: &str| report_check(&r, name).clone();
     assert_eq!(outcome("page_checksums")["outcome"], "passed", "{r:#}");
     assert_eq!(outcome("fingerprint")["outcome"], "passed", "{r:#}");
@@ -418,24 +429,18 @@ async fn a_page_corrupted_in_the_source_is_found_by_the_page_checksums_check() {
     std::fs::write(&path, &bytes).unwrap();
     env.ok(&["backup", "now"]);
 
-    let out = env.run(&[
-        "verify",
-        "shop",
-        "--json",
-        "--check",
-        "object_integrity",
-        "--check",
-        "recovery_target",
-        "--check",
-        "page_checksums",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (r, _) = verify_failing(
+        &env,
+        "",
+        &[
+            "--check",
+            "object_integrity",
+            "--check",
+            "recovery_target",
+            "--check",
+            "page_checksums",
+        ],
     );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report_check(&r, "object_integrity")["outcome"],
         "passed",
@@ -476,22 +481,6 @@ fn scratch_dirs(env: &Env) -> Vec<std::path::PathBuf> {
         .unwrap_or_default();
     d.sort();
     d
-}
-
-/// `cairn verify shop --json ARGS` with `CAIRN_STALL=stall`; the report, and how long it took.
-fn verify_stalled(env: &Env, stall: &str, args: &[&str]) -> (serde_json::Value, u64) {
-    let mut all = vec!["verify", "shop", "--json"];
-    all.extend_from_slice(args);
-    let t = Instant::now();
-    let out = env
-        .command(&all)
-        .env("CAIRN_STALL", stall)
-        .output()
-        .unwrap();
-    let secs = t.elapsed().as_secs();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    (serde_json::from_slice(&out.stdout).unwrap(), secs)
 }
 
 /// Time limits and kept copies. A clean run keeps its restored copy (stopped) for `--keep`;
@@ -541,7 +530,7 @@ fn runs_past_their_time_limit_leave_nothing_and_kept_copies_last_their_window() 
     assert!(!env.ok(&["branch", "list"]).contains("verify-"));
 
     // 2. Cut off in the restore, while the server recovers on the copy.
-    let (r, secs) = verify_stalled(&env, "restore-recovering", &["--time-limit", "3s"]);
+    let (r, secs) = verify_failing(&env, "restore-recovering", &["--time-limit", "3s"]);
     assert!(secs < 60, "the limit holds: {secs} s");
     assert_eq!(r["outcome"], "failed", "{r:#}");
     let c = report_check(&r, "object_integrity");
@@ -573,7 +562,7 @@ fn runs_past_their_time_limit_leave_nothing_and_kept_copies_last_their_window() 
 
     // 3. Cut off in the fingerprint check, its scratch branch and compute up.
     let limit = format!("{}s", clean_secs * 2 + 10);
-    let (r, _) = verify_stalled(
+    let (r, _) = verify_failing(
         &env,
         "verify-fingerprint-compute",
         &[

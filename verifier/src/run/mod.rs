@@ -598,33 +598,77 @@ async fn fingerprint_check(
             vec![why],
         )
     };
-    let theirs = match fingerprint::fingerprint(restored).await {
+    // Both at once: the restored copy is read while the appliance's own copy starts.
+    let (theirs, ours) = tokio::join!(
+        fingerprint::fingerprint(restored),
+        own_fingerprint(engine, cluster, &req.branch, r.lsn)
+    );
+    let theirs = match theirs {
         Ok(f) => f,
         Err(e) => return fail(format!("restored copy: {e}")),
     };
+    let ours = match ours {
+        Ok(f) => f,
+        Err(OwnCopy::NotInLayers(e)) => {
+            return skipped(
+                Check::Fingerprint,
+                &format!("the point is not in this appliance's own layers ({e})"),
+            )
+        }
+        Err(OwnCopy::Failed(e)) => return fail(format!("the appliance's own copy: {e}")),
+    };
+    let details = fingerprint::differences(&theirs, &ours);
+    let rows: i64 = ours.values().map(|(n, _)| n).sum();
+    result(
+        Check::Fingerprint,
+        if details.is_empty() {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
+        },
+        started,
+        [
+            ("tables".to_string(), ours.len() as u64),
+            ("rows".to_string(), rows.max(0) as u64),
+        ]
+        .into(),
+        details,
+    )
+}
+
+/// Why the appliance's own copy of the point has no fingerprint.
+enum OwnCopy {
+    /// The point is not in this appliance's layers (the check is skipped).
+    NotInLayers(String),
+    Failed(String),
+}
+
+/// The fingerprint of `lsn` of `branch` materialised from this appliance's own layers: a
+/// scratch branch and a compute, removed afterwards.
+async fn own_fingerprint(
+    engine: &cairn_engine::Engine,
+    cluster: &ClusterRow,
+    branch: &str,
+    lsn: cairn_engine::Lsn,
+) -> std::result::Result<fingerprint::Fingerprint, OwnCopy> {
     let scratch = format!(
         "{}verify-{}",
         cairn_engine::branch::SCRATCH_PREFIX,
         &cairn_engine::TimelineId::generate().to_string()[..12]
     );
     // Held while the scratch branch lives: a sweep of another process leaves it alone.
-    let _lock = match engine.home.lock(
-        &format!("scratch-branch-{scratch}"),
-        "a verification's scratch branch",
-        std::time::Duration::ZERO,
-    ) {
-        Ok(l) => l,
-        Err(e) => return fail(format!("scratch branch: {e}")),
-    };
-    if let Err(e) = engine
-        .branch_create(cluster, &scratch, &req.branch, &PointSpec::Lsn(r.lsn))
+    let _lock = engine
+        .home
+        .lock(
+            &format!("scratch-branch-{scratch}"),
+            "a verification's scratch branch",
+            std::time::Duration::ZERO,
+        )
+        .map_err(|e| OwnCopy::Failed(format!("scratch branch: {e}")))?;
+    engine
+        .branch_create(cluster, &scratch, branch, &PointSpec::Lsn(lsn))
         .await
-    {
-        return skipped(
-            Check::Fingerprint,
-            &format!("the point is not in this appliance's own layers ({e})"),
-        );
-    }
+        .map_err(|e| OwnCopy::NotInLayers(e.to_string()))?;
     let ours = async {
         let progress = Arc::new(Progress::new());
         let ci = engine
@@ -649,25 +693,5 @@ async fn fingerprint_check(
     if let Err(e) = engine.branch_delete(cluster, &scratch).await {
         tracing::warn!(branch = %scratch, error = %e, "could not delete the verification's scratch branch");
     }
-    let ours = match ours {
-        Ok(f) => f,
-        Err(e) => return fail(format!("the appliance's own copy: {e}")),
-    };
-    let details = fingerprint::differences(&theirs, &ours);
-    let rows: i64 = ours.values().map(|(n, _)| n).sum();
-    result(
-        Check::Fingerprint,
-        if details.is_empty() {
-            Outcome::Passed
-        } else {
-            Outcome::Failed
-        },
-        started,
-        [
-            ("tables".to_string(), ours.len() as u64),
-            ("rows".to_string(), rows.max(0) as u64),
-        ]
-        .into(),
-        details,
-    )
+    ours.map_err(OwnCopy::Failed)
 }
