@@ -6,14 +6,15 @@
 # after `pgbench -i -s 50`, then 10 s of pgbench whose WAL only is shipped. Both repositories
 # are compressed (zstd level 1) and encrypted, on the same local disk. Then, timed:
 #
-#   Cairn       `cairn verify big --region region-a --json` with its default checks
-#               (object_integrity, wal_continuity, page_checksums, recovery_target, amcheck,
-#               fingerprint) and one probe (the pgbench_accounts count): the restore, every
-#               check, the teardown and the signed report;
+#   Cairn       `cairn verify big --region region-a --json` twice: with a policy's default
+#               checks (object_integrity, wal_continuity, page_checksums, recovery_target,
+#               amcheck) and one probe (the pgbench_accounts count), then the same with the
+#               fingerprint check added; each the restore, every check, the teardown and the
+#               signed report;
 #   pgBackRest  `pgbackrest verify` (every repository file read and checked, WAL archive
 #               continuity) + `pgbackrest restore` + `pg_ctl start` until out of recovery + the
-#               same probe; then, as the row "with the same checks by hand", `pg_amcheck
-#               --heapallindexed` over every database, a stop and `pg_checksums --check`.
+#               same probe; then, for the same proof as Cairn's, `pg_amcheck --heapallindexed`
+#               over every database, a stop and `pg_checksums --check`.
 #
 # The runs alternate, RUNS times (default 3); medians are reported. Every restored copy is
 # checked against its source (pgbench_accounts count and balance sum).
@@ -52,16 +53,12 @@ cairn_big
 echo "== pgBackRest: plain server, pgbench -i -s $SCALE, full backup, 10 s of pgbench, WAL archived"
 pgbr_big
 
-RUNS=${RUNS:-3}
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
-: >"$WORK/runs.txt"
-for i in $(seq "$RUNS"); do
-  echo "== run $i/$RUNS: cairn verify"
-  drop_caches
-  t0=$(now)
-  "$CAIRN" verify big --region region-a --json --probe "accounts=$PROBE" >"$WORK/c-verify.json"
-  C_TOTAL_T=$(since "$t0")
-  C_ROW=$(python3 - "$WORK/c-verify.json" <<'PY'
+# A policy's default checks (docs/POLICIES.md), and the probe.
+DEFAULT_CHECKS="--check object_integrity --check wal_continuity --check page_checksums \
+--check recovery_target --check amcheck --check probes"
+# The figures of report $1, in seconds: measured RTO, phases, some checks.
+report_row() {
+  python3 - "$1" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["outcome"] == "passed", json.dumps(r, indent=1)
@@ -73,8 +70,29 @@ vals = [r["measured_rto_ms"] / 1000, ph.get("restore", 0), ph.get("page_checksum
         ck.get("probes", 0)]
 print(" ".join(f"{v:.2f}" for v in vals))
 PY
-)
+}
+
+RUNS=${RUNS:-3}
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
+: >"$WORK/runs.txt"
+for i in $(seq "$RUNS"); do
+  echo "== run $i/$RUNS: cairn verify, a policy's default checks and the probe"
+  drop_caches
+  t0=$(now)
+  "$CAIRN" verify big --region region-a --json --probe "accounts=$PROBE" $DEFAULT_CHECKS \
+    >"$WORK/c-verify.json"
+  C_TOTAL_T=$(since "$t0")
+  C_ROW=$(report_row "$WORK/c-verify.json")
   echo "cairn: total $C_TOTAL_T s (RTO/restore/page_checksums/start/checks/coverage/recovery_target/fingerprint/amcheck/probes: $C_ROW)"
+
+  echo "== run $i/$RUNS: cairn verify, the same with the fingerprint check"
+  drop_caches
+  t0=$(now)
+  "$CAIRN" verify big --region region-a --json --probe "accounts=$PROBE" $DEFAULT_CHECKS \
+    --check fingerprint >"$WORK/c-verify-fp.json"
+  C_FP_TOTAL_T=$(since "$t0")
+  C_FP_ROW=$(report_row "$WORK/c-verify-fp.json")
+  echo "cairn with fingerprint: total $C_FP_TOTAL_T s ($C_FP_ROW)"
 
   echo "== run $i/$RUNS: pgbackrest verify, restore, start, probe; then amcheck and pg_checksums"
   drop_caches
@@ -111,10 +129,10 @@ PY
   P_FULL_T=$(since "$t0")
   rm -rf "$R"
   echo "pgbackrest: total $P_TOTAL_T s: verify $P_VERIFY_T s, restore $P_RESTORE_T s, start + recovery $P_START_T s, probe $P_PROBE_T s; then amcheck $P_AMCHECK_T s, stop + pg_checksums $P_CHECKSUMS_T s (all: $P_FULL_T s)"
-  echo "$C_TOTAL_T $C_ROW $P_TOTAL_T $P_VERIFY_T $P_RESTORE_T $P_START_T $P_PROBE_T $P_AMCHECK_T $P_CHECKSUMS_T $P_FULL_T" >>"$WORK/runs.txt"
+  echo "$C_TOTAL_T $C_ROW $C_FP_TOTAL_T $(echo "$C_FP_ROW" | cut -d' ' -f8) $P_TOTAL_T $P_VERIFY_T $P_RESTORE_T $P_START_T $P_PROBE_T $P_AMCHECK_T $P_CHECKSUMS_T $P_FULL_T" >>"$WORK/runs.txt"
 done
-read -r C_TOTAL_T C_RTO C_RESTORE C_PCS C_START C_CHECKS C_COVERAGE C_RT C_FP C_AM C_PROBES \
-  P_TOTAL_T P_VERIFY_T P_RESTORE_T P_START_T P_PROBE_T P_AMCHECK_T P_CHECKSUMS_T P_FULL_T < <(python3 -c "
+read -r C_TOTAL_T C_RTO C_RESTORE C_PCS C_START C_CHECKS C_COVERAGE C_RT _ C_AM C_PROBES \
+  C_FP_TOTAL_T C_FP P_TOTAL_T P_VERIFY_T P_RESTORE_T P_START_T P_PROBE_T P_AMCHECK_T P_CHECKSUMS_T P_FULL_T < <(python3 -c "
 import statistics
 rows = [l.split() for l in open('$WORK/runs.txt') if l.strip()]
 print(' '.join(f'{statistics.median(float(x) for x in col):.2f}' for col in zip(*rows)))")
@@ -129,15 +147,16 @@ Produced by \`bash bench/verify.sh $SCALE\` on $(date -u +%Y-%m-%d): $(nproc) co
 $(pgbackrest version), release build of cairn. Each tool proves its own pgbench scale-$SCALE
 cluster (same generator, same size; a full backup after \`pgbench -i\`, then 10 s of pgbench
 whose WAL only was shipped) from a local, compressed (zstd 1), encrypted repository. Page cache
-dropped before each run. Times are whole commands, medians of $RUNS runs in which the two
+dropped before each run. Times are whole commands, medians of $RUNS runs in which the three
 alternate. pgBackRest's restored copy was checked against its source (count and balance sum of
 pgbench_accounts); Cairn's run passed every check, including the same count as a probe.
 
 | | Cairn \`cairn verify\` | pgBackRest | ratio Cairn / pgBackRest |
 |---|---|---|---|
-| verify the repository, restore, start, first query (pgBackRest: \`verify\` + \`restore\` + start + probe) | – | $P_TOTAL_T s | – |
-| the above plus the checks Cairn runs that PostgreSQL's tools can do (\`pg_amcheck --heapallindexed\`, \`pg_checksums --check\`) | $C_TOTAL_T s | $P_FULL_T s | **$(ratio $C_TOTAL_T $P_FULL_T)** |
-| measured RTO (restore start to the restored server's first answer) | $C_RTO s | $(python3 -c "print(f'{$P_RESTORE_T + $P_START_T:.2f}')") s (restore + start) | $(ratio $C_RTO "$(python3 -c "print($P_RESTORE_T + $P_START_T)")") |
+| the same proof: the backup's objects read and checked, restore, start, \`pg_checksums --check\`, \`pg_amcheck --heapallindexed\`, the probe (Cairn: a policy's default checks) | $C_TOTAL_T s | $P_FULL_T s | **$(ratio $C_TOTAL_T $P_FULL_T)** |
+| pgBackRest's own proof only: \`verify\` + \`restore\` + start + the probe | – | $P_TOTAL_T s | $(ratio $C_TOTAL_T $P_TOTAL_T) |
+| Cairn with the \`fingerprint\` check added (no counterpart) | $C_FP_TOTAL_T s | – | $(ratio $C_FP_TOTAL_T $P_FULL_T) |
+| measured RTO (restore start to the restored server's first answer; pgBackRest: restore + start) | $C_RTO s | $(python3 -c "print(f'{$P_RESTORE_T + $P_START_T:.2f}')") s | $(ratio $C_RTO "$(python3 -c "print($P_RESTORE_T + $P_START_T)")") |
 
 Phase breakdown:
 
@@ -148,7 +167,7 @@ Phase breakdown:
 | \`pg_checksums --check\` (Cairn: before the start; pgBackRest: after the stop) | $C_PCS s | in the row below |
 | start until the server answers (pgBackRest: archive recovery of the 10 s) | $C_START s | $P_START_T s |
 | \`recovery_target\` (system identifier, timeline, where recovery ended) | $C_RT s | – |
-| \`fingerprint\` (per-table row counts and content hashes, restored copy against the point materialised from the appliance's own layers) | $C_FP s | – |
+| \`fingerprint\` (second Cairn run only: per-table row counts and content hashes, restored copy against the point materialised from the appliance's own layers) | $C_FP s | – |
 | \`pg_amcheck --heapallindexed\` | $C_AM s | $P_AMCHECK_T s |
 | stop + \`pg_checksums --check\` | (above) | $P_CHECKSUMS_T s |
 | probe (\`$PROBE\`) | $C_PROBES s | $P_PROBE_T s |
