@@ -176,7 +176,11 @@ Phase breakdown:
 Cairn's total also includes the teardown, the signed and chained report, and its copy to both
 regions. The \`fingerprint\` check has no counterpart: it starts a second copy of the point from
 the appliance's own layers and compares every table's rows, which is what proves that the
-backup holds the data the appliance holds, not only data that is self-consistent.
+backup holds the data the appliance holds, not only data that is self-consistent; its time is
+the second copy's materialisation and start, then both copies read in full at once on the two
+cores. What is read differs in scope: \`pgbackrest verify\` reads every file of its repository
+(here one full backup and its WAL), Cairn's restore every object of the point, and each run a
+share of every region's objects so that each is proven at least once in 7 days.
 EOF
 replace_section "$OUT" "$SECTION"
 rm -f "$SECTION"
