@@ -218,10 +218,7 @@ impl Home {
                 if !e.path().is_dir() || name.starts_with('.') {
                     continue;
                 }
-                if crate::kept::is_kept(&e.path(), now_us) {
-                    continue;
-                }
-                if self.remove_scratch(area, &name) {
+                if self.remove_scratch(area, &name, Some(now_us)) {
                     removed += 1;
                 }
             }
@@ -256,7 +253,7 @@ impl Home {
                 continue;
             }
             if crate::kept::read(&e.path()).is_some_and(|k| k.owner == owner)
-                && self.remove_scratch(area, &name)
+                && self.remove_scratch(area, &name, None)
             {
                 removed += 1;
             }
@@ -265,8 +262,9 @@ impl Home {
     }
 
     /// Removes scratch directory `HOME/area/name` and its marker unless a live process holds
-    /// it, stopping a server still running there first. Whether it went.
-    fn remove_scratch(&self, area: &str, name: &str) -> bool {
+    /// it or (with `unless_kept_at`) it is kept at that time, stopping a server still running
+    /// there first. Whether it went.
+    fn remove_scratch(&self, area: &str, name: &str, unless_kept_at: Option<i64>) -> bool {
         let Ok(_g) = self.lock(
             &Self::scratch_lock_name(area, name),
             "a scratch directory",
@@ -275,6 +273,10 @@ impl Home {
             return false; // in use
         };
         let path = self.root.join(area).join(name);
+        // Under the lock: a run writes its marker before it lets go.
+        if unless_kept_at.is_some_and(|now| crate::kept::is_kept(&path, now)) {
+            return false;
+        }
         // A data directory the killed process had started a server on.
         crate::pg::leftover::stop_leftover(&path);
         match fs::remove_dir_all(&path) {

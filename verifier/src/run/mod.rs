@@ -278,10 +278,11 @@ fn teardown(
     if let Some(window) = keep {
         let until_us =
             now_us().saturating_add(i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
-        match data.keep(cluster, until_us).and_then(|path| {
-            ts.keep(cluster, until_us)?;
-            Ok(path)
-        }) {
+        // The tablespace root first: when it cannot be kept, the data directory goes too.
+        match ts
+            .keep(cluster, until_us)
+            .and_then(move |_| data.keep(cluster, until_us))
+        {
             Ok(path) => {
                 return format!(
                     "kept until {} at {} (stopped; removed then, or when the next \
