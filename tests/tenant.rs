@@ -498,3 +498,106 @@ async fn a_compute_owner_can_neither_forge_nor_touch_the_heartbeat() {
     }
     env.stop_all();
 }
+
+/// What a verification runs in a tenant's data must never run the tenant's code as a
+/// superuser. The owner plants code where a verifier's queries would resolve to it: a cast of
+/// its table's row type to text (the fingerprint reads rows as text), a `lower(varchar)` that
+/// beats the built-in `lower(text)` for a varchar column (as a probe might call it), and a
+/// `hashtextextended(text, integer)`, and an expression index whose function `amcheck
+/// --heapallindexed` evaluates. Each tries to write a file with `COPY ... TO`, which only a
+/// superuser may; an owner's own call fails quietly, so the planted code changes no result.
+/// After a verification with the fingerprint, amcheck and a probe that calls `lower`, all pass
+/// and no file was written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_verification_never_runs_a_tenants_code_as_superuser() {
+    let env = Env::new();
+    env.ok(&["cluster", "create", "shop"]);
+    let url = env.start("main");
+    let c = connect(&url).await;
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let marker = |what: &str| std::path::PathBuf::from(format!("/tmp/cairn-pwned-{what}-{tag}"));
+    let attempt = |what: &str| {
+        format!(
+            "BEGIN EXECUTE format('COPY (SELECT 1) TO %L', '{}'); \
+             EXCEPTION WHEN others THEN NULL; END;",
+            marker(what).display()
+        )
+    };
+    c.batch_execute(&format!(
+        "CREATE TABLE t (v varchar);
+         INSERT INTO t SELECT 'Row ' || g FROM generate_series(1, 50) g;
+         CREATE FUNCTION row_as_text(t) RETURNS text LANGUAGE plpgsql AS $$
+           BEGIN {cast} RETURN 'same for every row'; END $$;
+         CREATE CAST (t AS text) WITH FUNCTION row_as_text(t);
+         CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE plpgsql AS $$
+           BEGIN {lower} RETURN pg_catalog.lower($1::text); END $$;
+         CREATE FUNCTION public.hashtextextended(text, integer) RETURNS bigint
+           LANGUAGE plpgsql AS $$
+           BEGIN {hash} RETURN 0; END $$;
+         CREATE FUNCTION folded(varchar) RETURNS text IMMUTABLE LANGUAGE plpgsql AS $$
+           BEGIN {index} RETURN pg_catalog.upper($1::text); END $$;
+         CREATE INDEX t_folded ON t (folded(v));",
+        cast = attempt("cast"),
+        lower = attempt("lower"),
+        hash = attempt("hash"),
+        index = attempt("index"),
+    ))
+    .await
+    .unwrap();
+    // The planted code is live for the owner, and harmless in the owner's hands.
+    assert_eq!(
+        scalar(&c, "SELECT (t)::text FROM t LIMIT 1").await,
+        "same for every row"
+    );
+    assert_eq!(scalar(&c, "SELECT lower(v) FROM t LIMIT 1").await, "row 1");
+    for what in ["cast", "lower", "hash", "index"] {
+        assert!(!marker(what).exists());
+    }
+    drop(c);
+    env.ok(&["backup", "now"]);
+
+    let out = env.run(&[
+        "verify",
+        "shop",
+        "--json",
+        "--check",
+        "recovery_target",
+        "--check",
+        "fingerprint",
+        "--check",
+        "amcheck",
+        "--check",
+        "probes",
+        "--probe",
+        "lowered=SELECT bool_and(lower(v) LIKE 'row %') FROM t",
+    ]);
+    let written: Vec<_> = ["cast", "lower", "hash", "index"]
+        .into_iter()
+        .filter(|w| marker(w).exists())
+        .collect();
+    for w in &written {
+        let _ = std::fs::remove_file(marker(w));
+    }
+    assert!(
+        written.is_empty(),
+        "the tenant's code ran as a superuser during the verification: {written:?}"
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    for check in ["recovery_target", "fingerprint", "amcheck", "probes"] {
+        assert_eq!(
+            report_check(&r, check)["outcome"],
+            "passed",
+            "{check}: {r:#}"
+        );
+    }
+    assert_eq!(r["outcome"], "passed", "{r:#}");
+    env.stop_all();
+}

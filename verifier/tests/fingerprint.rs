@@ -31,8 +31,9 @@ async fn equal_rows_in_any_order_match_and_any_change_is_seen() {
     .unwrap();
     let first = digest(&s).await;
     assert_eq!(first.len(), 3, "{first:?}");
-    assert_eq!(first[&("postgres".into(), "a".into())].0, 20000);
-    assert!(first.contains_key(&("postgres".into(), "\"Odd Name\"".into())));
+    // Schema-qualified: the fingerprint's session pins search_path to pg_catalog.
+    assert_eq!(first[&("postgres".into(), "public.a".into())].0, 20000);
+    assert!(first.contains_key(&("postgres".into(), "public.\"Odd Name\"".into())));
 
     // The same rows, inserted in reverse and rewritten: another physical order.
     c.batch_execute(
@@ -65,7 +66,7 @@ async fn equal_rows_in_any_order_match_and_any_change_is_seen() {
         (
             "INSERT INTO empty VALUES (1)",
             "DELETE FROM empty",
-            "postgres.empty: 1 rows restored, 0",
+            "postgres.public.empty: 1 rows restored, 0",
         ),
     ] {
         c.batch_execute(sql).await.unwrap();

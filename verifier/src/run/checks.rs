@@ -10,7 +10,8 @@
 //!   system identifier and timeline and is out of recovery.
 //! - `amcheck`: `pg_amcheck --heapallindexed` over every database.
 //! - `fingerprint`: [`super::fingerprint`].
-//! - `probes`: each policy probe's query returns true.
+//! - `probes`: each policy probe's query returns true, run as a reading role that is no
+//!   superuser ([`probe_role`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -264,6 +265,41 @@ pub async fn name_damaged_relations(server: &Server, check: &mut CheckResult) {
     }
 }
 
+/// A role made in the restored copy for the probes: it logs in, reads every table of
+/// database `postgres` (row-level security bypassed, so a probe sees every row) and is no
+/// superuser, so nothing the copy's owner planted where a probe's names resolve (a function
+/// that beats a built-in for a column's type, an operator) runs with more than a reader's
+/// rights. Its name is random, so the owner cannot have made it first.
+async fn probe_role(server: &Server) -> Result<String, String> {
+    let mut b = [0u8; 8];
+    cairn_engine::ids::random_bytes(&mut b);
+    let role = format!("cairn_probe_{}", hex::encode(b));
+    let c = server.connect_control("postgres").await?;
+    let fail = |what: &str, e: tokio_postgres::Error| format!("{what} for the probes: {e}");
+    c.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION BYPASSRLS"
+    ))
+    .await
+    .map_err(|e| fail("create a reading role", e))?;
+    let schemas = c
+        .query(
+            "SELECT pg_catalog.quote_ident(nspname) FROM pg_catalog.pg_namespace \
+             WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'",
+            &[],
+        )
+        .await
+        .map_err(|e| fail("list the schemas", e))?;
+    for s in schemas {
+        let s: String = s.get(0);
+        c.batch_execute(&format!(
+            "GRANT USAGE ON SCHEMA {s} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {role}"
+        ))
+        .await
+        .map_err(|e| fail(&format!("grant reading schema {s}"), e))?;
+    }
+    Ok(role)
+}
+
 /// Recovery ended at the point; the server is the cluster's and accepts connections.
 pub async fn recovery_target(
     server: &Server,
@@ -281,7 +317,7 @@ pub async fn recovery_target(
         None => details.push("the restore did not report where recovery ended".into()),
     }
     let mut timeline = 0;
-    match server.connect("postgres").await {
+    match server.connect_control("postgres").await {
         Err(e) => details.push(format!(
             "the restored server does not accept connections: {e}"
         )),
@@ -408,7 +444,11 @@ pub async fn probes(server: &Server, probes: &[Probe]) -> CheckResult {
     let started = Instant::now();
     let mut details = Vec::new();
     let mut passed = 0u64;
-    match server.connect("postgres").await {
+    let session = match probe_role(server).await {
+        Ok(role) => server.connect_as("postgres", &role).await,
+        Err(e) => Err(e),
+    };
+    match session {
         Err(e) => details.push(e),
         Ok(c) => {
             // A probe reads; it changes nothing, even in a scratch copy.

@@ -1,6 +1,6 @@
 //! The logical fingerprint of a server: for every table of every database, its row count and
 //! a digest of its rows that does not depend on their order: two 64-bit hashes of each row's
-//! text form (`hashtextextended` with seeds 0 and 1, the stable hash PostgreSQL partitions
+//! text form (by the row type's output function, never a cast the owner could define) (`hashtextextended` with seeds 0 and 1, the stable hash PostgreSQL partitions
 //! by) summed over the table, exactly (`numeric`), then hashed with MD5. No sort and no string
 //! of the whole table: one pass that PostgreSQL may run in parallel (at pgbench scale 50, 2.4 s
 //! for `pgbench_accounts` where a sorted MD5 aggregate took 12 s). It detects damage, not an
@@ -28,7 +28,7 @@ const TABLES: &str = "SELECT c.oid::regclass::text FROM pg_class c
 pub async fn fingerprint(server: &Server) -> Result<Fingerprint, String> {
     let mut out = Fingerprint::new();
     for db in server.databases().await? {
-        let c = server.connect(&db).await?;
+        let c = server.connect_control(&db).await?;
         let tables: Vec<String> = c
             .query(TABLES, &[])
             .await
@@ -39,10 +39,14 @@ pub async fn fingerprint(server: &Server) -> Result<Fingerprint, String> {
         for t in tables {
             // An identifier cannot be a query parameter; `t` is PostgreSQL's own quoted
             // rendering of a table's oid, read from this server's catalog just above.
+            // The row's text by its type's output function, never by a cast: the owner may
+            // define a cast of its own table's row type to text, and this runs as superuser.
             let q = format!(
-                "SELECT count(*)::bigint, md5(coalesce(sum(hashtextextended(row_text, 0)), 0)::text \
-                 || ':' || coalesce(sum(hashtextextended(row_text, 1)), 0)::text) \
-                 FROM (SELECT r::text AS row_text FROM {t} r) s"
+                "SELECT pg_catalog.count(*), pg_catalog.md5(\
+                 COALESCE(pg_catalog.sum(pg_catalog.hashtextextended(row_text, 0::pg_catalog.int8)), 0)::pg_catalog.text \
+                 || ':' || \
+                 COALESCE(pg_catalog.sum(pg_catalog.hashtextextended(row_text, 1::pg_catalog.int8)), 0)::pg_catalog.text) \
+                 FROM (SELECT pg_catalog.textin(pg_catalog.record_out(r)) AS row_text FROM {t} r) s"
             );
             let row = c
                 .query_one(&q, &[])
