@@ -184,6 +184,22 @@ fn unknown_names_out_of_range_points_and_early_times() {
     assert!(err.contains("not a valid branch name"), "{err}");
     let err = env.fail(&["cluster", "create", "shop"]);
     assert!(err.contains("already exists"), "{err}");
+    // Usage errors (exit 2), before anything opens.
+    for (args, want) in [
+        (
+            ["verify", "shop", "--time-limit", "0s"],
+            "'0s': a time limit must be greater than 0",
+        ),
+        (
+            ["verify", "shop", "--keep", "forever"],
+            "'forever' is not a duration",
+        ),
+    ] {
+        let out = env.run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(want), "{err}");
+    }
     assert_eq!(state(&env), before, "failed commands change nothing");
     env.ok(&["check"]);
 }
