@@ -4,8 +4,16 @@
 
 pub mod attacker;
 pub mod garage;
+pub mod http;
 pub mod liar;
+pub mod plain;
 pub mod protection;
+
+// Not every test crate uses every helper.
+#[allow(unused_imports)]
+pub use http::{api, http_get, http_get_with};
+#[allow(unused_imports)]
+pub use plain::{pg_ctl_start, Plain};
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -559,51 +567,6 @@ fn traced_write(line: &str, dir: &Path) -> Option<(String, u64)> {
     (n > 0).then(|| (rel.to_string_lossy().into_owned(), n as u64))
 }
 
-/// HTTP GET of `http://127.0.0.1:PORT/PATH` with a real HTTP client (chunked bodies, keep-alive
-/// and all): `(status, body)`, or `None` while nothing answers.
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    http_get_with(port, path, &[])
-}
-
-/// [`http_get`] with extra request headers (`Host` included: it replaces the default one). Runs
-/// on a thread of its own so that synchronous and async tests can both call it.
-pub fn http_get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let headers: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .expect("HTTP client");
-            let mut request = client.get(&url);
-            for (k, v) in &headers {
-                request = request.header(k.as_str(), v.as_str());
-            }
-            let response = request.send().await.ok()?;
-            let status = response.status().as_u16();
-            Some((status, response.text().await.ok()?))
-        })
-    })
-    .join()
-    .expect("HTTP thread")
-}
-
-/// The JSON body of a `200 OK` answer to GET `path`, `None` otherwise.
-pub fn api(port: u16, path: &str) -> Option<Value> {
-    let (status, body) = http_get(port, path)?;
-    (status == 200)
-        .then(|| serde_json::from_str(&body).ok())
-        .flatten()
-}
-
 /// Runs `sql` with psql on `url` (stopping at the first error): its output, unaligned, without
 /// headers and trimmed, or psql's error.
 pub fn try_psql(url: &str, sql: &str) -> Result<String, String> {
@@ -686,92 +649,6 @@ impl Drop for KillOnDrop {
             }
             let _ = self.0.wait();
         }
-    }
-}
-
-/// Starts PostgreSQL on `datadir` with `pg_ctl` (as the postgres OS user when root), with the
-/// server options `opts` and a free port of 127.0.0.1, logging to `log`; returns the port. A
-/// port is free when chosen: if another process binds it before the server does, the server
-/// fails to bind and another port is chosen (up to five tries).
-#[track_caller]
-pub fn pg_ctl_start(datadir: &Path, log: &Path, opts: &str) -> u16 {
-    for attempt in 1.. {
-        let port = free_port();
-        std::fs::write(log, b"").unwrap();
-        chown_postgres(log);
-        let out = pg_command("pg_ctl")
-            .arg("start")
-            .arg("-D")
-            .arg(datadir)
-            .args(["-w", "-l"])
-            .arg(log)
-            .arg("-o")
-            .arg(format!("-c port={port} {opts}"))
-            .output()
-            .unwrap();
-        let log_text = std::fs::read_to_string(log).unwrap_or_default();
-        if !out.status.success() && log_text.contains("could not bind") && attempt < 5 {
-            continue;
-        }
-        assert!(
-            out.status.success(),
-            "start {}: {}\n{log_text}",
-            datadir.display(),
-            String::from_utf8_lossy(&out.stderr),
-        );
-        return port;
-    }
-    unreachable!("the loop returns or panics")
-}
-
-/// A plain data directory, started by the test with pg_ctl (not by cairn).
-pub struct Plain {
-    pub dir: PathBuf,
-    pub port: u16,
-}
-
-impl Plain {
-    pub fn start(dir: &Path) -> Plain {
-        Plain::start_with_socket(dir, None)
-    }
-
-    /// [`Plain::start`], also listening on a Unix socket in `socket` (reachable by postgres).
-    pub fn start_with_socket(dir: &Path, socket: Option<&Path>) -> Plain {
-        let sockets = socket.map_or(String::new(), |p| p.display().to_string());
-        let name = dir.file_name().unwrap().to_string_lossy();
-        let log = dir.parent().unwrap().join(format!("{name}.log"));
-        let port = pg_ctl_start(
-            dir,
-            &log,
-            &format!("-c listen_addresses=127.0.0.1 -c unix_socket_directories='{sockets}'"),
-        );
-        Plain {
-            dir: dir.to_path_buf(),
-            port,
-        }
-    }
-
-    pub fn url(&self, password: &str) -> String {
-        format!(
-            "postgresql://postgres:{password}@127.0.0.1:{}/postgres",
-            self.port
-        )
-    }
-
-    /// A URL that logs in as `login` (`user:password`, see [`login_of`]).
-    pub fn url_as(&self, login: &str) -> String {
-        format!("postgresql://{login}@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Plain {
-    fn drop(&mut self) {
-        let _ = pg_command("pg_ctl")
-            .arg("stop")
-            .arg("-D")
-            .arg(&self.dir)
-            .args(["-m", "fast", "-w"])
-            .output();
     }
 }
 
