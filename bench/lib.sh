@@ -1,5 +1,22 @@
 # Shared helpers of the benchmarks that run next to pgBackRest (sourced, not run).
-# Needs PGBIN, WORK and SCALE set by the caller.
+# bench_setup sets what the others need (PGBIN, WORK, SCALE, CAIRN, ...).
+
+# bench_setup NAME [SCALE]: the benchmark's common start: SCALE (default 50), ROOT, PGBIN,
+# OUT (docs/BENCHMARKS.md), pgbackrest required, a release build (CAIRN), a fresh WORK
+# directory /tmp/cairn-NAME-bench-* (traversable by the postgres OS user) and CAIRN_HOME in it.
+bench_setup() {
+  SCALE=${2:-50}
+  ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  PGBIN=${CAIRN_PG_BIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
+  OUT=$ROOT/docs/BENCHMARKS.md
+  command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)"; exit 1; }
+  cd "$ROOT"
+  cargo build --release --quiet
+  CAIRN=$ROOT/target/release/cairn
+  WORK=$(mktemp -d "/tmp/cairn-$1-bench-XXXXXX")
+  chmod 755 "$WORK"
+  export CAIRN_HOME=$WORK/home
+}
 
 as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 now() { date +%s.%N; }

@@ -22,20 +22,9 @@
 # Results replace the section "Restore" of docs/BENCHMARKS.md.
 set -euo pipefail
 
-SCALE=${1:-50}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PGBIN=${CAIRN_PG_BIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
-OUT=$ROOT/docs/BENCHMARKS.md
-command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)"; exit 1; }
-
-cd "$ROOT"
-cargo build --release --quiet
-CAIRN=$ROOT/target/release/cairn
-WORK=$(mktemp -d /tmp/cairn-restore-bench-XXXXXX)
-chmod 755 "$WORK"
-export CAIRN_HOME=$WORK/home
 # shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
+. "$(dirname "$0")/lib.sh"
+bench_setup restore "$@"
 cleanup() {
   "$CAIRN" compute stop main --cluster big >/dev/null 2>&1 || true
   "$CAIRN" compute stop restored --cluster big >/dev/null 2>&1 || true
@@ -47,6 +36,8 @@ CHECK_SQL="SELECT count(*) || ':' || sum(abalance) FROM pgbench_accounts"
 
 echo "== Cairn: managed cluster, pgbench -i -s $SCALE, full backup, 10 s of pgbench, WAL shipped"
 cairn_big
+# The compute's URL logs in as its owner role (cairn_owner), as do restored copies of it.
+LOGIN_USER=$(python3 -c "import sys,urllib.parse as u; print(u.urlparse(sys.argv[1]).username)" "$URL")
 PASSWORD=$(python3 -c "import sys,urllib.parse as u; print(u.urlparse(sys.argv[1]).password)" "$URL")
 
 echo "== pgBackRest: plain server, pgbench -i -s $SCALE, full backup, 10 s of pgbench, WAL archived"
@@ -70,7 +61,7 @@ for i in $(seq "$RUNS"); do
     -o "-c port=$CPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=''" >/dev/null
   C_START_T=$(since "$t")
   t=$(now)
-  C_GOT=$(PGPASSWORD=$PASSWORD "$PGBIN/psql" -h 127.0.0.1 -p "$CPORT" -U postgres -Atc "$CHECK_SQL" postgres)
+  C_GOT=$(PGPASSWORD=$PASSWORD "$PGBIN/psql" -h 127.0.0.1 -p "$CPORT" -U "$LOGIN_USER" -Atc "$CHECK_SQL" postgres)
   C_Q_T=$(since "$t")
   C_TOTAL_T=$(since "$t0")
   stop_dir "$D"; rm -rf "$D"
@@ -85,7 +76,7 @@ print(f\"{p['fetch_index']:.2f} {p['fetch_layers']:.2f} {p['write']:.2f} {p['wal
   t0=$(now)
   "$CAIRN" restore big --latest --as-branch "restored-$i" --region region-a --json >"$WORK/c-branch.json"
   BPORT=$(python3 -c "import json; print(json.load(open('$WORK/c-branch.json'))['compute_port'])")
-  B_GOT=$(PGPASSWORD=$PASSWORD "$PGBIN/psql" -h 127.0.0.1 -p "$BPORT" -U postgres -Atc "$CHECK_SQL" postgres)
+  B_GOT=$(PGPASSWORD=$PASSWORD "$PGBIN/psql" -h 127.0.0.1 -p "$BPORT" -U "$LOGIN_USER" -Atc "$CHECK_SQL" postgres)
   C_BRANCH_T=$(since "$t0")
   "$CAIRN" compute stop "restored-$i" --cluster big >/dev/null
   "$CAIRN" branch delete "restored-$i" --cluster big >/dev/null

@@ -23,20 +23,9 @@
 # Results replace the section "Verification" of docs/BENCHMARKS.md.
 set -euo pipefail
 
-SCALE=${1:-50}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PGBIN=${CAIRN_PG_BIN:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
-OUT=$ROOT/docs/BENCHMARKS.md
-command -v pgbackrest >/dev/null || { echo "pgbackrest is not installed (apt-get install pgbackrest)"; exit 1; }
-
-cd "$ROOT"
-cargo build --release --quiet
-CAIRN=$ROOT/target/release/cairn
-WORK=$(mktemp -d /tmp/cairn-verify-bench-XXXXXX)
-chmod 755 "$WORK"
-export CAIRN_HOME=$WORK/home
 # shellcheck source=bench/lib.sh
-. "$ROOT/bench/lib.sh"
+. "$(dirname "$0")/lib.sh"
+bench_setup verify "$@"
 cleanup() {
   "$CAIRN" compute stop main --cluster big >/dev/null 2>&1 || true
   stop_dir "$WORK/pgbr/pgdata"; stop_dir "$WORK/pgbr/restored"
