@@ -158,10 +158,16 @@ async fn a_tight_rto_takes_an_image_and_the_prediction_matches_a_real_restore() 
     let wal = before["prediction"]["wal_seconds"].as_f64().unwrap();
     println!("prediction before the image: {predicted:.2}s, of which WAL {wal:.2}s: {before}");
 
-    // An RTO tighter than the prediction, but above what the image alone takes.
-    let rto = (predicted - wal / 2.0).floor().max(1.0);
+    // An RTO tighter than the prediction, but above what the image alone takes (with a second
+    // to spare: RTOs are whole seconds): the whole second nearest the middle of that range.
+    let (above, below) = (predicted - wal + 1.0, predicted);
+    let rto = ((above + below) / 2.0)
+        .round()
+        .max(above.floor() + 1.0)
+        .min(below.ceil() - 1.0)
+        .max(1.0);
     assert!(
-        rto < predicted && predicted - wal + 1.0 < rto,
+        rto < below && above < rto,
         "the WAL part ({wal:.2}s of {predicted:.2}s) is too small to test with whole seconds"
     );
     write_policy(&env, &format!("{rto}s"));
