@@ -87,9 +87,11 @@ fn private_sqlite_files(url: &str) -> Result<()> {
     }
     for suffix in ["", "-wal", "-shm"] {
         let p = PathBuf::from(format!("{}{suffix}", path.display()));
-        if p.exists() {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                .ctx("set mode", &p)?;
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            // Never made, or removed meanwhile: SQLite drops -wal and -shm when the last
+            // connection of another process or engine closes.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r.ctx("set mode", &p)?,
         }
     }
     Ok(())
