@@ -125,3 +125,23 @@ pgbr_big() {
   as_pg pgbackrest --config="$CONF" --stanza=bench check >/dev/null
   as_pg "$PGBIN/pg_ctl" -D "$WORK/pgbr/pgdata" -m fast -w stop >/dev/null
 }
+
+# pgbr_restore_started: pgBackRest restores its repository into R=$WORK/pgbr/restored and the
+# server there is started on a private socket (port RPORT) until it is out of recovery. Sets
+# R, RPORT, P_RESTORE_T (the restore command) and P_START_T (start and archive recovery).
+pgbr_restore_started() {
+  local t
+  R=$WORK/pgbr/restored
+  mkdir -p "$R"; chown postgres "$R" 2>/dev/null || true; chmod 700 "$R"
+  t=$(now)
+  as_pg pgbackrest --config="$CONF" --stanza=bench --pg1-path="$R" restore
+  P_RESTORE_T=$(since "$t")
+  RPORT=$(free_port)
+  t=$(now)
+  as_pg "$PGBIN/pg_ctl" -D "$R" -l "$WORK/pgbr/log/restored.log" -w start \
+    -o "-c port=$RPORT -c listen_addresses='' -c unix_socket_directories='$WORK/pgbr' -c archive_mode=off" >/dev/null
+  until [ "$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$RPORT" -Atc 'SELECT pg_is_in_recovery()' postgres 2>/dev/null)" = "f" ]; do
+    sleep 0.05
+  done
+  P_START_T=$(since "$t")
+}

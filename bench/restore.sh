@@ -85,19 +85,9 @@ print(f\"{p['fetch_index']:.2f} {p['fetch_layers']:.2f} {p['write']:.2f} {p['wal
 
   echo "== run $i/$RUNS: pgBackRest restore, then start and recover to the end of the archive"
   drop_caches
-  R=$WORK/pgbr/restored
-  mkdir -p "$R"; chown postgres "$R" 2>/dev/null || true; chmod 700 "$R"
   t0=$(now)
-  as_pg pgbackrest --config="$CONF" --stanza=bench --pg1-path="$R" restore
-  P_RESTORE_T=$(since "$t0")
-  RPORT=$(free_port)
-  t=$(now)
-  as_pg "$PGBIN/pg_ctl" -D "$R" -l "$WORK/pgbr/log/restored.log" -w start \
-    -o "-c port=$RPORT -c listen_addresses='' -c unix_socket_directories='$WORK/pgbr' -c archive_mode=off" >/dev/null
-  until [ "$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$RPORT" -Atc 'SELECT pg_is_in_recovery()' postgres 2>/dev/null)" = "f" ]; do
-    sleep 0.05
-  done
-  P_REPLAY_T=$(since "$t")
+  pgbr_restore_started
+  P_REPLAY_T=$P_START_T
   t=$(now)
   P_GOT=$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$RPORT" -Atc "$CHECK_SQL" postgres)
   P_FC_T=$(since "$t")

@@ -85,22 +85,10 @@ for i in $(seq "$RUNS"); do
 
   echo "== run $i/$RUNS: pgbackrest verify, restore, start, probe; then amcheck and pg_checksums"
   drop_caches
-  R=$WORK/pgbr/restored
-  mkdir -p "$R"; chown postgres "$R" 2>/dev/null || true; chmod 700 "$R"
   t0=$(now)
   as_pg pgbackrest --config="$CONF" --stanza=bench verify >"$WORK/pgbr-verify.txt"
   P_VERIFY_T=$(since "$t0")
-  t=$(now)
-  as_pg pgbackrest --config="$CONF" --stanza=bench --pg1-path="$R" restore
-  P_RESTORE_T=$(since "$t")
-  RPORT=$(free_port)
-  t=$(now)
-  as_pg "$PGBIN/pg_ctl" -D "$R" -l "$WORK/pgbr/log/restored.log" -w start \
-    -o "-c port=$RPORT -c listen_addresses='' -c unix_socket_directories='$WORK/pgbr' -c archive_mode=off" >/dev/null
-  until [ "$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$RPORT" -Atc 'SELECT pg_is_in_recovery()' postgres 2>/dev/null)" = "f" ]; do
-    sleep 0.05
-  done
-  P_START_T=$(since "$t")
+  pgbr_restore_started
   t=$(now)
   P_PROBE=$(as_pg "$PGBIN/psql" -h "$WORK/pgbr" -p "$RPORT" -Atc "$PROBE" postgres)
   P_PROBE_T=$(since "$t")
